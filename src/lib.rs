@@ -1,0 +1,16 @@
+//! loxone-exporter: a Loxone Miniserver to Prometheus and OpenTelemetry bridge.
+//!
+//! Data flows one way: `loxone` (protocol, sessions, simulator) writes control values into
+//! `metrics` (state store, registry, self-health); `http` (scrape target, `/healthz`,
+//! landing page) and `otlp` (push) read the same registry. `app` wires them together under
+//! one shutdown token; `main.rs` only parses arguments, loads configuration and binds.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod build_info;
+pub mod config;
+pub mod loxone;
+pub mod metrics;
+pub mod otlp;
+pub mod secret;
