@@ -172,10 +172,15 @@ pub fn load_str_with_env_names(
     let lookup = |name: &str| env(name).filter(|v| !v.is_empty());
 
     // Miniservers: file entries, then LOXONE_* onto entry 0 (created if absent).
-    let mut raw = raw_miniservers(&mut errs, top);
+    let (mut raw, list_ok) = raw_miniservers(&mut errs, top);
     let file_had_miniservers = !raw.is_empty();
     apply_miniserver_env(&mut errs, &mut raw, &lookup, &mut origins);
-    let miniservers = build_miniservers(&mut errs, raw, file_had_miniservers);
+    let miniservers = if raw.is_empty() && !list_ok {
+        // `miniservers:` was not a list: already reported, "none configured" would mislead.
+        Vec::new()
+    } else {
+        build_miniservers(&mut errs, raw, file_had_miniservers)
+    };
 
     // Top-level scalars.
     let listen_port = match lookup("LOXONE_LISTEN_PORT") {
@@ -302,22 +307,24 @@ struct RawMiniserver {
     valid: bool,
 }
 
-fn raw_miniservers(errs: &mut Errors, top: &Mapping) -> Vec<RawMiniserver> {
+/// The `miniservers:` entries; the flag is false when `miniservers:` is not a list.
+fn raw_miniservers(errs: &mut Errors, top: &Mapping) -> (Vec<RawMiniserver>, bool) {
     let Some(v) = walk::get(top, "miniservers") else {
-        return Vec::new();
+        return (Vec::new(), true);
     };
     let Value::Sequence(items) = v else {
         errs.push(format!(
             "miniservers: {} is not a list (write one '- host: ...' entry per Miniserver)",
             describe(v)
         ));
-        return Vec::new();
+        return (Vec::new(), false);
     };
-    items
+    let raw = items
         .iter()
         .enumerate()
         .map(|(i, item)| raw_miniserver(errs, i, item))
-        .collect()
+        .collect();
+    (raw, true)
 }
 
 fn raw_miniserver(errs: &mut Errors, index: usize, item: &Value) -> RawMiniserver {

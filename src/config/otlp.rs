@@ -305,7 +305,7 @@ pub(crate) fn build(
             "OTEL_METRIC_EXPORT_INTERVAL",
             nonempty("OTEL_METRIC_EXPORT_INTERVAL"),
         )],
-        "seconds, 10-300",
+        INTERVAL_RANGE,
     );
     let interval = check_duration(
         e,
@@ -329,7 +329,7 @@ pub(crate) fn build(
                 nonempty("OTEL_EXPORTER_OTLP_TIMEOUT"),
             ),
         ],
-        "seconds, 5-60",
+        TIMEOUT_RANGE,
     );
     let timeout_at = timeout_src.as_ref().map(|t| t.at.clone());
     let timeout_checked = check_duration(
@@ -691,8 +691,10 @@ fn seconds_or_ms(
     loxone: (&'static str, Option<String>),
     file: Option<(&'static str, i128)>,
     otel: &[(&'static str, Option<String>)],
-    expected: &str,
+    (lo, hi): (u64, u64),
 ) -> Option<DurationSrc> {
+    let expected = format!("seconds, {lo}-{hi}");
+    let expected_ms = format!("milliseconds, {}-{}", lo * 1000, hi * 1000);
     if let (var, Some(v)) = &loxone {
         return match v.trim().parse::<i128>() {
             Ok(n) => Some(DurationSrc {
@@ -726,7 +728,7 @@ fn seconds_or_ms(
                 }),
                 Err(_) => {
                     errs.push(format!(
-                        "{var}: {} is not a whole number of milliseconds (expected {expected}, written in ms)",
+                        "{var}: {} is not a whole number of milliseconds (expected {expected_ms})",
                         quote(v)
                     ));
                     None
@@ -753,13 +755,13 @@ fn check_duration(
     };
     if src.value < lo_u || src.value > hi_u {
         let zero = if src.millis && src.value == 0 {
-            "; 0 (no limit) is not supported"
+            "; 0, meaning no limit, is not supported"
         } else {
             ""
         };
         if src.millis {
             errs.push(format!(
-                "{}: {} ms is out of range (allowed {lo_u}-{hi_u} ms, i.e. {lo}-{hi} seconds{zero})",
+                "{}: {} ms is out of range (allowed {lo_u}-{hi_u} ms, i.e. {lo}-{hi} seconds){zero}",
                 src.at, src.value
             ));
         } else {

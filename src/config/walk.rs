@@ -213,10 +213,9 @@ pub(crate) fn text(errs: &mut Errors, path: &str, v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(_) | Value::Bool(_) => {
             errs.push(format!(
-                "{path}: {} is not text (put it in quotes, e.g. {path_last}: \"{}\", so YAML keeps it as written)",
+                "{path}: {} is not text (put it in quotes, e.g. \"{}\", so YAML keeps it as written)",
                 describe(v),
-                describe(v),
-                path_last = last_segment(path)
+                describe(v)
             ));
             None
         }
