@@ -307,14 +307,15 @@ pub(crate) fn build(
         )],
         INTERVAL_RANGE,
     );
-    let interval = check_duration(
+    let interval_given = interval_src.is_some();
+    let interval_checked = check_duration(
         e,
         &mut notes,
         "opentelemetry.interval_seconds",
         interval_src,
         INTERVAL_RANGE,
-    )
-    .unwrap_or(DEFAULT_OTLP_INTERVAL);
+    );
+    let interval = interval_checked.unwrap_or(DEFAULT_OTLP_INTERVAL);
     let timeout_src = seconds_or_ms(
         e,
         ("LOXONE_OTLP_TIMEOUT", nonempty("LOXONE_OTLP_TIMEOUT")),
@@ -340,11 +341,20 @@ pub(crate) fn build(
         TIMEOUT_RANGE,
     );
     let timeout = timeout_checked.unwrap_or(DEFAULT_OTLP_TIMEOUT);
-    if timeout >= interval {
+    // VR-008, only between values that are themselves valid (or defaults), so one mistake
+    // gives one message.
+    let timeout_usable = timeout_checked.is_some() || timeout_at.is_none();
+    let interval_usable = interval_checked.is_some() || !interval_given;
+    if timeout_usable && interval_usable && timeout >= interval {
+        let subject = match &timeout_at {
+            Some(at) => format!("{at}: {}", fmt_duration(timeout)),
+            None => format!(
+                "opentelemetry.timeout_seconds: the default {}",
+                fmt_duration(timeout)
+            ),
+        };
         e.push(format!(
-            "{}: {} must be less than the export interval ({}) so one export ends before the next starts",
-            timeout_at.unwrap_or_else(|| "opentelemetry.timeout_seconds".into()),
-            fmt_duration(timeout),
+            "{subject} must be less than the export interval ({}) so one export ends before the next starts",
             fmt_duration(interval)
         ));
     }
