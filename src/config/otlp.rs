@@ -208,7 +208,7 @@ pub(crate) fn build(
     if explicit.is_none() && otel_endpoint_set {
         notes.push((
             "opentelemetry.enabled".into(),
-            "OTEL_EXPORTER_OTLP_ENDPOINT set".into(),
+            "a set OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT (no enabled setting)".into(),
         ));
     }
     let enabled = !sdk_disabled && explicit.unwrap_or(otel_endpoint_set);

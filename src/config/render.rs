@@ -122,11 +122,16 @@ pub fn render_effective(config: &Config) -> String {
     if !otlp.enabled {
         return out;
     }
+    let endpoint_origin = origin("opentelemetry.endpoint");
     let _ = writeln!(
         out,
-        "  endpoint: {}{}  # final URL",
+        "  endpoint: {}{}",
         scalar(&otlp.endpoint),
-        origin("opentelemetry.endpoint")
+        if endpoint_origin.is_empty() {
+            "  # final URL".to_string()
+        } else {
+            format!("{endpoint_origin} (final URL)")
+        }
     );
     let protocol = match otlp.protocol {
         OtlpProtocol::Grpc => "grpc",
