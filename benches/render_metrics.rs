@@ -14,8 +14,16 @@ use loxone_exporter::metrics::text::encode_to_string;
 use loxone_exporter::metrics::{Registry, StateStore};
 
 const STATE_NAMES: [&str; 10] = [
-    "value", "active", "tempActual", "tempTarget", "position", "total", "actual", "jLocked",
-    "error", "mode",
+    "value",
+    "active",
+    "tempActual",
+    "tempTarget",
+    "position",
+    "total",
+    "actual",
+    "jLocked",
+    "error",
+    "mode",
 ];
 
 /// A structure with `series` numeric states spread over controls of 10 states each,
@@ -30,13 +38,27 @@ fn synthetic(series: usize) -> (Structure, Vec<LoxUuid>) {
     let rooms: HashMap<String, Place> = (0..20)
         .map(|i| {
             let u = fresh();
-            (u.to_string(), Place { uuid: Some(u), name: format!("Room {i}"), kind: "0".into() })
+            (
+                u.to_string(),
+                Place {
+                    uuid: Some(u),
+                    name: format!("Room {i}"),
+                    kind: "0".into(),
+                },
+            )
         })
         .collect();
     let cats: HashMap<String, Place> = (0..10)
         .map(|i| {
             let u = fresh();
-            (u.to_string(), Place { uuid: Some(u), name: format!("Category {i}"), kind: "lights".into() })
+            (
+                u.to_string(),
+                Place {
+                    uuid: Some(u),
+                    name: format!("Category {i}"),
+                    kind: "lights".into(),
+                },
+            )
         })
         .collect();
     let room_keys: Vec<String> = rooms.keys().cloned().collect();
@@ -50,7 +72,11 @@ fn synthetic(series: usize) -> (Structure, Vec<LoxUuid>) {
             }
             let u = fresh();
             uuids.push(u);
-            states.push(StateRef { name: name.into(), uuids: vec![u], is_array: false });
+            states.push(StateRef {
+                name: name.into(),
+                uuids: vec![u],
+                is_array: false,
+            });
         }
         controls.push(Control {
             uuid_action: fresh().to_string(),
@@ -63,7 +89,13 @@ fn synthetic(series: usize) -> (Structure, Vec<LoxUuid>) {
             sub_controls: Vec::new(),
         });
     }
-    let s = Structure { last_modified: "2026-01-01 00:00:00".into(), rooms, categories: cats, controls, ..Structure::default() };
+    let s = Structure {
+        last_modified: "2026-01-01 00:00:00".into(),
+        rooms,
+        categories: cats,
+        controls,
+        ..Structure::default()
+    };
     (s, uuids)
 }
 
@@ -86,20 +118,29 @@ fn bench_render(c: &mut Criterion) {
         let registry = registry_with(series);
         let bytes = encode_to_string(&registry.snapshot()).len();
         group.throughput(Throughput::Elements(series as u64));
-        group.bench_with_input(BenchmarkId::new("snapshot_and_text", series), &series, |b, _| {
-            b.iter(|| encode_to_string(&registry.snapshot()).len())
-        });
-        group.bench_with_input(BenchmarkId::new("snapshot_only", series), &series, |b, _| {
-            b.iter(|| registry.snapshot().series_count())
-        });
-        group.bench_with_input(BenchmarkId::new("text_and_gzip", series), &series, |b, _| {
-            b.iter(|| {
-                let text = encode_to_string(&registry.snapshot());
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                enc.write_all(text.as_bytes()).expect("gzip");
-                enc.finish().expect("gzip").len()
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("snapshot_and_text", series),
+            &series,
+            |b, _| b.iter(|| encode_to_string(&registry.snapshot()).len()),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("snapshot_only", series),
+            &series,
+            |b, _| b.iter(|| registry.snapshot().series_count()),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("text_and_gzip", series),
+            &series,
+            |b, _| {
+                b.iter(|| {
+                    let text = encode_to_string(&registry.snapshot());
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    enc.write_all(text.as_bytes()).expect("gzip");
+                    enc.finish().expect("gzip").len()
+                })
+            },
+        );
         eprintln!("render_metrics/{series}: {bytes} bytes of text");
     }
     group.finish();
