@@ -6,4 +6,5 @@ pub mod envelope;
 pub mod events;
 pub mod header;
 pub mod structure;
+pub mod synth;
 pub mod uuid;
