@@ -290,7 +290,10 @@ impl Converter {
 
     /// Packs metrics into requests within the byte limit, splitting oversized metrics by
     /// data points.
-    fn pack(&self, metrics: Vec<(Metric, usize)>) -> (Vec<ExportMetricsServiceRequest>, Vec<usize>) {
+    fn pack(
+        &self,
+        metrics: Vec<(Metric, usize)>,
+    ) -> (Vec<ExportMetricsServiceRequest>, Vec<usize>) {
         let envelope = self.request(Vec::new()).encoded_len() + ENVELOPE_SLACK;
         let budget = self.max_request_bytes.saturating_sub(envelope).max(1);
         let mut requests = Vec::new();
@@ -363,7 +366,10 @@ fn split_metric(metric: Metric, budget: usize) -> Vec<(Metric, usize)> {
             .into_iter()
             .map(|pts| {
                 let n = pts.len();
-                (descriptor(metric::Data::Gauge(Gauge { data_points: pts })), n)
+                (
+                    descriptor(metric::Data::Gauge(Gauge { data_points: pts })),
+                    n,
+                )
             })
             .collect(),
         Some(metric::Data::Sum(s)) => chunk_points(s.data_points, capacity)
@@ -456,7 +462,11 @@ impl PointsBuilder {
                 points.push(NumberDataPoint {
                     attributes: attributes(labels),
                     // Gauges have no start time (spec §1.2: leave unset when unknown).
-                    start_time_unix_nano: if *kind == MetricKind::Gauge { 0 } else { start_ns },
+                    start_time_unix_nano: if *kind == MetricKind::Gauge {
+                        0
+                    } else {
+                        start_ns
+                    },
                     time_unix_nano: now_ns,
                     value: Some(number_data_point::Value::AsDouble(*v)),
                     ..Default::default()
@@ -475,7 +485,11 @@ impl PointsBuilder {
         match self {
             PointsBuilder::Number { kind, points } => points.push(NumberDataPoint {
                 attributes: attributes(labels),
-                start_time_unix_nano: if *kind == MetricKind::Gauge { 0 } else { start_ns },
+                start_time_unix_nano: if *kind == MetricKind::Gauge {
+                    0
+                } else {
+                    start_ns
+                },
                 time_unix_nano: now_ns,
                 flags,
                 value: None,
@@ -536,7 +550,12 @@ impl PointsBuilder {
 
 /// Per-bucket counts from the model's cumulative buckets; the last count is the implicit
 /// `+Inf` bucket (`count` minus the last cumulative count).
-fn histogram_point(labels: &LabelSet, h: &HistogramValue, start_ns: u64, now_ns: u64) -> HistogramDataPoint {
+fn histogram_point(
+    labels: &LabelSet,
+    h: &HistogramValue,
+    start_ns: u64,
+    now_ns: u64,
+) -> HistogramDataPoint {
     let mut explicit_bounds = Vec::with_capacity(h.buckets.len());
     let mut bucket_counts = Vec::with_capacity(h.buckets.len() + 1);
     let mut previous = 0u64;
@@ -585,4 +604,319 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::model::{Family, Sample};
+    use std::time::Duration;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn resource() -> Resource {
+        build_resource(&ResourceInfo {
+            service_name: "svc".into(),
+            instance_id: "host:9504".into(),
+            host_name: "host".into(),
+            extra: vec![
+                ("deployment.environment".into(), "test".into()),
+                ("host.name".into(), "override".into()),
+                ("service.name".into(), "ignored".into()),
+            ],
+        })
+    }
+
+    fn attr_map(kvs: &[KeyValue]) -> Vec<(String, String)> {
+        kvs.iter()
+            .map(|kv| {
+                let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                (kv.key.clone(), v)
+            })
+            .collect()
+    }
+
+    fn snapshot(families: Vec<Family>, taken: u64) -> Snapshot {
+        Snapshot {
+            families,
+            taken_at: at(taken),
+        }
+    }
+
+    fn gauge(name: &'static str, series: &[(&str, f64)]) -> Family {
+        let mut f = Family::new(name, "gauge help", MetricKind::Gauge);
+        for (room, v) in series {
+            f.samples
+                .push(Sample::number(LabelSet::new([("room", *room)]), *v));
+        }
+        f
+    }
+
+    fn all_metrics(c: &Conversion) -> Vec<&Metric> {
+        c.requests
+            .iter()
+            .flat_map(|r| &r.resource_metrics)
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .collect()
+    }
+
+    fn number_points<'a>(c: &'a Conversion, name: &str) -> Vec<&'a NumberDataPoint> {
+        all_metrics(c)
+            .into_iter()
+            .filter(|m| m.name == name)
+            .flat_map(|m| match &m.data {
+                Some(metric::Data::Gauge(g)) => g.data_points.iter().collect::<Vec<_>>(),
+                Some(metric::Data::Sum(s)) => s.data_points.iter().collect(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resource_and_scope() {
+        let attrs = attr_map(&resource().attributes);
+        assert_eq!(
+            attrs,
+            vec![
+                ("service.name".to_string(), "svc".to_string()),
+                ("service.version".into(), SCOPE_VERSION.into()),
+                ("service.instance.id".into(), "host:9504".into()),
+                ("host.name".into(), "override".into()),
+                ("deployment.environment".into(), "test".into()),
+            ]
+        );
+        let mut c = Converter::new(resource(), at(100), 1 << 20);
+        let conv = c.convert(&snapshot(vec![gauge("g", &[("a", 1.0)])], 200));
+        let sm = &conv.requests[0].resource_metrics[0].scope_metrics[0];
+        let scope = sm.scope.as_ref().unwrap();
+        assert_eq!(scope.name, "loxone-exporter");
+        assert_eq!(scope.version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn kinds_map_to_otlp_types() {
+        let mut counter = Family::new("c_total", "counter help", MetricKind::Counter);
+        counter
+            .samples
+            .push(Sample::number(LabelSet::new([("k", "v")]), 7.0));
+        let mut info = Family::new("x_info", "info help", MetricKind::Info);
+        info.samples.push(Sample::number(
+            LabelSet::new([("version", "1.2"), ("name", "ms")]),
+            1.0,
+        ));
+        let mut hist = Family::new("h_seconds", "hist help", MetricKind::Histogram);
+        hist.samples.push(Sample {
+            labels: LabelSet::new([("op", "x")]),
+            value: Value::Histogram(HistogramValue {
+                buckets: vec![(0.1, 2), (1.0, 5), (10.0, 5)],
+                count: 9,
+                sum: 42.5,
+            }),
+        });
+        let g = gauge("g", &[("kitchen", f64::NAN)]);
+        let mut c = Converter::new(resource(), at(100), 1 << 20);
+        let conv = c.convert(&snapshot(vec![g, counter, info, hist], 200));
+        assert_eq!(conv.requests.len(), 1);
+        assert_eq!(conv.total_points(), 4);
+        let metrics = all_metrics(&conv);
+        let by_name = |n: &str| *metrics.iter().find(|m| m.name == n).unwrap();
+
+        let m = by_name("g");
+        assert_eq!(m.description, "gauge help");
+        assert_eq!(m.unit, "");
+        assert_eq!(
+            attr_map(&m.metadata),
+            vec![("prometheus.type".into(), "gauge".into())]
+        );
+        let Some(metric::Data::Gauge(gd)) = &m.data else {
+            panic!("gauge")
+        };
+        let p = &gd.data_points[0];
+        assert!(matches!(p.value, Some(number_data_point::Value::AsDouble(v)) if v.is_nan()));
+        assert_eq!(p.start_time_unix_nano, 0);
+        assert_eq!(p.time_unix_nano, 200_000_000_000);
+        assert_eq!(
+            attr_map(&p.attributes),
+            vec![("room".into(), "kitchen".into())]
+        );
+
+        let m = by_name("c_total");
+        assert_eq!(attr_map(&m.metadata)[0].1, "counter");
+        let Some(metric::Data::Sum(s)) = &m.data else {
+            panic!("sum")
+        };
+        assert!(s.is_monotonic);
+        assert_eq!(
+            s.aggregation_temporality,
+            AggregationTemporality::Cumulative as i32
+        );
+        assert_eq!(s.data_points[0].start_time_unix_nano, 100_000_000_000);
+        assert_eq!(
+            s.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(7.0))
+        );
+
+        let m = by_name("x_info");
+        assert_eq!(attr_map(&m.metadata)[0].1, "info");
+        let Some(metric::Data::Sum(s)) = &m.data else {
+            panic!("info is a sum")
+        };
+        assert!(!s.is_monotonic);
+        assert_eq!(
+            s.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(1.0))
+        );
+        assert_eq!(
+            attr_map(&s.data_points[0].attributes),
+            vec![
+                ("version".into(), "1.2".into()),
+                ("name".into(), "ms".into())
+            ]
+        );
+
+        let m = by_name("h_seconds");
+        assert_eq!(attr_map(&m.metadata)[0].1, "histogram");
+        let Some(metric::Data::Histogram(h)) = &m.data else {
+            panic!("histogram")
+        };
+        let p = &h.data_points[0];
+        assert_eq!(p.explicit_bounds, vec![0.1, 1.0, 10.0]);
+        // cumulative 2,5,5 with count 9 -> per bucket 2,3,0 and 4 in +Inf
+        assert_eq!(p.bucket_counts, vec![2, 3, 0, 4]);
+        assert_eq!(p.bucket_counts.iter().sum::<u64>(), p.count);
+        assert_eq!(p.count, 9);
+        assert_eq!(p.sum, Some(42.5));
+        assert_eq!(p.start_time_unix_nano, 100_000_000_000);
+        assert_eq!(p.min, None);
+    }
+
+    #[test]
+    fn start_times_are_per_series_and_constant() {
+        let counter = |series: &[&str]| {
+            let mut f = Family::new("c_total", "h", MetricKind::Counter);
+            for s in series {
+                f.samples
+                    .push(Sample::number(LabelSet::new([("s", *s)]), 1.0));
+            }
+            f
+        };
+        let mut c = Converter::new(resource(), at(100), 1 << 20);
+        let start_of = |conv: &Conversion, s: &str| {
+            number_points(conv, "c_total")
+                .into_iter()
+                .find(|p| attr_map(&p.attributes)[0].1 == s)
+                .map(|p| p.start_time_unix_nano)
+                .unwrap()
+        };
+        let first = c.convert(&snapshot(vec![counter(&["a"])], 200));
+        assert_eq!(start_of(&first, "a"), 100_000_000_000);
+        let second = c.convert(&snapshot(vec![counter(&["a", "b"])], 230));
+        assert_eq!(start_of(&second, "a"), 100_000_000_000);
+        assert_eq!(start_of(&second, "b"), 230_000_000_000);
+        let third = c.convert(&snapshot(vec![counter(&["a", "b"])], 260));
+        assert_eq!(start_of(&third, "b"), 230_000_000_000);
+    }
+
+    #[test]
+    fn vanished_series_get_one_no_recorded_value_point() {
+        let mut c = Converter::new(resource(), at(100), 1 << 20);
+        let conv = c.convert(&snapshot(
+            vec![
+                gauge("g", &[("a", 1.0), ("b", 2.0)]),
+                gauge("gone", &[("x", 1.0)]),
+            ],
+            200,
+        ));
+        c.acknowledge(conv.generation);
+        assert_eq!(conv.stale_points, 0);
+
+        // "b" and the whole family "gone" disappear; the export fails (no ack)
+        let conv = c.convert(&snapshot(vec![gauge("g", &[("a", 1.0)])], 230));
+        assert_eq!(conv.stale_points, 2);
+        let stale: Vec<_> = number_points(&conv, "g")
+            .into_iter()
+            .filter(|p| p.flags & DataPointFlags::NoRecordedValueMask as u32 != 0)
+            .collect();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(attr_map(&stale[0].attributes)[0].1, "b");
+        assert_eq!(stale[0].value, None);
+        assert_eq!(stale[0].time_unix_nano, 230_000_000_000);
+        let gone = number_points(&conv, "gone");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].flags, 1);
+        assert_eq!(
+            all_metrics(&conv)
+                .iter()
+                .find(|m| m.name == "gone")
+                .unwrap()
+                .description,
+            "gauge help"
+        );
+
+        // not acknowledged: sent again; then acknowledged: never again
+        let conv = c.convert(&snapshot(vec![gauge("g", &[("a", 1.0)])], 260));
+        assert_eq!(conv.stale_points, 2);
+        c.acknowledge(conv.generation);
+        let conv = c.convert(&snapshot(vec![gauge("g", &[("a", 1.0)])], 290));
+        assert_eq!(conv.stale_points, 0);
+        assert_eq!(c.tracked_series(), 1);
+        assert!(number_points(&conv, "gone").is_empty());
+    }
+
+    #[test]
+    fn requests_stay_under_the_limit_and_split_big_families() {
+        let mut families = Vec::new();
+        for f in 0..5 {
+            let mut fam = Family::new(format!("fam_{f}"), "help text", MetricKind::Gauge);
+            for i in 0..2000 {
+                fam.samples.push(Sample::number(
+                    LabelSet::new([
+                        ("control", format!("control-{i}")),
+                        ("room", "Living room".to_string()),
+                    ]),
+                    i as f64,
+                ));
+            }
+            families.push(fam);
+        }
+        let limit = 64 * 1024;
+        let mut c = Converter::new(resource(), at(100), limit);
+        let conv = c.convert(&snapshot(families, 200));
+        assert!(
+            conv.requests.len() > 5,
+            "expected splitting, got {}",
+            conv.requests.len()
+        );
+        for r in &conv.requests {
+            assert!(r.encoded_len() <= limit, "{} > {limit}", r.encoded_len());
+        }
+        assert_eq!(conv.total_points(), 10_000);
+        assert_eq!(conv.points_per_request.len(), conv.requests.len());
+        // every point arrives exactly once, in order within a family
+        for f in 0..5 {
+            let pts = number_points(&conv, &format!("fam_{f}"));
+            assert_eq!(pts.len(), 2000);
+            for (i, p) in pts.iter().enumerate() {
+                assert_eq!(p.value, Some(number_data_point::Value::AsDouble(i as f64)));
+            }
+        }
+        // counts per request match the requests' contents
+        for (r, n) in conv.requests.iter().zip(&conv.points_per_request) {
+            let c: usize = r.resource_metrics[0].scope_metrics[0]
+                .metrics
+                .iter()
+                .map(|m| match &m.data {
+                    Some(metric::Data::Gauge(g)) => g.data_points.len(),
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(c, *n);
+        }
+    }
 }

@@ -77,8 +77,12 @@ impl MetricsSink for LazyTransport {
             match Transport::new(&self.config) {
                 Ok(t) => self.transport = Some(t),
                 Err(e) => {
-                    let secrets: Vec<&str> =
-                        self.config.headers.iter().map(|(_, v)| v.expose()).collect();
+                    let secrets: Vec<&str> = self
+                        .config
+                        .headers
+                        .iter()
+                        .map(|(_, v)| v.expose())
+                        .collect();
                     return ExportOutcome::Drop {
                         reason: sanitize(&e.to_string(), &secrets),
                     };
@@ -167,6 +171,11 @@ impl<S: MetricsSink> ExportLoop<S> {
                 _ = shutdown.cancelled() => break,
                 o = self.attempt() => o,
             };
+            // Ticks missed while exporting are skipped, not caught up.
+            let now = Instant::now();
+            while next_tick <= now {
+                next_tick += self.interval;
+            }
             retry_at = self.record(outcome, next_tick);
         }
         self.final_export().await;
@@ -421,5 +430,357 @@ pub async fn run_export_loop_with_stats(
                 s.last_error = Some(e.to_string());
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::model::{Family, MetricKind};
+    use crate::metrics::Collector;
+    use crate::otlp::convert::ResourceInfo;
+    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+    use parking_lot::Mutex;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Gauge whose value counts how many snapshots were taken.
+    struct SnapshotCounter(AtomicU64);
+    impl Collector for SnapshotCounter {
+        fn collect(&self, out: &mut Vec<Family>) {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            out.push(Family::single(
+                "snap",
+                "snapshots",
+                MetricKind::Gauge,
+                n as f64,
+            ));
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Call {
+        at: Duration,
+        state: ExportState,
+        value: f64,
+    }
+
+    #[derive(Default)]
+    struct ScriptInner {
+        outcomes: VecDeque<(Duration, ExportOutcome)>,
+        calls: Vec<Call>,
+        in_flight: bool,
+        overlapped: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct Script(Arc<Mutex<ScriptInner>>);
+
+    impl Script {
+        fn push(&self, delay: Duration, outcome: ExportOutcome) {
+            self.0.lock().outcomes.push_back((delay, outcome));
+        }
+        fn times(&self) -> Vec<u64> {
+            self.0.lock().calls.iter().map(|c| c.at.as_secs()).collect()
+        }
+        fn calls(&self) -> Vec<Call> {
+            self.0.lock().calls.clone()
+        }
+    }
+
+    struct FakeSink {
+        script: Script,
+        health: OtlpHealth,
+        start: Instant,
+    }
+
+    impl MetricsSink for FakeSink {
+        async fn send(&mut self, request: ExportMetricsServiceRequest) -> ExportOutcome {
+            let value = request.resource_metrics[0].scope_metrics[0]
+                .metrics
+                .iter()
+                .find_map(|m| match &m.data {
+                    Some(metric::Data::Gauge(g)) => match g.data_points[0].value {
+                        Some(number_data_point::Value::AsDouble(v)) => Some(v),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .unwrap_or(f64::NAN);
+            let (delay, outcome) = {
+                let mut s = self.script.0.lock();
+                if s.in_flight {
+                    s.overlapped = true;
+                }
+                s.in_flight = true;
+                s.calls.push(Call {
+                    at: self.start.elapsed(),
+                    state: self.health.get().state,
+                    value,
+                });
+                s.outcomes
+                    .pop_front()
+                    .unwrap_or((Duration::ZERO, ExportOutcome::Sent))
+            };
+            tokio::time::sleep(delay).await;
+            self.script.0.lock().in_flight = false;
+            outcome
+        }
+    }
+
+    struct Harness {
+        script: Script,
+        health: OtlpHealth,
+        stats: Arc<ExportStats>,
+        shutdown: CancellationToken,
+        handle: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(interval_secs: u64, timeout_secs: u64, script: Script) -> Harness {
+        let registry = Arc::new(Registry::new());
+        registry.register(Arc::new(SnapshotCounter(AtomicU64::new(0))));
+        let health = OtlpHealth::new(ExportState::Disabled);
+        let stats = ExportStats::new();
+        let resource = build_resource(&ResourceInfo {
+            service_name: "t".into(),
+            instance_id: "h:1".into(),
+            host_name: "h".into(),
+            extra: vec![],
+        });
+        let converter = Converter::new(resource, SystemTime::now(), 1 << 20);
+        let sink = FakeSink {
+            script: script.clone(),
+            health: health.clone(),
+            start: Instant::now(),
+        };
+        let export = ExportLoop::new(
+            sink,
+            registry,
+            converter,
+            health.clone(),
+            stats.clone(),
+            Duration::from_secs(interval_secs),
+            Duration::from_secs(timeout_secs),
+            Box::new(|| 0.5),
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(export.run(shutdown.clone()));
+        Harness {
+            script,
+            health,
+            stats,
+            shutdown,
+            handle,
+        }
+    }
+
+    fn retry() -> ExportOutcome {
+        ExportOutcome::Retry {
+            after: None,
+            reason: "HTTP 503 Service Unavailable".into(),
+        }
+    }
+
+    async fn advance_to(start: Instant, secs_f: f64) {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(secs_f)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_export_at_once_then_every_interval() {
+        let t0 = Instant::now();
+        let h = start(10, 5, Script::default());
+        advance_to(t0, 35.0).await;
+        assert_eq!(h.script.times(), vec![0, 10, 20, 30]);
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Idle);
+        assert!(st.last_success.unwrap() > 1e9);
+        assert!(st.last_duration_seconds.is_some());
+        assert_eq!(h.stats.exported_points(), 4);
+        assert_eq!(h.stats.attempts(), 4);
+        // every attempt saw EXPORTING and a fresh snapshot
+        let calls = h.script.calls();
+        assert!(calls.iter().all(|c| c.state == ExportState::Exporting));
+        let values: Vec<f64> = calls.iter().map(|c| c.value).collect();
+        assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_but_never_delay_the_schedule() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        for _ in 0..5 {
+            script.push(Duration::ZERO, retry());
+        }
+        let h = start(10, 5, script);
+        advance_to(t0, 0.5).await;
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Retrying);
+        assert_eq!(st.consecutive_failures, 1);
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("HTTP 503 Service Unavailable")
+        );
+        advance_to(t0, 8.0).await;
+        assert_eq!(h.health.get().consecutive_failures, 4);
+        advance_to(t0, 25.0).await;
+        // backoff 1, 2, 4 s; the 8 s retry would pass the tick at 10, so the tick does it
+        assert_eq!(h.script.times(), vec![0, 1, 3, 7, 10, 20]);
+        // each retry sent a fresh snapshot
+        let values: Vec<f64> = h.script.calls().iter().map(|c| c.value).collect();
+        assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Idle);
+        assert_eq!(st.consecutive_failures, 0);
+        assert_eq!(st.last_error, None);
+        assert_eq!(h.stats.attempts(), 6);
+        assert_eq!(h.stats.exported_points(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_failures_mean_failed_then_a_success_means_idle() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        for _ in 0..12 {
+            script.push(Duration::ZERO, retry());
+        }
+        let h = start(1, 1, script);
+        advance_to(t0, 8.5).await;
+        assert_eq!(h.health.get().state, ExportState::Retrying);
+        assert_eq!(h.health.get().consecutive_failures, 9);
+        advance_to(t0, 9.5).await;
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Failed);
+        assert_eq!(st.consecutive_failures, 10);
+        advance_to(t0, 11.5).await;
+        assert_eq!(h.health.get().state, ExportState::Failed);
+        assert_eq!(h.health.get().consecutive_failures, 12);
+        advance_to(t0, 12.5).await;
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Idle);
+        assert_eq!(st.consecutive_failures, 0);
+        assert_eq!(h.script.times(), (0..=12).collect::<Vec<_>>());
+        assert_eq!(h.stats.dropped_exports(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_retryable_failure_is_failed_at_once_and_waits_for_the_tick() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Drop {
+                reason: "HTTP 401 Unauthorized".into(),
+            },
+        );
+        let h = start(10, 5, script);
+        advance_to(t0, 9.0).await;
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Failed);
+        assert_eq!(st.consecutive_failures, 1);
+        assert_eq!(st.last_error.as_deref(), Some("HTTP 401 Unauthorized"));
+        assert_eq!(h.stats.dropped_exports(), 1);
+        assert_eq!(h.script.times(), vec![0]);
+        advance_to(t0, 10.5).await;
+        assert_eq!(h.health.get().state, ExportState::Idle);
+        assert_eq!(h.script.times(), vec![0, 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_delay_is_a_floor() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_secs(5)),
+                reason: "HTTP 429".into(),
+            },
+        );
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_secs(30)),
+                reason: "HTTP 429".into(),
+            },
+        );
+        let h = start(10, 5, script);
+        advance_to(t0, 45.0).await;
+        // retry at 5 (the hint beats the 1 s backoff); then the ticks at 10, 20, 30 wait
+        // for 35; the schedule grid itself is unchanged (40)
+        assert_eq!(h.script.times(), vec![0, 5, 35, 40]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_exports_never_overlap_and_missed_ticks_are_skipped() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(Duration::from_secs(25), ExportOutcome::Sent);
+        let h = start(10, 30, script);
+        advance_to(t0, 41.0).await;
+        assert_eq!(h.script.times(), vec![0, 30, 40]);
+        assert!(!h.script.0.lock().overlapped);
+        assert_eq!(h.stats.attempts(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_cuts_the_wait_short_and_exports_once_more() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_secs(200)),
+                reason: "HTTP 503".into(),
+            },
+        );
+        let h = start(1000, 5, script);
+        advance_to(t0, 5.0).await;
+        h.shutdown.cancel();
+        h.handle.await.unwrap();
+        assert_eq!(h.script.times(), vec![0, 5]);
+        assert_eq!(h.script.calls()[1].value, 2.0);
+        assert_eq!(h.health.get().state, ExportState::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_a_hanging_export_finishes_within_the_timeout() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(Duration::from_secs(100), ExportOutcome::Sent);
+        script.push(Duration::from_secs(100), ExportOutcome::Sent);
+        let h = start(1000, 3, script);
+        advance_to(t0, 5.0).await;
+        h.shutdown.cancel();
+        h.handle.await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_secs(8));
+        assert_eq!(h.script.times(), vec![0, 5]);
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Retrying);
+        assert!(st.last_error.unwrap().contains("timed out"));
+    }
+
+    #[tokio::test]
+    async fn disabled_config_marks_disabled_and_returns() {
+        let health = OtlpHealth::new(ExportState::Idle);
+        run_export_loop_with_stats(
+            OtlpConfig::default(),
+            Arc::new(Registry::new()),
+            health.clone(),
+            ExportStats::new(),
+            "h:1".into(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(health.get().state, ExportState::Disabled);
+    }
+
+    #[test]
+    fn process_start_is_in_the_past() {
+        let now = SystemTime::now();
+        let start = process_start_time(now);
+        assert!(start <= now);
+        assert!(now.duration_since(start).unwrap() < Duration::from_secs(24 * 3600));
+        assert!(!local_host_name().is_empty());
     }
 }

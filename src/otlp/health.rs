@@ -243,12 +243,16 @@ mod tests {
                 "loxone_otlp_exported_metrics_total",
             ]
         );
-        let value = |s: &crate::metrics::Snapshot, n: &str| match &s.family(n).unwrap().samples[0].value {
-            Value::Number(v) => *v,
-            Value::Histogram(h) => h.count as f64,
-        };
+        let value =
+            |s: &crate::metrics::Snapshot, n: &str| match &s.family(n).unwrap().samples[0].value {
+                Value::Number(v) => *v,
+                Value::Histogram(h) => h.count as f64,
+            };
         assert_eq!(value(&snap, "loxone_otlp_export_status"), 1.0);
-        assert_eq!(snap.family("loxone_otlp_export_status").unwrap().help, STATUS_HELP);
+        assert_eq!(
+            snap.family("loxone_otlp_export_status").unwrap().help,
+            STATUS_HELP
+        );
 
         health.update(|s| {
             s.state = ExportState::Retrying;
@@ -263,7 +267,10 @@ mod tests {
         let snap = reg.snapshot();
         assert_eq!(value(&snap, "loxone_otlp_export_status"), 3.0);
         assert_eq!(value(&snap, "loxone_otlp_consecutive_failures"), 3.0);
-        assert_eq!(value(&snap, "loxone_otlp_last_success_timestamp_seconds"), 1234.5);
+        assert_eq!(
+            value(&snap, "loxone_otlp_last_success_timestamp_seconds"),
+            1234.5
+        );
         assert_eq!(value(&snap, "loxone_otlp_exported_metrics_total"), 42.0);
         assert_eq!(value(&snap, "loxone_otlp_rejected_data_points_total"), 2.0);
         assert_eq!(value(&snap, "loxone_otlp_dropped_exports_total"), 1.0);

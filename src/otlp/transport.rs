@@ -265,14 +265,16 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
     let mut metadata = MetadataMap::new();
     for (name, value) in &config.headers {
         let lower = name.trim().to_ascii_lowercase();
-        let key = MetadataKey::from_bytes(lower.as_bytes()).map_err(|_| TransportError::Header {
-            name: name.clone(),
-            problem: "not a valid gRPC metadata key",
-        })?;
-        let value = MetadataValue::try_from(value.expose()).map_err(|_| TransportError::Header {
-            name: name.clone(),
-            problem: "value is not printable ASCII",
-        })?;
+        let key =
+            MetadataKey::from_bytes(lower.as_bytes()).map_err(|_| TransportError::Header {
+                name: name.clone(),
+                problem: "not a valid gRPC metadata key",
+            })?;
+        let value =
+            MetadataValue::try_from(value.expose()).map_err(|_| TransportError::Header {
+                name: name.clone(),
+                problem: "value is not printable ASCII",
+            })?;
         metadata.append(key, value);
     }
     Ok(Inner::Grpc { client, metadata })
@@ -284,7 +286,9 @@ fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
         env!("CARGO_PKG_VERSION")
     ));
     if !config.timeout.is_zero() {
-        builder = builder.timeout(config.timeout).connect_timeout(config.timeout);
+        builder = builder
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout);
     }
     if let Some(ca) = files.ca {
         let certs = reqwest::Certificate::from_pem_bundle(&ca)
@@ -303,12 +307,13 @@ fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
         .map_err(|e| TransportError::Client(error_chain(&e)))?;
     let mut headers = reqwest::header::HeaderMap::new();
     for (name, value) in &config.headers {
-        let key = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-            TransportError::Header {
-                name: name.clone(),
-                problem: "not a valid HTTP header name",
-            }
-        })?;
+        let key =
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                TransportError::Header {
+                    name: name.clone(),
+                    problem: "not a valid HTTP header name",
+                }
+            })?;
         let mut value = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
             TransportError::Header {
                 name: name.clone(),
@@ -388,7 +393,12 @@ async fn send_http(
         };
     }
     let body = body.unwrap_or_default();
-    classify_http(status.as_u16(), status.canonical_reason(), retry_after, &body)
+    classify_http(
+        status.as_u16(),
+        status.canonical_reason(),
+        retry_after,
+        &body,
+    )
 }
 
 fn gzip_bytes(data: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -565,7 +575,10 @@ pub fn retry_delay(details: &[u8]) -> Option<Duration> {
         return None;
     }
     let status = RpcStatus::decode(details).ok()?;
-    let any = status.details.iter().find(|a| a.type_url == RETRY_INFO_TYPE)?;
+    let any = status
+        .details
+        .iter()
+        .find(|a| a.type_url == RETRY_INFO_TYPE)?;
     let info = RetryInfo::decode(any.value.as_slice()).ok()?;
     let d = info.retry_delay.unwrap_or_default();
     let secs = u64::try_from(d.seconds).unwrap_or(0);
@@ -674,18 +687,29 @@ mod tests {
     fn http_statuses_are_classified_per_spec() {
         for code in [429u16, 502, 503, 504] {
             assert!(
-                matches!(classify_http(code, None, None, b""), ExportOutcome::Retry { .. }),
+                matches!(
+                    classify_http(code, None, None, b""),
+                    ExportOutcome::Retry { .. }
+                ),
                 "{code}"
             );
         }
         for code in [400u16, 401, 403, 404, 413, 500, 501] {
             assert!(
-                matches!(classify_http(code, None, None, b""), ExportOutcome::Drop { .. }),
+                matches!(
+                    classify_http(code, None, None, b""),
+                    ExportOutcome::Drop { .. }
+                ),
                 "{code}"
             );
         }
         assert_eq!(classify_http(200, None, None, b""), ExportOutcome::Sent);
-        let r = classify_http(503, Some("Service Unavailable"), Some(Duration::from_secs(2)), b"");
+        let r = classify_http(
+            503,
+            Some("Service Unavailable"),
+            Some(Duration::from_secs(2)),
+            b"",
+        );
         assert_eq!(
             r,
             ExportOutcome::Retry {
@@ -752,7 +776,10 @@ mod tests {
             Code::DataLoss,
         ] {
             let o = classify_grpc(&tonic::Status::new(code, "x"));
-            assert!(matches!(o, ExportOutcome::Retry { after: None, .. }), "{code:?}");
+            assert!(
+                matches!(o, ExportOutcome::Retry { after: None, .. }),
+                "{code:?}"
+            );
         }
         for code in [
             Code::Unknown,
@@ -780,8 +807,13 @@ mod tests {
                 reason: "gRPC RESOURCE_EXHAUSTED: busy".into()
             }
         );
-        let o = classify_grpc(&status_with_retry_info(Code::Unavailable, Duration::from_secs(3)));
-        assert!(matches!(o, ExportOutcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3)));
+        let o = classify_grpc(&status_with_retry_info(
+            Code::Unavailable,
+            Duration::from_secs(3),
+        ));
+        assert!(
+            matches!(o, ExportOutcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3))
+        );
     }
 
     #[test]
