@@ -10,7 +10,10 @@
 pub mod backoff;
 pub mod build_info;
 pub mod config;
+pub mod healthcheck;
 pub mod loxone;
 pub mod metrics;
 pub mod otlp;
 pub mod secret;
+pub mod systemd;
+pub mod web;
