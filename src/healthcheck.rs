@@ -8,7 +8,6 @@
 //! `listen_address`/`listen_port`, with wildcard addresses mapped to loopback.
 //! Does not parse config files itself: the caller loads [`Config`] and passes it in.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,12 +20,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response read; `/healthz` answers are far smaller.
 const MAX_RESPONSE: usize = 64 * 1024;
 
-/// Arguments of the `healthcheck` subcommand (embed with `#[command(subcommand)]`).
+/// Arguments of the `healthcheck` subcommand (`Healthcheck(HealthcheckArgs)` in the
+/// subcommand enum). The configuration file comes from the global `-c/--config`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HealthcheckArgs {
-    /// Configuration file whose listen_address / listen_port the exporter uses.
-    #[arg(short = 'c', long = "config", value_name = "PATH")]
-    pub config: Option<PathBuf>,
     /// Full URL to query instead (e.g. http://127.0.0.1:9504/healthz).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
@@ -259,10 +256,46 @@ mod tests {
         assert!(interpret(b"SSH-2.0-OpenSSH\r\n", "u").is_err());
     }
 
+    #[derive(clap::Parser)]
+    struct TestCli {
+        #[arg(short = 'c', long = "config", global = true)]
+        config: Option<String>,
+        #[command(subcommand)]
+        command: TestCommand,
+    }
+    #[derive(clap::Subcommand)]
+    enum TestCommand {
+        Healthcheck(HealthcheckArgs),
+    }
+
+    #[test]
+    fn args_embed_next_to_a_global_config_flag() {
+        use clap::{CommandFactory, Parser};
+        TestCli::command().debug_assert();
+        let cli = TestCli::try_parse_from([
+            "x",
+            "healthcheck",
+            "-c",
+            "c.yml",
+            "--url",
+            "http://h:1/healthz",
+            "--timeout",
+            "2.5",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.as_deref(), Some("c.yml"));
+        let TestCommand::Healthcheck(args) = cli.command;
+        assert_eq!(args.url.as_deref(), Some("http://h:1/healthz"));
+        assert_eq!(args.timeout, Duration::from_millis(2500));
+        assert!(TestCli::try_parse_from(["x", "healthcheck", "--timeout", "0"]).is_err());
+        let cli = TestCli::try_parse_from(["x", "healthcheck"]).unwrap();
+        let TestCommand::Healthcheck(args) = cli.command;
+        assert_eq!(args.timeout, DEFAULT_TIMEOUT);
+    }
+
     #[test]
     fn resolve_prefers_url() {
         let args = HealthcheckArgs {
-            config: None,
             url: Some("http://x:1/healthz".into()),
             timeout: DEFAULT_TIMEOUT,
         };
