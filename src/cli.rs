@@ -47,6 +47,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate the configuration and print the effective settings (secrets masked).
     Check,
+    /// Query the running exporter's /healthz; exit 0 when healthy (for container HEALTHCHECK).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 /// A flag value that is not valid.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use loxone_exporter::app::{self, RunOptions};
 use loxone_exporter::cli::{Cli, Command};
 use loxone_exporter::config::{self, Config};
-use loxone_exporter::{build_info, logging};
+use loxone_exporter::{build_info, healthcheck, logging, web};
 
 fn config_error_exit(lines: impl IntoIterator<Item = String>) -> ExitCode {
     for l in lines {
@@ -50,11 +50,31 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Some(Command::Healthcheck(args)) => {
+            let config = config::load(cli.config.as_deref(), &env_lookup).ok();
+            let url = args.resolve_url(config.as_ref());
+            let code = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(healthcheck::run(url, args.timeout)),
+                Err(e) => {
+                    eprintln!("healthcheck: cannot start runtime: {e}");
+                    1
+                }
+            };
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         None => {
             let config = match load_config(&cli) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if let Some(path) = &cli.web_config {
+                if let Err(e) = web::validate_web_config(path) {
+                    return config_error_exit([e.to_string()]);
+                }
+            }
             match run_daemon(&cli, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
