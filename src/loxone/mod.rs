@@ -1,6 +1,10 @@
 //! The Miniserver side: the WebSocket protocol in pure functions (no I/O), the structure
 //! file model, authentication crypto, the client session and the simulator.
 
+pub mod crypto;
+pub mod envelope;
+pub mod events;
+pub mod header;
 pub mod simulator;
 pub mod structure;
 pub mod uuid;
