@@ -92,8 +92,9 @@ pub struct SimulatorOptions {
     #[arg(long, value_enum, default_value = "upper-string")]
     pub code_style: CodeStyleArg,
 
-    /// Echo encrypted commands as their cipher form `jdev/sys/enc/<cipher>` (older firmware)
-    /// instead of the decrypted inner command (protocol doc §2.2 [UNSURE]).
+    /// Echo encrypted commands as their cipher form `jdev/sys/enc/<base64>` (older firmware;
+    /// URI-decoded, as PYLOX/loxwebsocket decode it) instead of the decrypted inner command
+    /// (protocol doc §2.2 [UNSURE]).
     #[arg(long)]
     pub echo_cipher: bool,
 

@@ -169,8 +169,11 @@ impl Session {
             return vec![self.ll(text, 401, json!("unexpected salt"))];
         }
         self.salt = Some(dc.salt.current().to_string());
-        let echo = self.shared.opts.echo_cipher.then_some(text);
-        let mut actions = self.dispatch(&dc.command, echo, true, now);
+        // older firmware echoed the cipher form; clients that handle it (PYLOX, OH, ESC,
+        // loxwebsocket) base64-decode what follows `jdev/sys/enc/` without URI-decoding, so
+        // the echo carries the URI-decoded cipher
+        let echo = self.shared.opts.echo_cipher.then(|| percent_decode(text));
+        let mut actions = self.dispatch(&dc.command, echo.as_deref(), true, now);
         if full {
             // fenc: the LL answer itself is encrypted (never the structure file, DOC16)
             let is_structure = dc
@@ -1173,7 +1176,14 @@ mod tests {
         let plain = String::from_utf8(plain).unwrap();
         assert!(plain.contains("\"code\": 200"), "{plain}");
         let r = parse_ll(&plain).unwrap();
-        assert_eq!(r.control, wire, "cipher form echoed");
+        assert_eq!(
+            r.control,
+            percent_encoding::percent_decode_str(&wire)
+                .decode_utf8()
+                .unwrap(),
+            "URI-decoded cipher form echoed"
+        );
+        assert!(r.control.starts_with("jdev/sys/fenc/"));
         assert!(r.value["salt"].is_string());
     }
 
