@@ -461,3 +461,66 @@ async fn control_api_stats_and_bad_requests() {
     assert_eq!(http_get(&format!("{base}/sim/close"), None).await.0, 405);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn scheduled_fault_flags_close_sockets() {
+    let sim = start(|o| {
+        o.fault_close_after = Some(Duration::from_millis(800));
+        o.fault_close_code = 4006;
+    })
+    .await;
+    let mut c = RawClient::connect(&sim, true).await.unwrap();
+    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
+    assert_eq!(c.closed().await, Some(4006));
+    sim.shutdown().await;
+
+    let sim = start(|o| {
+        o.fault_out_of_service_after = Some(Duration::from_millis(800));
+        o.fault_reboot_for = Duration::from_secs(30);
+    })
+    .await;
+    let mut c = RawClient::connect(&sim, true).await.unwrap();
+    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
+    match c.recv().await {
+        Received::Msg { header, .. } => assert_eq!(header.kind, MessageKind::OutOfService),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        RawClient::connect(&sim, true).await.is_err(),
+        "down after the reboot fault"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn set_text_sends_a_text_table() {
+    let sim = start(|_| {}).await;
+    let mut c = RawClient::connect(&sim, true).await.unwrap();
+    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
+    c.send("jdev/sps/enablebinstatusupdate").await;
+    c.answer().await;
+    for _ in 0..4 {
+        c.recv().await;
+    }
+    let uuid = sim.control().text_state_uuids()[0];
+    assert!(sim.control().set_text(uuid, "Příliš žluťoučký kůň"));
+    assert!(!sim
+        .control()
+        .set_text(sim.control().value_state_uuids()[0], "x"));
+    match c.recv().await {
+        Received::Msg {
+            header,
+            payload: Some(p),
+            ..
+        } => {
+            assert_eq!(header.kind, MessageKind::TextStates);
+            let data = p.into_data();
+            let evs = parse_text_events(&data).unwrap();
+            assert_eq!(evs.len(), 1);
+            assert_eq!(evs[0].uuid, uuid);
+            assert_eq!(evs[0].text, "Příliš žluťoučký kůň");
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.shutdown().await;
+}

@@ -102,6 +102,18 @@ impl SimControl {
         self.shared.set_values(&[(uuid, value)]) == 1
     }
 
+    /// Sets a text state and sends the change to every subscribed socket. False for a UUID
+    /// that is not a text state.
+    pub fn set_text(&self, uuid: LoxUuid, text: &str) -> bool {
+        self.shared.set_text(uuid, text)
+    }
+
+    /// UUIDs of all text states, in structure order.
+    pub fn text_state_uuids(&self) -> Vec<LoxUuid> {
+        let s = self.shared.structure();
+        s.catalogue.texts.iter().map(|t| t.uuid).collect()
+    }
+
     /// Changes the generator rate (events per second).
     pub fn set_rate(&self, events_per_s: f64) {
         self.shared.runtime.lock().rate = events_per_s.max(0.0);

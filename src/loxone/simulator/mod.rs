@@ -312,6 +312,9 @@ async fn build_shared(opts: SimulatorOptions, tls_enabled: bool) -> Result<Arc<S
     Ok(shared)
 }
 
+/// Largest generated value table: 6 MiB of 24-byte entries.
+const MAX_ENTRIES_PER_TABLE: usize = 6 * 1024 * 1024 / 24;
+
 /// Produces value deltas at the configured rate: one value table per tick.
 async fn generator_task(shared: Arc<Shared>, cancel: CancellationToken) {
     let tick = shared.opts.tick;
@@ -335,8 +338,11 @@ async fn generator_task(shared: Arc<Shared>, cancel: CancellationToken) {
         }
         // never build more than one second's worth in one go after a stall
         carry += rate * dt.min(1.0);
-        let n = carry.floor() as usize;
-        carry -= n as f64;
+        // one table per tick, at most two ticks' worth and 6 MiB (clients cap messages at
+        // 16 MiB); when the generator falls behind, the backlog is dropped, not queued
+        let cap = (rate * tick.as_secs_f64() * 2.0).clamp(1.0, MAX_ENTRIES_PER_TABLE as f64);
+        let n = carry.min(cap).floor() as usize;
+        carry = (carry - n as f64).min(cap);
         if n == 0 {
             continue;
         }

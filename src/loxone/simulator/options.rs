@@ -281,7 +281,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         u => return Err(format!("invalid duration unit {u:?} in {s:?}")),
     };
     let secs = n * factor;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+    if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
         return Err(format!("duration {s:?} out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -19,7 +19,7 @@ use super::catalogue::{initial_text, Catalogue};
 use super::generator::Generator;
 use super::options::{EstimatedFlag, SimulatorOptions};
 use super::SimError;
-use crate::loxone::events::{encode_value_event, ValueEvent};
+use crate::loxone::events::{encode_text_events, encode_value_event, TextEvent, ValueEvent};
 use crate::loxone::header::MessageKind;
 use crate::loxone::structure::{parse_structure, Structure};
 use crate::loxone::uuid::LoxUuid;
@@ -305,6 +305,33 @@ impl Shared {
             }));
         }
         n
+    }
+
+    /// Sets a text state and broadcasts a text table with it. False for a UUID that is not
+    /// a text state.
+    pub fn set_text(&self, uuid: LoxUuid, text: &str) -> bool {
+        {
+            let mut texts = self.texts.lock();
+            match texts.get_mut(&uuid) {
+                Some(t) => *t = text.to_string(),
+                None => return false,
+            }
+        }
+        let mut payload = Vec::new();
+        encode_text_events(
+            &[TextEvent {
+                uuid,
+                icon: LoxUuid::default(),
+                text: text.into(),
+            }],
+            &mut payload,
+        );
+        let _ = self.events.send(Arc::new(Outgoing {
+            kind: MessageKind::TextStates,
+            payload: Bytes::from(payload),
+            entries: 0,
+        }));
+        true
     }
 
     /// True while a reboot refuses TCP connections.
