@@ -272,7 +272,7 @@ async fn build_shared(opts: SimulatorOptions, tls_enabled: bool) -> Result<Arc<S
     let auth = AuthStore::new(
         AuthConfig {
             user: opts.user.clone(),
-            password: opts.password.clone(),
+            password: opts.password.expose().to_string(),
             alg,
             any_alg_for_tokens: opts.token_hash_any_alg,
             key_lifetime: opts.key_lifetime,

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::secret::Secret;
+
 /// Options of the Miniserver simulator.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulatorOptions {
@@ -27,14 +29,15 @@ pub struct SimulatorOptions {
     #[arg(long, value_name = "USER", default_value = "admin")]
     pub user: String,
 
-    /// That user's password (never logged).
+    /// That user's password (never logged; Debug prints `****`).
     #[arg(
         long,
         value_name = "PASSWORD",
         default_value = "admin",
-        hide_default_value = true
+        hide_default_value = true,
+        value_parser = parse_secret
     )]
-    pub password: String,
+    pub password: Secret,
 
     /// Value events per second produced by the generator (0 = only initial tables and
     /// events caused by commands). Batched per tick, so millions per second are possible.
@@ -252,6 +255,11 @@ pub enum EstimatedFlag {
     Bit(u8),
 }
 
+/// Wraps a password given on the command line.
+pub fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
+}
+
 /// Parses `none`, `0x80`, `0x01`, `128`, `1`.
 pub fn parse_estimated_flag(s: &str) -> Result<EstimatedFlag, String> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -296,6 +304,48 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         sim: SimulatorOptions,
+    }
+
+    #[derive(Parser)]
+    struct WithSubcommand {
+        #[command(subcommand)]
+        cmd: Sub,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        Simulate(SimulatorOptions),
+    }
+
+    #[test]
+    fn embeds_as_a_subcommand() {
+        let w = WithSubcommand::try_parse_from([
+            "loxone-exporter",
+            "simulate",
+            "--structure",
+            "x.json",
+            "--listen",
+            "0.0.0.0:8080",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--rate",
+            "1000000",
+            "--tls-listen",
+            "127.0.0.1:8443",
+        ])
+        .unwrap();
+        let Sub::Simulate(o) = w.cmd;
+        assert_eq!(o.structure.as_deref(), Some(std::path::Path::new("x.json")));
+        assert_eq!(o.listen.port(), 8080);
+        assert_eq!(o.rate, 1_000_000.0);
+        assert_eq!(o.tls_listen.map(|a| a.port()), Some(8443));
+        assert_eq!((o.user.as_str(), o.password.expose()), ("u", "p"));
+        assert!(
+            !format!("{o:?}").contains("\"p\""),
+            "password in Debug output"
+        );
     }
 
     #[test]
