@@ -13,6 +13,28 @@
 //! throttle), `catalogue` (which state goes in which table), `generator` (value walks),
 //! `session` (one WebSocket), `http` (endpoints, upgrade, accept loops), `control` (faults),
 //! `tls` (self-signed certificate).
+//!
+//! The `/sim/...` endpoints are unauthenticated: keep the simulator on loopback (the default)
+//! or pass `--no-control-api`.
+//!
+//! Interoperability with the PyPI client `loxwebsocket` 0.6 (tests/simulator_loxwebsocket.rs),
+//! where it and the protocol doc differ:
+//! - It compares the LL status with the STRING `"200"` (key `Code` or `code`). The doc quotes a
+//!   real getkey2 answer with a numeric `"code": 200` (LJ capture); loxwebsocket does not check
+//!   getkey2's code but does check keyexchange's, so `--code-style *-number` breaks its login.
+//!   Default here: `"Code": "200"`, the form in the official doc examples.
+//! - It AES-decrypts the `control` of every answer it did not wait for (e.g. `jdev/sps/io`
+//!   answers), i.e. it assumes the older cipher-form echo `jdev/sys/enc/<base64>`; it cannot
+//!   read a URI-encoded cipher there. The doc's captures of current firmware (node-lox-ws-api
+//!   401 to gettoken, PYLOX matching by substring) show the DECRYPTED command, so that is our
+//!   default; `--echo-cipher` echoes the URI-decoded cipher, which loxwebsocket decodes.
+//! - It reads exactly one header and one payload per handshake command, so an estimated header
+//!   (which the doc says precedes the exact one) would derail its login; estimated headers are
+//!   therefore off by default (`--estimated-flag`).
+//! - It encrypts every command with `enc` (also getkey, enablebinstatusupdate and
+//!   data/LoxAPP3.json), sends the keyexchange blob raw (not URI-encoded), uses zero padding
+//!   plus a NUL, `salt/` then `nextSalt/` every 30 uses, and hashes tokens with a key from
+//!   plain `getkey` and the algorithm the token was issued with: all accepted as the doc says.
 
 mod auth;
 mod catalogue;
