@@ -5,6 +5,7 @@ pub mod crypto;
 pub mod envelope;
 pub mod events;
 pub mod header;
+pub mod simulator;
 pub mod structure;
 pub mod synth;
 pub mod uuid;
