@@ -868,3 +868,418 @@ impl<T: Transport> Session<'_, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use parking_lot::Mutex;
+    use rsa::RsaPublicKey;
+
+    use super::*;
+    use crate::loxone::auth::LOXONE_EPOCH_UNIX;
+    use crate::loxone::client_fake::{self, FakeConfig, FakeHandle, FakeTokens, Inject};
+    use crate::loxone::framer::WireMessage;
+    use crate::loxone::uuid::LoxUuid;
+    use crate::metrics::model::Value;
+    use crate::metrics::registry::Collector;
+    use crate::metrics::store::StateStore;
+
+    const STRUCTURE: &str = include_str!("../../tests/fixtures/structures/gen2-demo-uk.json");
+    const FAKE_NOW: u64 = 500_000_000;
+
+    fn fixed_clock() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(LOXONE_EPOCH_UNIX + FAKE_NOW)
+    }
+
+    /// A numeric state of the fixture: (state uuid, uuidAction of its control).
+    fn some_state() -> (LoxUuid, String) {
+        let s = parse_structure(STRUCTURE.as_bytes()).unwrap();
+        for c in s.controls.iter().flat_map(|c| c.walk()) {
+            if c.control_type == "InfoOnlyAnalog" || c.control_type == "Switch" {
+                if let Some(st) = c.states.first() {
+                    return (st.uuids[0], c.uuid_action.clone());
+                }
+            }
+        }
+        panic!("fixture has no InfoOnlyAnalog/Switch");
+    }
+
+    struct Rig {
+        store: Arc<StateStore>,
+        state: Arc<MiniserverState>,
+        config: MiniserverConfig,
+        options: ClientOptions,
+        prelude: Prelude,
+        tokens: Arc<Mutex<FakeTokens>>,
+        fake: FakeConfig,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let store = StateStore::new(&Default::default(), false).unwrap();
+            let state = store.add_miniserver("ms");
+            let (uuid, _) = some_state();
+            Rig {
+                store,
+                state,
+                config: MiniserverConfig::new("ms", "127.0.0.1", "admin", "secret"),
+                options: ClientOptions {
+                    wall_clock: fixed_clock,
+                    ..ClientOptions::default()
+                },
+                prelude: Prelude {
+                    api: ApiKeyInfo {
+                        snr: "50:4F:94:11:12:5F".into(),
+                        version: "14.5.12.7".into(),
+                        ..ApiKeyInfo::default()
+                    },
+                    version: FirmwareVersion::parse("14.5.12.7"),
+                    public_key: Some(RsaPublicKey::from(&client_fake::private_key())),
+                    tls: false,
+                },
+                tokens: Arc::default(),
+                fake: FakeConfig {
+                    structure: STRUCTURE.to_string(),
+                    now_loxone: FAKE_NOW,
+                    initial_values: vec![(uuid, 21.5)],
+                    last_modified: parse_structure(STRUCTURE.as_bytes())
+                        .unwrap()
+                        .last_modified,
+                    ..FakeConfig::default()
+                },
+            }
+        }
+
+        /// Starts a session in a task; returns its handle, the fake's handle and the
+        /// shutdown token.
+        fn start(
+            &self,
+            carry: Carry,
+        ) -> (
+            tokio::task::JoinHandle<(SessionOutcome, Carry)>,
+            FakeHandle,
+            CancellationToken,
+        ) {
+            let (mut transport, handle) =
+                client_fake::connect(self.fake.clone(), self.tokens.clone());
+            let shutdown = CancellationToken::new();
+            let (prelude, config, options, state, sd) = (
+                self.prelude.clone(),
+                self.config.clone(),
+                self.options.clone(),
+                self.state.clone(),
+                shutdown.clone(),
+            );
+            let task = tokio::spawn(async move {
+                let mut carry = carry;
+                let outcome = run_session(
+                    &mut transport,
+                    &prelude,
+                    &mut carry,
+                    &config,
+                    &options,
+                    &state,
+                    &sd,
+                )
+                .await;
+                (outcome, carry)
+            });
+            (task, handle, shutdown)
+        }
+
+        fn value_of(&self, uuid_action: &str) -> Option<f64> {
+            let mut fams = Vec::new();
+            self.store.collect(&mut fams);
+            fams.iter()
+                .find(|f| f.name == "loxone_control_value")?
+                .samples
+                .iter()
+                .find(|s| s.labels.get("uuid") == Some(uuid_action))
+                .and_then(|s| match s.value {
+                    Value::Number(v) => Some(v),
+                    _ => None,
+                })
+        }
+    }
+
+    async fn until(mut cond: impl FnMut() -> bool) {
+        for _ in 0..2000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("condition not reached");
+    }
+
+    fn commands(h: &FakeHandle) -> Vec<String> {
+        h.log
+            .lock()
+            .commands
+            .iter()
+            .map(|c| c.split('/').take(3).collect::<Vec<_>>().join("/"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn full_flow_then_shutdown_kills_token() {
+        let rig = Rig::new();
+        let (_, uuid_action) = some_state();
+        let (task, h, shutdown) = rig.start(Carry::default());
+        until(|| rig.value_of(&uuid_action) == Some(21.5)).await;
+        assert!(rig.state.health().connected);
+        let info = rig.state.info().unwrap();
+        assert_eq!(info.firmware, "14.5.12.7");
+        assert!(!info.serial.is_empty());
+        h.inject
+            .send(Inject::Values(vec![(some_state().0, -3.25)]))
+            .unwrap();
+        until(|| rig.value_of(&uuid_action) == Some(-3.25)).await;
+        shutdown.cancel();
+        let (outcome, carry) = task.await.unwrap();
+        assert!(matches!(outcome.end, SessionEnd::Shutdown));
+        assert!(outcome.established && outcome.authenticated);
+        assert!(carry.token.is_none(), "token is given up on shutdown");
+        assert_eq!(
+            commands(&h),
+            vec![
+                "jdev/sys/keyexchange",
+                "jdev/sys/getkey2",
+                "jdev/sys/getjwt",
+                "jdev/sps/LoxAPPversion3",
+                "data/LoxAPP3.json",
+                "jdev/sps/enablebinstatusupdate",
+                "jdev/sys/getkey2",
+                "jdev/sys/killtoken",
+            ]
+        );
+        let log = h.log.lock();
+        assert_eq!(
+            log.encrypted,
+            vec![false, true, true, false, false, false, true, true],
+            "token commands go encrypted"
+        );
+        assert!(rig.tokens.lock().valid.is_empty(), "token killed");
+    }
+
+    #[tokio::test]
+    async fn token_reused_and_structure_not_downloaded_again() {
+        let rig = Rig::new();
+        let (task, h1, _sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        h1.inject.send(Inject::Close(1000, String::new())).unwrap();
+        let (outcome, carry) = task.await.unwrap();
+        assert!(matches!(outcome.end, SessionEnd::Closed { code: Some(1000), .. }));
+        assert!(carry.token.is_some());
+        assert_eq!(carry.structure_downloads, 1);
+
+        let (task, h2, sd) = rig.start(carry);
+        until(|| commands(&h2).iter().any(|c| c == "jdev/sps/enablebinstatusupdate")).await;
+        sd.cancel();
+        let (_, carry) = task.await.unwrap();
+        let cmds = commands(&h2);
+        assert!(cmds.contains(&"authwithtoken/".to_string()) || cmds.iter().any(|c| c.starts_with("authwithtoken")));
+        assert!(!cmds.iter().any(|c| c.contains("getjwt")), "{cmds:?}");
+        assert!(!cmds.iter().any(|c| c.contains("LoxAPP3.json")), "unchanged structure not fetched");
+        assert_eq!(carry.structure_downloads, 1);
+    }
+
+    #[tokio::test]
+    async fn rejected_token_falls_back_to_password() {
+        let rig = Rig::new();
+        let carry = Carry {
+            token: Some(StoredToken {
+                token: crate::secret::Secret::new("stale"),
+                valid_until: FAKE_NOW + 10,
+                jwt: true,
+            }),
+            ..Carry::default()
+        };
+        let (task, h, sd) = rig.start(carry);
+        until(|| rig.state.health().connected).await;
+        sd.cancel();
+        let (outcome, _) = task.await.unwrap();
+        assert!(outcome.established);
+        let cmds = commands(&h);
+        let pos = |p: &str| cmds.iter().position(|c| c.starts_with(p)).unwrap();
+        assert!(pos("authwithtoken") < pos("jdev/sys/getjwt"), "{cmds:?}");
+    }
+
+    #[tokio::test]
+    async fn wrong_password_is_a_credential_failure() {
+        let mut rig = Rig::new();
+        rig.config.password = crate::secret::Secret::new("hunter2-not-it");
+        let (task, h, _sd) = rig.start(Carry::default());
+        let (outcome, carry) = task.await.unwrap();
+        match &outcome.end {
+            SessionEnd::Failed(e @ SessionError::Credentials { code: 401, .. }) => {
+                assert_eq!(e.kind(), "auth");
+                assert!(!e.to_string().contains("hunter2"), "no secret in the message");
+            }
+            other => panic!("unexpected end {other:?}"),
+        }
+        assert!(!outcome.authenticated && carry.token.is_none());
+        assert!(!commands(&h).iter().any(|c| c.contains("LoxAPP")));
+        assert!(!rig.state.health().connected);
+    }
+
+    #[tokio::test]
+    async fn no_public_key_on_plain_ws_refuses_to_log_in() {
+        let mut rig = Rig::new();
+        rig.prelude.public_key = None;
+        let (task, h, _sd) = rig.start(Carry::default());
+        let (outcome, _) = task.await.unwrap();
+        assert!(matches!(
+            outcome.end,
+            SessionEnd::Failed(SessionError::EncryptionUnavailable)
+        ));
+        assert!(h.log.lock().commands.is_empty(), "nothing sent");
+    }
+
+    #[tokio::test]
+    async fn old_firmware_uses_hash_authentication() {
+        let mut rig = Rig::new();
+        rig.prelude.version = FirmwareVersion::parse("8.0.1.2");
+        rig.prelude.public_key = None;
+        let (task, h, sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        sd.cancel();
+        let (outcome, carry) = task.await.unwrap();
+        assert!(outcome.established);
+        assert!(carry.token.is_none());
+        let cmds = commands(&h);
+        assert_eq!(cmds[0], "jdev/sys/getkey");
+        assert!(cmds[1].starts_with("authenticate/"), "{cmds:?}");
+        assert!(!h.log.lock().encrypted.iter().any(|&e| e));
+    }
+
+    #[tokio::test]
+    async fn tables_between_command_and_answer_are_applied() {
+        let mut rig = Rig::new();
+        rig.fake.tables_before_answers = true;
+        rig.fake.estimated_headers = true;
+        let (_, uuid_action) = some_state();
+        let (task, _h, sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        assert_eq!(rig.value_of(&uuid_action), Some(21.5));
+        sd.cancel();
+        let (outcome, _) = task.await.unwrap();
+        assert!(outcome.established);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalives_keep_a_quiet_session_alive() {
+        let rig = Rig::new();
+        let (task, h, sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert!(!task.is_finished());
+        assert!(h.log.lock().keepalives >= 6, "{}", h.log.lock().keepalives);
+        sd.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_ends_the_session_after_the_liveness_timeout() {
+        let mut rig = Rig::new();
+        rig.fake.answer_keepalive = false;
+        let (task, _h, _sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        let t0 = Instant::now();
+        let (outcome, _) = task.await.unwrap();
+        let waited = t0.elapsed();
+        assert!(matches!(outcome.end, SessionEnd::Silent { .. }));
+        assert!(
+            waited >= Duration::from_secs(59) && waited <= Duration::from_secs(61),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_refreshed_at_half_its_lifetime() {
+        let mut rig = Rig::new();
+        rig.fake.token_lifetime = 100;
+        let (task, h, sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        assert!(!commands(&h).iter().any(|c| c.contains("refreshjwt")));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        until(|| commands(&h).iter().any(|c| c.contains("refreshjwt"))).await;
+        let issued_before = rig.tokens.lock().issued;
+        tokio::time::sleep(Duration::from_secs(55)).await;
+        assert_eq!(
+            commands(&h).iter().filter(|c| c.contains("refreshjwt")).count(),
+            2
+        );
+        assert_eq!(rig.tokens.lock().issued, issued_before + 1);
+        sd.cancel();
+        let (outcome, _) = task.await.unwrap();
+        assert!(matches!(outcome.end, SessionEnd::Shutdown));
+        assert!(rig.tokens.lock().valid.is_empty(), "the refreshed token was killed");
+    }
+
+    #[tokio::test]
+    async fn out_of_service_ends_the_session() {
+        let rig = Rig::new();
+        let (task, h, _sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        h.inject.send(Inject::OutOfService).unwrap();
+        let (outcome, _) = task.await.unwrap();
+        assert!(matches!(outcome.end, SessionEnd::OutOfService));
+    }
+
+    #[tokio::test]
+    async fn malformed_frames_are_counted_and_survived() {
+        let rig = Rig::new();
+        let (uuid, uuid_action) = some_state();
+        let (task, h, sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        for raw in [
+            WireMessage::Binary(vec![1, 2, 3]),
+            WireMessage::Binary(vec![3, 42, 0, 0, 0, 0, 0, 0]),
+            WireMessage::Binary(vec![3, 2, 0, 0, 25, 0, 0, 0]),
+            WireMessage::Binary(vec![0; 25]),
+            WireMessage::Text("{\"LL\":{}}".into()),
+        ] {
+            h.inject.send(Inject::Raw(raw)).unwrap();
+        }
+        h.inject.send(Inject::Values(vec![(uuid, 7.0)])).unwrap();
+        until(|| rig.value_of(&uuid_action) == Some(7.0)).await;
+        assert!(rig.state.error_count("protocol") >= 3);
+        sd.cancel();
+        let (outcome, _) = task.await.unwrap();
+        assert!(matches!(outcome.end, SessionEnd::Shutdown));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_command_times_out() {
+        let rig = Rig::new();
+        // A transport that never answers.
+        struct Mute;
+        impl Transport for Mute {
+            async fn send_text(&mut self, _t: String) -> Result<(), TransportError> {
+                Ok(())
+            }
+            async fn recv(&mut self) -> Result<Received, TransportError> {
+                std::future::pending().await
+            }
+            async fn close(&mut self) {}
+        }
+        let mut carry = Carry::default();
+        let outcome = run_session(
+            &mut Mute,
+            &rig.prelude,
+            &mut carry,
+            &rig.config,
+            &rig.options,
+            &rig.state,
+            &CancellationToken::new(),
+        )
+        .await;
+        match outcome.end {
+            SessionEnd::Failed(SessionError::Timeout { what, .. }) => assert_eq!(what, "keyexchange"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
