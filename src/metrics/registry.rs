@@ -65,8 +65,10 @@ mod tests {
     impl Collector for Fixed {
         fn collect(&self, out: &mut Vec<Family>) {
             let mut f = Family::new(self.0, "help", MetricKind::Gauge);
-            f.samples
-                .push(Sample::number(LabelSet::new([("k", self.1.to_string())]), self.1));
+            f.samples.push(Sample::number(
+                LabelSet::new([("k", self.1.to_string())]),
+                self.1,
+            ));
             out.push(f);
         }
     }

@@ -24,7 +24,9 @@ pub const ROTEL: &str = "LOXEXP_ROTEL";
 
 /// True when running under CI (`CI=true`): missing components are then failures.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Repository root.
@@ -45,11 +47,13 @@ pub fn component(var: &str) -> Option<PathBuf> {
         .filter(|p| p.exists());
     match found {
         Some(p) => Some(p),
-        None if in_ci() => panic!(
-            "required test component {var} is missing: run scripts/install-test-deps.sh"
-        ),
+        None if in_ci() => {
+            panic!("required test component {var} is missing: run scripts/install-test-deps.sh")
+        }
         None => {
-            eprintln!("NOTE: {var} not installed; run scripts/install-test-deps.sh. Test body not run.");
+            eprintln!(
+                "NOTE: {var} not installed; run scripts/install-test-deps.sh. Test body not run."
+            );
             None
         }
     }
