@@ -1,5 +1,9 @@
 //! The Miniserver side: the WebSocket protocol in pure functions (no I/O), the structure
 //! file model, authentication crypto, the client session and the simulator.
 
+pub mod crypto;
+pub mod envelope;
+pub mod events;
+pub mod header;
 pub mod structure;
 pub mod uuid;
