@@ -112,14 +112,10 @@ impl Transport for FakeTransport {
     }
 
     async fn recv(&mut self) -> Result<Received, TransportError> {
-        Ok(self
-            .from_server
-            .recv()
-            .await
-            .unwrap_or(Received::Closed {
-                code: None,
-                reason: String::new(),
-            }))
+        Ok(self.from_server.recv().await.unwrap_or(Received::Closed {
+            code: None,
+            reason: String::new(),
+        }))
     }
 
     async fn close(&mut self) {}
@@ -149,14 +145,17 @@ pub fn connect(config: FakeConfig, tokens: Arc<Mutex<FakeTokens>>) -> (FakeTrans
         };
         loop {
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(c) => if !server.handle(&c) { break },
-                    None => break,
-                },
-                inj = injected.recv() => match inj {
-                    Some(i) => if !server.inject(i) { break },
-                    None => {}
-                },
+                cmd = commands.recv() => {
+                    let Some(c) = cmd else { break };
+                    if !server.handle(&c) {
+                        break;
+                    }
+                }
+                Some(i) = injected.recv() => {
+                    if !server.inject(i) {
+                        break;
+                    }
+                }
             }
         }
     });
@@ -332,7 +331,11 @@ impl Server {
                         json!({"token": token, "key": "00", "validUntil": until, "tokenRights": 1666, "unsecurePass": false}),
                     );
                 } else {
-                    self.ll("jdev/sys/getjwt", if encrypted { 401 } else { 400 }, json!({"lastEdit": "", "unix": 0}));
+                    self.ll(
+                        "jdev/sys/getjwt",
+                        if encrypted { 401 } else { 400 },
+                        json!({"lastEdit": "", "unix": 0}),
+                    );
                 }
             }
             ["authwithtoken", hash, _user] => {
@@ -350,7 +353,11 @@ impl Server {
                     Some(old) => {
                         self.tokens.lock().valid.remove(&old);
                         let (token, until) = self.new_token();
-                        self.ll("jdev/sys/refreshjwt", 200, json!({"token": token, "validUntil": until, "unsecurePass": false}));
+                        self.ll(
+                            "jdev/sys/refreshjwt",
+                            200,
+                            json!({"token": token, "validUntil": until, "unsecurePass": false}),
+                        );
                     }
                     None => self.ll("jdev/sys/refreshjwt", 401, json!("")),
                 }
@@ -379,7 +386,11 @@ impl Server {
                 self.ll("authenticate", if ok { 200 } else { 401 }, json!(""));
             }
             ["jdev", "sps", "LoxAPPversion3"] => {
-                self.ll("dev/sps/LoxAPPversion3", 200, json!(self.config.last_modified));
+                self.ll(
+                    "dev/sps/LoxAPPversion3",
+                    200,
+                    json!(self.config.last_modified),
+                );
             }
             ["data", "LoxAPP3.json"] => {
                 self.log.lock().structure_downloads += 1;

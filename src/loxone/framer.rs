@@ -140,7 +140,7 @@ impl Framer {
                 // A header while a payload is awaited replaces the pending one (exact header
                 // after an estimated one). An 8-byte payload that is really data is only
                 // possible when exactly 8 bytes were announced.
-                if looks_like_header(&msg) && !(pending.payload_len == 8 && !pending.estimated) {
+                if (pending.estimated || pending.payload_len != 8) && looks_like_header(&msg) {
                     let replaced = self.on_header(&msg.into_bytes());
                     return if pending.estimated {
                         replaced

@@ -7,3 +7,13 @@ pub mod events;
 pub mod header;
 pub mod structure;
 pub mod uuid;
+
+pub mod auth;
+pub mod client;
+pub mod client_text_frames;
+pub mod connection;
+pub mod framer;
+pub mod session;
+
+#[cfg(test)]
+mod client_fake;

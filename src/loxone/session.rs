@@ -943,9 +943,7 @@ mod tests {
                     structure: STRUCTURE.to_string(),
                     now_loxone: FAKE_NOW,
                     initial_values: vec![(uuid, 21.5)],
-                    last_modified: parse_structure(STRUCTURE.as_bytes())
-                        .unwrap()
-                        .last_modified,
+                    last_modified: parse_structure(STRUCTURE.as_bytes()).unwrap().last_modified,
                     ..FakeConfig::default()
                 },
             }
@@ -1070,18 +1068,35 @@ mod tests {
         until(|| rig.state.health().connected).await;
         h1.inject.send(Inject::Close(1000, String::new())).unwrap();
         let (outcome, carry) = task.await.unwrap();
-        assert!(matches!(outcome.end, SessionEnd::Closed { code: Some(1000), .. }));
+        assert!(matches!(
+            outcome.end,
+            SessionEnd::Closed {
+                code: Some(1000),
+                ..
+            }
+        ));
         assert!(carry.token.is_some());
         assert_eq!(carry.structure_downloads, 1);
 
         let (task, h2, sd) = rig.start(carry);
-        until(|| commands(&h2).iter().any(|c| c == "jdev/sps/enablebinstatusupdate")).await;
+        until(|| {
+            commands(&h2)
+                .iter()
+                .any(|c| c == "jdev/sps/enablebinstatusupdate")
+        })
+        .await;
         sd.cancel();
         let (_, carry) = task.await.unwrap();
         let cmds = commands(&h2);
-        assert!(cmds.contains(&"authwithtoken/".to_string()) || cmds.iter().any(|c| c.starts_with("authwithtoken")));
+        assert!(
+            cmds.contains(&"authwithtoken/".to_string())
+                || cmds.iter().any(|c| c.starts_with("authwithtoken"))
+        );
         assert!(!cmds.iter().any(|c| c.contains("getjwt")), "{cmds:?}");
-        assert!(!cmds.iter().any(|c| c.contains("LoxAPP3.json")), "unchanged structure not fetched");
+        assert!(
+            !cmds.iter().any(|c| c.contains("LoxAPP3.json")),
+            "unchanged structure not fetched"
+        );
         assert_eq!(carry.structure_downloads, 1);
     }
 
@@ -1115,7 +1130,10 @@ mod tests {
         match &outcome.end {
             SessionEnd::Failed(e @ SessionError::Credentials { code: 401, .. }) => {
                 assert_eq!(e.kind(), "auth");
-                assert!(!e.to_string().contains("hunter2"), "no secret in the message");
+                assert!(
+                    !e.to_string().contains("hunter2"),
+                    "no secret in the message"
+                );
             }
             other => panic!("unexpected end {other:?}"),
         }
@@ -1209,14 +1227,20 @@ mod tests {
         let issued_before = rig.tokens.lock().issued;
         tokio::time::sleep(Duration::from_secs(55)).await;
         assert_eq!(
-            commands(&h).iter().filter(|c| c.contains("refreshjwt")).count(),
+            commands(&h)
+                .iter()
+                .filter(|c| c.contains("refreshjwt"))
+                .count(),
             2
         );
         assert_eq!(rig.tokens.lock().issued, issued_before + 1);
         sd.cancel();
         let (outcome, _) = task.await.unwrap();
         assert!(matches!(outcome.end, SessionEnd::Shutdown));
-        assert!(rig.tokens.lock().valid.is_empty(), "the refreshed token was killed");
+        assert!(
+            rig.tokens.lock().valid.is_empty(),
+            "the refreshed token was killed"
+        );
     }
 
     #[tokio::test]
@@ -1278,7 +1302,9 @@ mod tests {
         )
         .await;
         match outcome.end {
-            SessionEnd::Failed(SessionError::Timeout { what, .. }) => assert_eq!(what, "keyexchange"),
+            SessionEnd::Failed(SessionError::Timeout { what, .. }) => {
+                assert_eq!(what, "keyexchange")
+            }
             other => panic!("{other:?}"),
         }
     }
