@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod events;
 pub mod header;
 pub mod structure;
+pub mod synth;
 pub mod uuid;
 
 pub mod auth;
