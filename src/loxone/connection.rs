@@ -534,6 +534,67 @@ mod tests {
         assert!(ep.is_tls());
     }
 
+    /// A hand-written WebSocket server sends a TEXT frame that is not UTF-8 between valid
+    /// frames; the connection must deliver it (as bytes) and keep working.
+    #[tokio::test]
+    async fn non_utf8_text_frame_does_not_end_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                req.extend_from_slice(&buf[..n]);
+            }
+            let req = String::from_utf8(req).unwrap();
+            assert!(
+                req.contains("Sec-WebSocket-Protocol: remotecontrol"),
+                "{req}"
+            );
+            let key = req
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap()
+                .trim();
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: remotecontrol\r\n\r\n"
+            )
+            .into_bytes();
+            out.extend([0x82, 8, 3, 0, 0, 0, 3, 0, 0, 0]); // header: text, 3 bytes
+            out.extend([0x81, 3, 0xff, 0xfe, b'a']); // TEXT frame, invalid UTF-8
+            out.extend([0x81, 2, b'o', b'k']); // valid TEXT frame
+            sock.write_all(&out).await.unwrap();
+            // keep the socket open until the client has read everything
+            let _ = sock.read(&mut buf).await;
+        });
+        let mut cfg = MiniserverConfig::new("ms", "127.0.0.1", "u", "p");
+        cfg.port = addr.port();
+        let ep = Endpoint::from_config(&cfg).unwrap();
+        let mut conn = ep
+            .connect_ws(Duration::from_secs(5), 1 << 20, true)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(conn.recv().await.unwrap());
+        }
+        assert_eq!(
+            got,
+            vec![
+                Received::Message(WireMessage::Binary(vec![3, 0, 0, 0, 3, 0, 0, 0])),
+                Received::Message(WireMessage::Binary(vec![0xff, 0xfe, b'a'])),
+                Received::Message(WireMessage::Binary(b"ok".to_vec())),
+            ]
+        );
+        conn.close().await;
+        server.await.unwrap();
+    }
+
     #[test]
     fn missing_ca_file_is_a_config_error() {
         let mut cfg = MiniserverConfig::new("ms", "host", "u", "p");
