@@ -43,7 +43,11 @@ impl LoxoneLike {
 
 impl Collector for LoxoneLike {
     fn collect(&self, out: &mut Vec<Family>) {
-        let mut f = Family::new("loxone_control_value", "Current value of a Loxone control state", MetricKind::Gauge);
+        let mut f = Family::new(
+            "loxone_control_value",
+            "Current value of a Loxone control state",
+            MetricKind::Gauge,
+        );
         f.samples = self
             .labels
             .iter()
@@ -119,12 +123,16 @@ fn free_port() -> u16 {
 }
 
 fn rotel_path() -> Option<String> {
-    std::env::var("LOXEXP_ROTEL").ok().filter(|p| std::path::Path::new(p).exists())
+    std::env::var("LOXEXP_ROTEL")
+        .ok()
+        .filter(|p| std::path::Path::new(p).exists())
 }
 
 fn export_to_rotel(c: &mut Criterion) {
     let Some(rotel) = rotel_path() else {
-        eprintln!("NOTE: LOXEXP_ROTEL not set: skipping the export benchmark (source .test-env/env)");
+        eprintln!(
+            "NOTE: LOXEXP_ROTEL not set: skipping the export benchmark (source .test-env/env)"
+        );
         return;
     };
     let (grpc, http) = (free_port(), free_port());
@@ -145,7 +153,9 @@ fn export_to_rotel(c: &mut Criterion) {
             .expect("spawn rotel"),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", http)).is_err() || TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+    while TcpStream::connect(("127.0.0.1", http)).is_err()
+        || TcpStream::connect(("127.0.0.1", grpc)).is_err()
+    {
         assert!(Instant::now() < deadline, "rotel did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -158,8 +168,16 @@ fn export_to_rotel(c: &mut Criterion) {
     let mut group = c.benchmark_group("otlp_export_rotel_10k");
     group.sample_size(30);
     for (name, protocol, endpoint) in [
-        ("grpc", OtlpProtocol::Grpc, format!("http://127.0.0.1:{grpc}")),
-        ("http", OtlpProtocol::HttpProtobuf, format!("http://127.0.0.1:{http}/v1/metrics")),
+        (
+            "grpc",
+            OtlpProtocol::Grpc,
+            format!("http://127.0.0.1:{grpc}"),
+        ),
+        (
+            "http",
+            OtlpProtocol::HttpProtobuf,
+            format!("http://127.0.0.1:{http}/v1/metrics"),
+        ),
     ] {
         let config = OtlpConfig {
             enabled: true,

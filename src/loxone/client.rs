@@ -423,8 +423,20 @@ pub async fn fetch_prelude(
     })?;
     let version = FirmwareVersion::parse(&api.version);
     let public_key = if auth::supports_encryption(version) {
-        let text = http_ll_value(endpoint, PUBLIC_KEY, options.http_timeout).await?;
-        Some(parse_public_key(&text)?)
+        let fetched = async {
+            let text = http_ll_value(endpoint, PUBLIC_KEY, options.http_timeout).await?;
+            Ok::<_, PreludeError>(parse_public_key(&text)?)
+        }
+        .await;
+        match fetched {
+            Ok(key) => Some(key),
+            // Over TLS command encryption is optional (firmware 11.2.10.22+): go on without.
+            Err(e) if endpoint.is_tls() => {
+                debug!(error = %e, "no public key; token commands rely on TLS alone");
+                None
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };

@@ -803,7 +803,13 @@ impl<T: Transport> Session<'_, T> {
         carry: &mut Carry,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
-        let every = self.options.keepalive_interval;
+        // A keepalive must be answered well within the liveness timeout, or a quiet but
+        // healthy Miniserver would be dropped.
+        let every = self
+            .options
+            .keepalive_interval
+            .min(self.options.liveness_timeout / 2)
+            .max(Duration::from_millis(10));
         let mut keepalive = tokio::time::interval_at(Instant::now() + every, every);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut refresh_at = self.next_refresh(carry);
@@ -1098,6 +1104,26 @@ mod tests {
             "unchanged structure not fetched"
         );
         assert_eq!(carry.structure_downloads, 1);
+    }
+
+    #[tokio::test]
+    async fn changed_structure_is_downloaded_again() {
+        let mut rig = Rig::new();
+        let (task, h1, _sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        h1.inject.send(Inject::Close(4007, String::new())).unwrap();
+        let (_, carry) = task.await.unwrap();
+        let old = rig.fake.last_modified.clone();
+        let new = "2030-05-06 07:08:09".to_string();
+        rig.fake.structure = rig.fake.structure.replacen(&old, &new, 1);
+        rig.fake.last_modified = new.clone();
+        let (task, h2, sd) = rig.start(carry);
+        until(|| rig.state.health().connected).await;
+        sd.cancel();
+        let (_, carry) = task.await.unwrap();
+        assert_eq!(h2.log.lock().structure_downloads, 1);
+        assert_eq!(carry.structure_downloads, 2);
+        assert_eq!(rig.state.structure_version(), Some(new));
     }
 
     #[tokio::test]
