@@ -257,6 +257,7 @@ pub async fn run_session<T: Transport>(
         stats: SessionStats::default(),
     };
     let end = session.run(carry, shutdown).await;
+    state.set_connected(false);
     let stats = session.stats;
     debug!(
         miniserver = %config.name,
