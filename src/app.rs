@@ -21,7 +21,7 @@ use crate::metrics::filter::FilterError;
 use crate::metrics::health::{ExportState, OtlpHealth};
 use crate::metrics::self_health::{ProcessMetrics, SelfHealth};
 use crate::metrics::{Registry, StateStore};
-use crate::{otlp, systemd, web};
+use crate::{loxone, otlp, systemd, web};
 
 /// Time all tasks get to finish after the shutdown signal (the process must be gone
 /// within 2 s of SIGTERM).
@@ -102,7 +102,12 @@ pub async fn run(
     let tracker = TaskTracker::new();
 
     for ms in &config.miniservers {
-        let _state = app.store.add_miniserver(&ms.name);
+        let state = app.store.add_miniserver(&ms.name);
+        tracker.spawn(loxone::client::run_miniserver(
+            ms.clone(),
+            state,
+            shutdown.clone(),
+        ));
     }
 
     let local: Option<SocketAddr> = listener.local_addr().ok();
