@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             };
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
-        Some(Command::Simulate(opts)) => match run_simulator(&cli, opts.clone()) {
+        Some(Command::Simulate(opts)) => match run_simulator(&cli, (**opts).clone()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("Fatal error: {e:#}");
