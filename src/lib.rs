@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod otlp;
 pub mod secret;
 pub mod systemd;
+pub mod telemetry;
 pub mod web;

@@ -2,7 +2,8 @@
 //! message and every field, e.g. `miniserver`, as a real JSON field) or as text.
 //!
 //! Chatty dependencies (hyper, h2, tonic, rustls, tungstenite) are held at `warn` unless
-//! the level is `debug`. Secrets never reach here: they are [`crate::secret::Secret`]s,
+//! the level is `debug`. JSON lines written inside a traced span also carry `trace_id` and
+//! `span_id` (see [`crate::telemetry`], which builds the subscriber). Secrets never reach here: they are [`crate::secret::Secret`]s,
 //! which print as `****`.
 
 use tracing_subscriber::EnvFilter;
@@ -28,20 +29,17 @@ pub fn filter_for(level: LogLevel) -> EnvFilter {
     EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new(lvl))
 }
 
-/// Installs the global subscriber writing to stderr. Call once, from `main`.
+/// Installs the global subscriber writing to stderr, without self-telemetry (the
+/// `simulate` subcommand). The daemon uses [`crate::telemetry::init`], which adds traces
+/// and `trace_id` / `span_id` in JSON lines.
 pub fn init(level: LogLevel, format: LogFormat) -> Result<(), LoggingError> {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter_for(level))
-        .with_writer(std::io::stderr)
-        .with_target(true);
-    let result = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-    };
-    result.map_err(|e| LoggingError(e.to_string()))
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let layer = crate::telemetry::log_layer(
+        level,
+        format,
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+        crate::telemetry::json::DispatchSlot::default(),
+    );
+    let subscriber = tracing_subscriber::Registry::default().with(layer);
+    tracing::subscriber::set_global_default(subscriber).map_err(|e| LoggingError(e.to_string()))
 }

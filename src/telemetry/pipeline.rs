@@ -1,0 +1,582 @@
+//! The span pipeline: OpenTelemetry SDK tracer provider, one bounded batch processor per
+//! sink, the OTLP (tonic / reqwest) and console exporters, and the counters of exported
+//! and dropped spans.
+//!
+//! Never blocking: a finished span goes into a bounded queue with `try_send` semantics; a
+//! full queue drops the span and counts it. Exports run on the SDK's batch thread, and
+//! their network I/O on a dedicated one-thread Tokio runtime (`otel-export`), so a slow
+//! or dead collector costs the daemon's runtime nothing. Exports are not retried: a batch
+//! that fails is dropped and counted (the next batch is the next chance), and the first
+//! failure after a success is logged once at `warn` (recovery at `info`).
+//!
+//! Does not: decide the settings (see `settings`), format logs (see `json`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
+    SpanExporter, SpanProcessor,
+};
+use opentelemetry_sdk::Resource;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use super::settings::{SamplerSetting, SpanSink, TelemetrySettings, TracesTarget};
+use super::TelemetryError;
+use crate::config::{OtlpCompression, OtlpProtocol};
+use crate::metrics::model::{Family, LabelSet, MetricKind, Sample};
+use crate::metrics::Collector;
+use crate::otlp::transport::{error_chain, sanitize, MAX_RESPONSE_BYTES};
+
+/// Counters of the span pipeline, exposed by [`TelemetryCollector`].
+#[derive(Debug, Default)]
+pub struct TelemetryStats {
+    exported: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_export_failed: AtomicU64,
+    enabled: AtomicBool,
+}
+
+impl TelemetryStats {
+    /// New zeroed counters.
+    pub fn new() -> Arc<Self> {
+        Arc::new(TelemetryStats::default())
+    }
+
+    /// The process-wide counters that [`super::init`] feeds.
+    pub fn global() -> Arc<Self> {
+        static GLOBAL: OnceLock<Arc<TelemetryStats>> = OnceLock::new();
+        GLOBAL.get_or_init(TelemetryStats::new).clone()
+    }
+
+    /// Spans accepted by a collector (or written to the console).
+    pub fn exported(&self) -> u64 {
+        self.exported.load(Ordering::Relaxed)
+    }
+
+    /// Spans dropped because the queue was full.
+    pub fn dropped_queue_full(&self) -> u64 {
+        self.dropped_queue_full.load(Ordering::Relaxed)
+    }
+
+    /// Spans dropped because their export failed.
+    pub fn dropped_export_failed(&self) -> u64 {
+        self.dropped_export_failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Exposes [`TelemetryStats`] as `loxone_exporter_telemetry_spans_exported_total` and
+/// `loxone_exporter_telemetry_spans_dropped_total{reason="queue_full"|"export_failed"}`
+/// (nothing while traces are off).
+pub struct TelemetryCollector(pub Arc<TelemetryStats>);
+
+impl Collector for TelemetryCollector {
+    fn collect(&self, out: &mut Vec<Family>) {
+        let s = &self.0;
+        if !s.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        out.push(Family::single(
+            "loxone_exporter_telemetry_spans_exported_total",
+            "Self-telemetry spans the trace exporter delivered.",
+            MetricKind::Counter,
+            s.exported() as f64,
+        ));
+        let mut dropped = Family::new(
+            "loxone_exporter_telemetry_spans_dropped_total",
+            "Self-telemetry spans dropped, by reason (queue_full: the bounded export queue was full; export_failed: the collector did not accept the batch).",
+            MetricKind::Counter,
+        );
+        dropped.samples.push(Sample::number(
+            LabelSet::new([("reason", "queue_full")]),
+            s.dropped_queue_full() as f64,
+        ));
+        dropped.samples.push(Sample::number(
+            LabelSet::new([("reason", "export_failed")]),
+            s.dropped_export_failed() as f64,
+        ));
+        out.push(dropped);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// processor and exporter wrappers
+
+/// Admits a finished span only while fewer than `capacity` spans wait for export, so the
+/// batch processor's own queue never overflows and every drop is counted here.
+#[derive(Debug)]
+struct GatedProcessor {
+    inner: BatchSpanProcessor,
+    waiting: Arc<AtomicUsize>,
+    capacity: usize,
+    stats: Arc<TelemetryStats>,
+}
+
+impl SpanProcessor for GatedProcessor {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.stats
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Counts what the wrapped exporter delivers or loses; logs the first failure after a
+/// success once (with header values masked) and the recovery.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    waiting: Arc<AtomicUsize>,
+    stats: Arc<TelemetryStats>,
+    failing: AtomicBool,
+    secrets: Vec<String>,
+    what: &'static str,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        self.waiting.fetch_sub(n, Ordering::AcqRel);
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => {
+                self.stats.exported.fetch_add(n as u64, Ordering::Relaxed);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(exporter = self.what, "self-telemetry span export recovered");
+                }
+            }
+            Err(e) => {
+                self.stats
+                    .dropped_export_failed
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+                    tracing::warn!(
+                        exporter = self.what,
+                        error = %sanitize(&e.to_string(), &secrets),
+                        "self-telemetry spans cannot be exported; dropping them (counted in loxone_exporter_telemetry_spans_dropped_total)"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// console exporter
+
+/// `OTEL_TRACES_EXPORTER=console`: one JSON object per finished span on standard output.
+#[derive(Debug, Default)]
+pub struct ConsoleExporter;
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Bool(b) => (*b).into(),
+        Value::I64(i) => (*i).into(),
+        Value::F64(f) => serde_json::Number::from_f64(*f)
+            .map(serde_json::Value::Number)
+            .unwrap_or_else(|| f.to_string().into()),
+        other => other.as_str().into_owned().into(),
+    }
+}
+
+fn json_attributes(attrs: &[KeyValue]) -> serde_json::Value {
+    serde_json::Value::Object(
+        attrs
+            .iter()
+            .map(|kv| (kv.key.as_str().to_owned(), json_value(&kv.value)))
+            .collect(),
+    )
+}
+
+/// The console exporter's JSON for one span.
+pub fn span_json(span: &SpanData) -> serde_json::Value {
+    let kind = match span.span_kind {
+        SpanKind::Client => "client",
+        SpanKind::Server => "server",
+        SpanKind::Producer => "producer",
+        SpanKind::Consumer => "consumer",
+        SpanKind::Internal => "internal",
+    };
+    let status = match &span.status {
+        Status::Unset => "unset".to_string(),
+        Status::Ok => "ok".to_string(),
+        Status::Error { description } => format!("error: {description}"),
+    };
+    serde_json::json!({
+        "name": span.name,
+        "trace_id": span.span_context.trace_id().to_string(),
+        "span_id": span.span_context.span_id().to_string(),
+        "parent_span_id": span.parent_span_id.to_string(),
+        "kind": kind,
+        "start_unix_nano": nanos(span.start_time),
+        "end_unix_nano": nanos(span.end_time),
+        "status": status,
+        "attributes": json_attributes(&span.attributes),
+        "events": span.events.iter().map(|e| serde_json::json!({
+            "name": e.name,
+            "time_unix_nano": nanos(e.timestamp),
+            "attributes": json_attributes(&e.attributes),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+impl SpanExporter for ConsoleExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        use std::io::Write as _;
+        let mut text = String::new();
+        for span in &batch {
+            text.push_str(&span_json(span).to_string());
+            text.push('\n');
+        }
+        std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// OTLP exporters
+
+/// The OTLP/HTTP client: reqwest on the telemetry runtime, driven from the SDK's batch
+/// thread (which has no Tokio context of its own).
+#[derive(Debug)]
+struct RuntimeHttpClient {
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+#[async_trait::async_trait]
+impl HttpClient for RuntimeHttpClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        let task = self.runtime.spawn(async move {
+            let request = reqwest::Request::try_from(request)?;
+            let mut response = client.execute(request).await?;
+            let mut builder = http::Response::builder().status(response.status());
+            for (k, v) in response.headers() {
+                builder = builder.header(k, v);
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err::<_, HttpError>("OTLP response body too large".into());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(builder.body(Bytes::from(body))?)
+        });
+        task.await?
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TelemetryError> {
+    std::fs::read(path).map_err(|e| {
+        TelemetryError::Exporter(format!("cannot read {what} {}: {e}", path.display()))
+    })
+}
+
+struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn tls_files(target: &TracesTarget) -> Result<TlsFiles, TelemetryError> {
+    let ca = match &target.tls.ca_file {
+        Some(p) => Some(read_file("CA file", p)?),
+        None => None,
+    };
+    let identity = match (&target.tls.client_cert_file, &target.tls.client_key_file) {
+        (Some(c), Some(k)) => Some((
+            read_file("client certificate", c)?,
+            read_file("client key", k)?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(TelemetryError::Exporter(
+                "mTLS needs both a client certificate and a client key".into(),
+            ))
+        }
+    };
+    Ok(TlsFiles { ca, identity })
+}
+
+fn uses_tls(target: &TracesTarget) -> bool {
+    target.tls.enabled || target.endpoint.starts_with("https://")
+}
+
+fn grpc_exporter(
+    target: &TracesTarget,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    let files = tls_files(target)?;
+    let tls = uses_tls(target);
+    let endpoint = match target.endpoint.strip_prefix("http://") {
+        Some(rest) if tls => format!("https://{rest}"),
+        _ => target.endpoint.clone(),
+    };
+    let mut ep = Endpoint::from_shared(endpoint)
+        .map_err(|e| TelemetryError::Exporter(format!("invalid OTLP traces endpoint: {e}")))?
+        .tcp_nodelay(true)
+        .timeout(target.timeout)
+        .connect_timeout(target.timeout);
+    if tls {
+        let mut cfg = ClientTlsConfig::new();
+        cfg = match files.ca {
+            Some(ca) => cfg.ca_certificate(Certificate::from_pem(ca)),
+            None => cfg.with_native_roots(),
+        };
+        if let Some((cert, key)) = files.identity {
+            cfg = cfg.identity(Identity::from_pem(cert, key));
+        }
+        ep = ep.tls_config(cfg).map_err(|e| {
+            TelemetryError::Exporter(format!("OTLP traces TLS: {}", error_chain(&e)))
+        })?;
+    }
+    // connect_lazy spawns the connection's worker: it must run on the telemetry runtime
+    let channel = {
+        let _enter = runtime.enter();
+        ep.connect_lazy()
+    };
+    let mut metadata = MetadataMap::new();
+    for (name, value) in &target.headers {
+        let key =
+            MetadataKey::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).map_err(|_| {
+                TelemetryError::Exporter(format!("invalid OTLP traces header name {name:?}"))
+            })?;
+        let value = MetadataValue::try_from(value.expose()).map_err(|_| {
+            TelemetryError::Exporter(format!(
+                "OTLP traces header {name:?}: value is not printable ASCII"
+            ))
+        })?;
+        metadata.append(key, value);
+    }
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_channel(channel)
+        .with_metadata(metadata)
+        .with_timeout(target.timeout)
+        .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
+    if target.compression == OtlpCompression::Gzip {
+        builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+    }
+    let _enter = runtime.enter();
+    builder
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))
+}
+
+fn http_exporter(
+    target: &TracesTarget,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    let files = tls_files(target)?;
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!(
+            "OTel-OTLP-Exporter-Rust loxone-exporter/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .timeout(target.timeout)
+        .connect_timeout(target.timeout);
+    if let Some(ca) = files.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&ca)
+            .map_err(|e| TelemetryError::Exporter(format!("CA file: {}", error_chain(&e))))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    if let Some((mut cert, key)) = files.identity {
+        cert.push(b'\n');
+        cert.extend_from_slice(&key);
+        let identity = reqwest::Identity::from_pem(&cert).map_err(|e| {
+            TelemetryError::Exporter(format!("client identity: {}", error_chain(&e)))
+        })?;
+        builder = builder.identity(identity);
+    }
+    let client = builder
+        .build()
+        .map_err(|e| TelemetryError::Exporter(error_chain(&e)))?;
+    reqwest::Url::parse(&target.endpoint)
+        .map_err(|e| TelemetryError::Exporter(format!("invalid OTLP traces endpoint: {e}")))?;
+    let headers: HashMap<String, String> = target
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+        .collect();
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(RuntimeHttpClient {
+            client,
+            runtime: runtime.handle().clone(),
+        })
+        .with_endpoint(target.endpoint.clone())
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_headers(headers)
+        .with_timeout(target.timeout)
+        .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
+    if target.compression == OtlpCompression::Gzip {
+        exporter = exporter.with_compression(opentelemetry_otlp::Compression::Gzip);
+    }
+    exporter
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------
+// provider
+
+fn sampler(setting: SamplerSetting) -> Sampler {
+    match setting {
+        SamplerSetting::AlwaysOn => Sampler::AlwaysOn,
+        SamplerSetting::AlwaysOff => Sampler::AlwaysOff,
+        SamplerSetting::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        SamplerSetting::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerSetting::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerSetting::ParentBasedTraceIdRatio(r) => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+        }
+    }
+}
+
+/// The built pipeline: the provider and the runtime its OTLP exporters use.
+pub(crate) struct Pipeline {
+    pub(crate) provider: SdkTracerProvider,
+    pub(crate) runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Builds the provider for `settings` (which must have traces enabled) with `resource`.
+pub(crate) fn build(
+    settings: &TelemetrySettings,
+    resource: Resource,
+    stats: &Arc<TelemetryStats>,
+) -> Result<Pipeline, TelemetryError> {
+    let needs_runtime = settings
+        .sinks
+        .iter()
+        .any(|s| matches!(s, SpanSink::Otlp(_)));
+    let runtime = if needs_runtime {
+        Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("otel-export")
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    TelemetryError::Exporter(format!("cannot start the telemetry runtime: {e}"))
+                })?,
+        )
+    } else {
+        None
+    };
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(sampler(settings.sampler))
+        .with_resource(resource);
+    for sink in &settings.sinks {
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let batch_config = BatchConfigBuilder::default()
+            .with_max_queue_size(settings.max_queue_size)
+            .with_max_export_batch_size(settings.max_export_batch_size)
+            .with_scheduled_delay(settings.schedule_delay)
+            .build();
+        let processor = match (sink, &runtime) {
+            (SpanSink::Console, _) => BatchSpanProcessor::new(
+                CountingExporter {
+                    inner: ConsoleExporter,
+                    waiting: waiting.clone(),
+                    stats: stats.clone(),
+                    failing: AtomicBool::new(false),
+                    secrets: Vec::new(),
+                    what: "console",
+                },
+                batch_config,
+            ),
+            (SpanSink::Otlp(target), Some(rt)) => {
+                let inner = match target.protocol {
+                    OtlpProtocol::Grpc => grpc_exporter(target, rt)?,
+                    OtlpProtocol::HttpProtobuf => http_exporter(target, rt)?,
+                };
+                BatchSpanProcessor::new(
+                    CountingExporter {
+                        inner,
+                        waiting: waiting.clone(),
+                        stats: stats.clone(),
+                        failing: AtomicBool::new(false),
+                        secrets: target
+                            .headers
+                            .iter()
+                            .map(|(_, v)| v.expose().to_string())
+                            .filter(|v| !v.is_empty())
+                            .collect(),
+                        what: "otlp",
+                    },
+                    batch_config,
+                )
+            }
+            (SpanSink::Otlp(_), None) => {
+                return Err(TelemetryError::Exporter("no telemetry runtime".into()))
+            }
+        };
+        builder = builder.with_span_processor(GatedProcessor {
+            inner: processor,
+            waiting,
+            capacity: settings.max_queue_size,
+            stats: stats.clone(),
+        });
+    }
+    stats.enabled.store(true, Ordering::Relaxed);
+    Ok(Pipeline {
+        provider: builder.build(),
+        runtime,
+    })
+}
