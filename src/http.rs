@@ -82,7 +82,29 @@ pub fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
+/// `/metrics` inside an `http.scrape` span that continues the caller's `traceparent`.
 async fn metrics(
+    State(state): State<Arc<HttpState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "http.scrape",
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %state.telemetry_path,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, &headers);
+    let resp = render_metrics(State(state), method, headers)
+        .instrument(span.clone())
+        .await;
+    span.record("http.response.status_code", resp.status().as_u16());
+    resp
+}
+
+async fn render_metrics(
     State(state): State<Arc<HttpState>>,
     method: Method,
     headers: HeaderMap,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument as _};
 
 use super::auth::{self, FirmwareVersion};
 use super::connection::{ConnectError, Endpoint, WsConnection};
@@ -238,11 +238,19 @@ pub async fn run_miniserver_with(
     let mut tls_hint_given = false;
 
     while !shutdown.is_cancelled() {
+        // self-telemetry: one span per connection attempt, ended before the backoff sleep
+        let session_span = tracing::info_span!(
+            "miniserver.session",
+            miniserver = %name,
+            error.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let attempt = async {
             let prelude = fetch_prelude(&endpoint, &options).await?;
             let conn = open_ws(&endpoint, &options, &mut offer_subprotocol).await?;
             Ok::<_, PreludeError>((prelude, conn))
-        };
+        }
+        .instrument(tracing::info_span!(parent: &session_span, "miniserver.connect"));
         let attempt = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -265,6 +273,7 @@ pub async fn run_miniserver_with(
                 let outcome = run_session(
                     &mut conn, &prelude, &mut carry, &config, &options, &state, &shutdown,
                 )
+                .instrument(session_span.clone())
                 .await;
                 state.set_connected(false);
                 if outcome.authenticated {
@@ -278,6 +287,9 @@ pub async fn run_miniserver_with(
         };
         let delay = policy.next_delay(&failure, rand::random::<f64>());
         state.record_error(kind);
+        session_span.record("error.kind", kind);
+        session_span.record("otel.status_code", "ERROR");
+        let span_guard = session_span.enter();
         let shown = if failure == Failure::Credentials && policy.in_long_backoff() {
             format!(
                 "{message}; {} consecutive login failures, waiting {} s before trying again to avoid a Miniserver lockout",
@@ -301,6 +313,8 @@ pub async fn run_miniserver_with(
             }
         }
         last_logged = Some(shown);
+        drop(span_guard);
+        drop(session_span);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::time::{sleep_until, timeout_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 
 use super::auth::{
     self, AuthError, AuthMethod, CommandCipher, FirmwareVersion, StoredToken, UserKey,
@@ -335,10 +335,16 @@ impl<T: Transport> Session<'_, T> {
     }
 
     async fn setup(&mut self, carry: &mut Carry) -> Step<()> {
-        self.key_exchange().await?;
-        self.authenticate(carry).await?;
+        self.key_exchange()
+            .instrument(tracing::info_span!("miniserver.key_exchange"))
+            .await?;
+        self.authenticate(carry)
+            .instrument(tracing::info_span!("miniserver.authenticate"))
+            .await?;
         self.authenticated = true;
-        self.sync_structure(carry).await?;
+        self.sync_structure(carry)
+            .instrument(tracing::info_span!("miniserver.structure"))
+            .await?;
         let ll = self
             .command(
                 "jdev/sps/enablebinstatusupdate",

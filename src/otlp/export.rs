@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::backoff::{Backoff, BackoffError};
 use crate::config::OtlpConfig;
@@ -151,6 +152,9 @@ impl<S: MetricsSink> ExportLoop<S> {
         self.set_state(ExportState::Idle);
         let mut next_tick = Instant::now();
         let mut retry_at: Option<Instant> = None;
+        // self-telemetry: one `otlp.export` span per scheduled export, kept across its
+        // retries, with one `otlp.attempt` child per try
+        let mut export_span: Option<tracing::Span> = None;
         loop {
             let mut wake = retry_at.map_or(next_tick, |r| r.min(next_tick));
             if let Some(nb) = self.not_before {
@@ -165,20 +169,57 @@ impl<S: MetricsSink> ExportLoop<S> {
             while next_tick <= now {
                 next_tick += self.interval;
             }
+            let parent = export_span.get_or_insert_with(|| tracing::info_span!("otlp.export"));
+            let attempt_no = i64::from(self.backoff.failures()) + 1;
+            let attempt_span = tracing::info_span!(parent: &*parent, "otlp.attempt", otlp.attempt = attempt_no, otlp.outcome = tracing::field::Empty, otel.status_code = tracing::field::Empty);
             let outcome = tokio::select! {
                 biased;
                 // Abandon an in-flight attempt: the final export below sends fresher data.
                 _ = shutdown.cancelled() => break,
-                o = self.attempt() => o,
+                o = self.attempt().instrument(attempt_span.clone()) => o,
             };
+            let kind = crate::telemetry::outcome_kind(&outcome);
+            attempt_span.record("otlp.outcome", kind);
+            if matches!(
+                outcome,
+                ExportOutcome::Retry { .. } | ExportOutcome::Drop { .. }
+            ) {
+                attempt_span.record("otel.status_code", "ERROR");
+            }
+            crate::telemetry::span_event(
+                parent,
+                "otlp.attempt",
+                vec![
+                    opentelemetry::KeyValue::new("otlp.attempt", attempt_no),
+                    opentelemetry::KeyValue::new("otlp.outcome", kind),
+                ],
+            );
             // Ticks missed while exporting are skipped, not caught up.
             let now = Instant::now();
             while next_tick <= now {
                 next_tick += self.interval;
             }
-            retry_at = self.record(outcome, next_tick);
+            retry_at = attempt_span.in_scope(|| self.record(outcome, next_tick));
+            if let Some(at) = retry_at {
+                crate::telemetry::span_event(
+                    parent,
+                    "otlp.retry",
+                    vec![
+                        opentelemetry::KeyValue::new(
+                            "otlp.retry_in_s",
+                            at.saturating_duration_since(Instant::now()).as_secs_f64(),
+                        ),
+                        opentelemetry::KeyValue::new("otlp.attempt", attempt_no + 1),
+                    ],
+                );
+            } else {
+                export_span = None;
+            }
         }
-        self.final_export().await;
+        drop(export_span);
+        self.final_export()
+            .instrument(tracing::info_span!("otlp.export", otlp.final_export = true))
+            .await;
     }
 
     async fn final_export(&mut self) {

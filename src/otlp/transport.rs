@@ -175,6 +175,7 @@ impl Transport {
                 Inner::Grpc { client, metadata } => {
                     let mut req = tonic::Request::new(request);
                     *req.metadata_mut() = metadata.clone();
+                    crate::telemetry::inject_grpc(req.metadata_mut());
                     if !timeout.is_zero() {
                         req.set_timeout(timeout);
                     }
@@ -345,6 +346,7 @@ async fn send_http(
     let mut req = client
         .post(url)
         .headers(headers.clone())
+        .headers(crate::telemetry::propagation::trace_headers())
         .header(CONTENT_TYPE, "application/x-protobuf");
     let body = if gzip {
         match gzip_bytes(&body) {

@@ -171,6 +171,26 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Adds an event to `span`'s OpenTelemetry span (nothing when traces are off or the span
+/// is not traced). Attributes must never hold secrets.
+pub fn span_event(span: &tracing::Span, name: &'static str, attributes: Vec<KeyValue>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !span.is_disabled() {
+        span.add_event(name, attributes);
+    }
+}
+
+/// A short name for an OTLP export outcome (span attribute `otlp.outcome`).
+pub fn outcome_kind(outcome: &crate::otlp::transport::ExportOutcome) -> &'static str {
+    use crate::otlp::transport::ExportOutcome;
+    match outcome {
+        ExportOutcome::Sent => "sent",
+        ExportOutcome::PartialSuccess { .. } => "partial_success",
+        ExportOutcome::Retry { .. } => "retry",
+        ExportOutcome::Drop { .. } => "drop",
+    }
+}
+
 /// The span counters as a registry collector (register it with the registry in `app`).
 pub fn collector() -> Arc<dyn Collector> {
     Arc::new(TelemetryCollector(TelemetryStats::global()))

@@ -64,6 +64,13 @@ pub fn inject_http(headers: &mut http::HeaderMap) {
     }
 }
 
+/// Just the trace context headers of the current span (empty when it is not traced).
+pub fn trace_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    inject_http(&mut headers);
+    headers
+}
+
 /// Adds `traceparent` (and `tracestate` when set) for the current span to gRPC metadata.
 pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
     if let Some(cx) = current() {
