@@ -179,9 +179,7 @@ fn parse_spans(text: &str) -> Vec<DumpSpan> {
             sec = Sec::None;
         } else if t.starts_with("Attributes:") {
             // span attributes follow
-        } else if t.starts_with("Events:") {
-            sec = Sec::Event;
-        } else if t.starts_with("SpanEvent #") {
+        } else if t.starts_with("Events:") || t.starts_with("SpanEvent #") {
             sec = Sec::Event;
         } else if sec == Sec::Event {
             if let (Some(s), Some((k, v))) = (cur.as_mut(), attr(t)) {
