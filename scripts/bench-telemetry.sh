@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Self-telemetry overhead benchmark (issue 7): the daemon's CPU at RATE value events/s and
+# its /metrics latency with traces on versus off.
+#
+#   scripts/bench-telemetry.sh            # defaults: RATE=1000 DURATION=30 WARMUP=5 ROUNDS=2
+#   RATE=1000 DURATION=60 ROUNDS=3 scripts/bench-telemetry.sh
+#
+# Setup (all on loopback, every process killed on exit):
+#   - `loxone-exporter simulate --rate $RATE` as the Miniserver;
+#   - rotel as the OTLP collector (metrics and traces, --exporter blackhole);
+#   - the exporter, OTLP metrics export on (10 s interval) in both modes, scraped once per
+#     second like Prometheus would; "off" = OTEL_TRACES_EXPORTER=none, "on" = the default
+#     (traces to the metrics collector, parent-based sampling ratio 1.0).
+# CPU = (utime + stime) of the exporter process over DURATION s after WARMUP s, from
+# /proc/PID/stat. Latency = wrk -t1 -c4 -d10s --latency on /metrics (each request is a
+# traced scrape when traces are on). Modes alternate per round to spread machine noise.
+# Needs a release build (built if missing), rotel and wrk from scripts/install-test-deps.sh
+# (.test-env/env), python3 for free ports.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+RATE="${RATE:-1000}"
+DURATION="${DURATION:-30}"
+WARMUP="${WARMUP:-5}"
+ROUNDS="${ROUNDS:-2}"
+LAT_SECONDS="${LAT_SECONDS:-10}"
+
+for envfile in "$ROOT/.test-env/env" /work/main/.test-env/env; do
+    if [[ -z "${LOXEXP_ROTEL:-}" && -f "$envfile" ]]; then
+        # shellcheck disable=SC1090
+        source "$envfile"
+    fi
+done
+ROTEL="${LOXEXP_ROTEL:?rotel not found: run scripts/install-test-deps.sh}"
+WRK="${LOXEXP_WRK:-$(command -v wrk || true)}"
+[[ -x "$WRK" ]] || { echo "wrk not found: run scripts/install-test-deps.sh" >&2; exit 1; }
+
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="${BIN:-$TARGET/release/loxone-exporter}"
+if [[ ! -x "$BIN" ]]; then
+    echo "building $BIN (release) ..." >&2
+    cargo build --release --bin loxone-exporter >&2
+fi
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on $1" >&2
+    return 1
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+GRPC=$(free_port); HTTP=$(free_port); SIM=$(free_port)
+"$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$GRPC" --otlp-http-endpoint "127.0.0.1:$HTTP" \
+    --debug-log traces --debug-log-verbosity basic --exporter blackhole >"$WORK/rotel.log" 2>&1 &
+PIDS+=($!)
+"$BIN" --log.level warning simulate --listen "127.0.0.1:$SIM" --rate "$RATE" --user bench --password bench-pass \
+    >"$WORK/sim.log" 2>&1 &
+PIDS+=($!)
+wait_port "$GRPC"; wait_port "$HTTP"; wait_port "$SIM"
+
+HZ=$(getconf CLK_TCK)
+declare -A CPU LAT50 LAT99 RPS
+run_mode() { # mode round
+    local mode=$1 round=$2 port pid t0 t1 c0 c1
+    port=$(free_port)
+    local traces=none
+    [[ $mode == on ]] && traces=otlp
+    (cd "$WORK" && exec env -i PATH="$PATH" HOME="$WORK" \
+        LOXONE_HOST=127.0.0.1 LOXONE_PORT="$SIM" LOXONE_USERNAME=bench LOXONE_PASSWORD=bench-pass \
+        LOXONE_NAME=bench \
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$HTTP" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+        OTEL_METRIC_EXPORT_INTERVAL=10000 OTEL_EXPORTER_OTLP_TIMEOUT=5000 OTEL_TRACES_EXPORTER="$traces" OTEL_BSP_SCHEDULE_DELAY=1000 \
+        "$BIN" --web.listen-address "127.0.0.1:$port" --log.level warning \
+        >"$WORK/exporter-$mode-$round.log" 2>&1) &
+    pid=$!
+    wait_port "$port"
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$port/metrics" | grep -q '^loxone_control_value' && break
+        sleep 0.1
+    done
+    sleep "$WARMUP"
+    # a Prometheus-like scrape once per second during the CPU window
+    ( while sleep 1; do curl -sf -o /dev/null "http://127.0.0.1:$port/metrics" || true; done ) &
+    local scraper=$!
+    c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+    sleep "$DURATION"
+    c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
+    kill "$scraper" 2>/dev/null; wait "$scraper" 2>/dev/null || true
+    CPU[$mode,$round]=$(awk -v c="$((c1 - c0))" -v hz="$HZ" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", 100*c/hz/(b-a)}')
+    "$WRK" -t1 -c4 -d"${LAT_SECONDS}s" --latency "http://127.0.0.1:$port/metrics" >"$WORK/wrk-$mode-$round.txt"
+    LAT50[$mode,$round]=$(awk '$1=="50%"{print $2}' "$WORK/wrk-$mode-$round.txt")
+    LAT99[$mode,$round]=$(awk '$1=="99%"{print $2}' "$WORK/wrk-$mode-$round.txt")
+    RPS[$mode,$round]=$(awk '/^Requests\/sec/{print $2}' "$WORK/wrk-$mode-$round.txt")
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    printf 'round %s traces %-3s  cpu %6s %%  /metrics p50 %8s  p99 %8s  %8s req/s\n' \
+        "$round" "$mode" "${CPU[$mode,$round]}" "${LAT50[$mode,$round]}" "${LAT99[$mode,$round]}" "${RPS[$mode,$round]}"
+}
+
+echo "loxone-exporter self-telemetry benchmark: rate=$RATE ev/s, cpu window ${DURATION}s, $ROUNDS rounds, $(nproc) cores"
+for round in $(seq "$ROUNDS"); do
+    if (( round % 2 )); then run_mode off "$round"; run_mode on "$round"; else run_mode on "$round"; run_mode off "$round"; fi
+done
+
+spans=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/rotel.log" | grep -a 'Received traces' | grep -ao 'spans=[0-9]*' | awk -F= '{s+=$2} END{print s+0}')
+echo "spans received by the collector (all 'on' runs): ${spans:-0}"
+if [[ "${spans:-0}" == 0 ]]; then
+    echo "WARNING: no spans arrived: is telemetry::init wired into main.rs?" >&2
+fi
+avg() { local m=$1 s=0; for r in $(seq "$ROUNDS"); do s=$(awk -v a="$s" -v b="${CPU[$m,$r]}" 'BEGIN{print a+b}'); done; awk -v s="$s" -v n="$ROUNDS" 'BEGIN{printf "%.2f", s/n}'; }
+off=$(avg off); on=$(avg on)
+echo "mean cpu: off ${off} %  on ${on} %  overhead $(awk -v a="$off" -v b="$on" 'BEGIN{ if (a>0) printf "%+.1f", 100*(b-a)/a; else print "n/a"}') % (target <= +5 %)"
