@@ -15,11 +15,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, OtlpProtocol};
 use crate::http::{self, HttpState};
 use crate::metrics::filter::FilterError;
+use crate::metrics::health::{ExportState, OtlpHealth};
 use crate::metrics::self_health::{ProcessMetrics, SelfHealth};
 use crate::metrics::{Registry, StateStore};
+use crate::{loxone, otlp, systemd, web};
 
 /// Time all tasks get to finish after the shutdown signal (the process must be gone
 /// within 2 s of SIGTERM).
@@ -72,6 +74,20 @@ impl App {
     }
 }
 
+/// The endpoint without user-info credentials, for display.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://****@{host}{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled, serving HTTP on `listener`.
 pub async fn run(
     config: Config,
@@ -86,10 +102,41 @@ pub async fn run(
     let tracker = TaskTracker::new();
 
     for ms in &config.miniservers {
-        let _state = app.store.add_miniserver(&ms.name);
+        let state = app.store.add_miniserver(&ms.name);
+        tracker.spawn(loxone::client::run_miniserver(
+            ms.clone(),
+            state,
+            shutdown.clone(),
+        ));
     }
 
     let local: Option<SocketAddr> = listener.local_addr().ok();
+    let listen_port = local.map_or(config.listen_port, |a| a.port());
+
+    let otlp_cfg = config.opentelemetry.clone();
+    let (otlp_health, otlp_target) = if otlp_cfg.enabled {
+        let health = OtlpHealth::new(ExportState::Idle);
+        app.registry
+            .register(otlp::health_collector(health.clone()));
+        let proto = match otlp_cfg.protocol {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        };
+        let target = (proto.to_string(), redact_url(&otlp_cfg.endpoint));
+        // what a Prometheus scrape of this host would call the instance
+        let instance_id = format!("{}:{listen_port}", otlp::export::local_host_name());
+        tracker.spawn(otlp::run_export_loop(
+            otlp_cfg,
+            app.registry.clone(),
+            health.clone(),
+            instance_id,
+            shutdown.clone(),
+        ));
+        (Some(health), Some(target))
+    } else {
+        (None, None)
+    };
+
     tracing::info!(
         miniservers = config.miniservers.len(),
         listen = %local.map(|a| a.to_string()).unwrap_or_default(),
@@ -101,20 +148,24 @@ pub async fn run(
         registry: app.registry.clone(),
         store: app.store.clone(),
         self_health,
-        otlp: None,
-        otlp_target: None,
+        otlp: otlp_health,
+        otlp_target,
         telemetry_path: options.telemetry_path.clone(),
     });
     let router = http::router(state);
-    let http_shutdown = shutdown.clone();
-    let server = tracker.spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-    });
+    let server = tracker.spawn(web::serve(
+        listener,
+        router,
+        options.web_config.clone(),
+        shutdown.clone(),
+    ));
+    // the listener was bound before we got here: tell systemd we are ready
+    systemd::notify_ready();
+    let _watchdog = systemd::spawn_watchdog(shutdown.clone());
     tracker.close();
 
     shutdown.cancelled().await;
+    systemd::notify_stopping();
     tracing::info!("shutdown signal received, stopping");
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -127,5 +178,19 @@ pub async fn run(
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(AppError::Http(e.to_string())),
         Err(e) => Err(AppError::Http(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url("https://u:p@c.example:4318/v1/metrics"),
+            "https://****@c.example:4318/v1/metrics"
+        );
+        assert_eq!(redact_url("http://c:4317"), "http://c:4317");
     }
 }

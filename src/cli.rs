@@ -47,6 +47,10 @@ pub struct Cli {
 pub enum Command {
     /// Validate the configuration and print the effective settings (secrets masked).
     Check,
+    /// Run a simulated Miniserver (for trying dashboards and collectors without hardware).
+    Simulate(Box<crate::loxone::simulator::SimulatorOptions>),
+    /// Query the running exporter's /healthz; exit 0 when healthy (for container HEALTHCHECK).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 /// A flag value that is not valid.

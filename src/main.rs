@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use loxone_exporter::app::{self, RunOptions};
 use loxone_exporter::cli::{Cli, Command};
 use loxone_exporter::config::{self, Config};
-use loxone_exporter::{build_info, logging};
+use loxone_exporter::loxone::simulator;
+use loxone_exporter::{build_info, healthcheck, logging, web};
 
 fn config_error_exit(lines: impl IntoIterator<Item = String>) -> ExitCode {
     for l in lines {
@@ -50,11 +51,45 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        None => {
-            let config = match load_config(&cli) {
-                Ok(c) => c,
-                Err(code) => return code,
+        Some(Command::Healthcheck(args)) => {
+            let config = config::load(cli.config.as_deref(), &env_lookup).ok();
+            let url = args.resolve_url(config.as_ref());
+            let code = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(healthcheck::run(url, args.timeout)),
+                Err(e) => {
+                    eprintln!("healthcheck: cannot start runtime: {e}");
+                    1
+                }
             };
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Some(Command::Simulate(opts)) => match run_simulator(&cli, (**opts).clone()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Fatal error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        None => {
+            let config = if cli.demo {
+                match demo_config(&cli) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                }
+            } else {
+                match load_config(&cli) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                }
+            };
+            if let Some(path) = &cli.web_config {
+                if let Err(e) = web::validate_web_config(path) {
+                    return config_error_exit([e.to_string()]);
+                }
+            }
             match run_daemon(&cli, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -96,16 +131,89 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
         telemetry_path: cli.telemetry_path.clone(),
         web_config: cli.web_config.clone(),
     };
+    let demo = cli.demo;
     runtime.block_on(async move {
+        let mut config = config;
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .with_context(|| format!("cannot use listener on {addr}"))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
+        // the demo's simulated Miniserver lives as long as the daemon
+        let _simulator = if demo {
+            let sim = simulator::start(demo_simulator_options())
+                .await
+                .context("cannot start the demo's simulated Miniserver")?;
+            for ms in &mut config.miniservers {
+                ms.port = sim.http_addr().port();
+            }
+            let shown = if addr.ip().is_unspecified() {
+                format!("127.0.0.1:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            tracing::info!(
+                simulator = %sim.http_addr(),
+                "demo: simulated Miniserver with a real structure file; open http://{shown}/ or http://{shown}/metrics"
+            );
+            Some(sim)
+        } else {
+            None
+        };
         app::run(config, listener, options, shutdown)
             .await
             .map_err(anyhow::Error::from)
     })?;
     // background tasks that ignored the grace period must not keep the process alive
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(())
+}
+
+/// Demo: one Miniserver named `demo` on a simulator started in-process (its port is filled
+/// in once the simulator is bound); listen settings and log flags from the command line.
+fn demo_config(cli: &Cli) -> Result<Config, ExitCode> {
+    let mut config = Config::with_miniserver(config::MiniserverConfig::new(
+        "demo",
+        "127.0.0.1",
+        DEMO_USER,
+        DEMO_PASSWORD,
+    ));
+    config.log_format = config::LogFormat::Text;
+    cli.apply(&mut config)
+        .map_err(|errs| config_error_exit(errs.into_iter().map(|e| e.to_string())))?;
+    Ok(config)
+}
+
+const DEMO_USER: &str = "demo";
+const DEMO_PASSWORD: &str = "demo-password";
+
+fn demo_simulator_options() -> simulator::SimulatorOptions {
+    simulator::SimulatorOptions {
+        user: DEMO_USER.into(),
+        password: DEMO_PASSWORD.into(),
+        rate: 200.0,
+        ..simulator::SimulatorOptions::default()
+    }
+}
+
+fn run_simulator(cli: &Cli, opts: simulator::SimulatorOptions) -> anyhow::Result<()> {
+    let level = match &cli.log_level {
+        Some(l) => loxone_exporter::cli::parse_log_level(l)?,
+        None => config::LogLevel::Info,
+    };
+    let format = match &cli.log_format {
+        Some(f) => loxone_exporter::cli::parse_log_format(f)?,
+        None => config::LogFormat::Text,
+    };
+    logging::init(level, format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        simulator::run(opts, shutdown).await
+    })?;
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     Ok(())
 }

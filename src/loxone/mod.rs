@@ -5,6 +5,17 @@ pub mod crypto;
 pub mod envelope;
 pub mod events;
 pub mod header;
+pub mod simulator;
 pub mod structure;
 pub mod synth;
 pub mod uuid;
+
+pub mod auth;
+pub mod client;
+pub mod client_text_frames;
+pub mod connection;
+pub mod framer;
+pub mod session;
+
+#[cfg(test)]
+mod client_fake;

@@ -1,0 +1,207 @@
+//! OTLP benchmarks: snapshot → requests conversion plus protobuf encoding at 10k and 100k
+//! series (targets ≤ 3 ms and ≤ 30 ms), and one full export of 10k series to a real rotel
+//! receiver over gRPC and HTTP (target ≤ 20 ms end to end: snapshot, convert, encode, send,
+//! answer). The export benchmark needs rotel (`LOXEXP_ROTEL`, set by sourcing
+//! `.test-env/env`); without it that group is skipped with a note.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use loxone_exporter::config::{OtlpConfig, OtlpProtocol};
+use loxone_exporter::metrics::model::{Family, LabelSet, MetricKind, Sample};
+use loxone_exporter::metrics::{Collector, Registry};
+use loxone_exporter::otlp::convert::{build_resource, Converter, ResourceInfo};
+use loxone_exporter::otlp::transport::{ExportOutcome, Transport};
+use prost::Message;
+
+/// Loxone-like series: a value gauge with five labels, label sets built once (as the state
+/// store does), values changing per collect.
+struct LoxoneLike {
+    labels: Vec<Arc<LabelSet>>,
+}
+
+impl LoxoneLike {
+    fn new(series: usize) -> Self {
+        let labels = (0..series)
+            .map(|i| {
+                LabelSet::new([
+                    ("miniserver", "home".to_string()),
+                    ("control", format!("1a2b3c4d-0123-4567-89abcdef{i:08x}")),
+                    ("name", format!("Light switch {i}")),
+                    ("room", format!("Room {}", i % 40)),
+                    ("type", "Switch".to_string()),
+                    ("state", "active".to_string()),
+                ])
+            })
+            .collect();
+        LoxoneLike { labels }
+    }
+}
+
+impl Collector for LoxoneLike {
+    fn collect(&self, out: &mut Vec<Family>) {
+        let mut f = Family::new(
+            "loxone_control_value",
+            "Current value of a Loxone control state",
+            MetricKind::Gauge,
+        );
+        f.samples = self
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Sample::number(l.clone(), i as f64 * 0.5))
+            .collect();
+        out.push(f);
+    }
+}
+
+fn registry(series: usize) -> Registry {
+    let r = Registry::new();
+    r.register(Arc::new(LoxoneLike::new(series)));
+    r
+}
+
+fn converter(max_bytes: usize) -> Converter {
+    let resource = build_resource(&ResourceInfo {
+        service_name: "loxone-exporter".into(),
+        instance_id: "bench:9504".into(),
+        host_name: "bench".into(),
+        extra: vec![],
+    });
+    Converter::new(resource, SystemTime::now(), max_bytes)
+}
+
+fn convert_and_encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("otlp_convert_encode");
+    group.sample_size(20);
+    for series in [10_000usize, 100_000] {
+        let snap = registry(series).snapshot();
+        let mut conv = converter(3 * 1024 * 1024);
+        // steady state: every series already known
+        let first = conv.convert(&snap);
+        conv.acknowledge(first.generation);
+        let bytes: usize = first.requests.iter().map(|r| r.encoded_len()).sum();
+        eprintln!(
+            "{series} series: {} requests, {bytes} bytes encoded",
+            first.requests.len()
+        );
+        group.throughput(Throughput::Elements(series as u64));
+        let mut buf = Vec::with_capacity(4 * 1024 * 1024);
+        group.bench_with_input(BenchmarkId::from_parameter(series), &snap, |b, snap| {
+            b.iter(|| {
+                let conversion = conv.convert(snap);
+                let mut total = 0;
+                for r in &conversion.requests {
+                    buf.clear();
+                    r.encode(&mut buf).expect("encode");
+                    total += buf.len();
+                }
+                conv.acknowledge(conversion.generation);
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+struct Rotel(Child);
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn rotel_path() -> Option<String> {
+    std::env::var("LOXEXP_ROTEL")
+        .ok()
+        .filter(|p| std::path::Path::new(p).exists())
+}
+
+fn export_to_rotel(c: &mut Criterion) {
+    let Some(rotel) = rotel_path() else {
+        eprintln!(
+            "NOTE: LOXEXP_ROTEL not set: skipping the export benchmark (source .test-env/env)"
+        );
+        return;
+    };
+    let (grpc, http) = (free_port(), free_port());
+    let _rotel = Rotel(
+        Command::new(rotel)
+            .args([
+                "start",
+                "--otlp-grpc-endpoint",
+                &format!("127.0.0.1:{grpc}"),
+                "--otlp-http-endpoint",
+                &format!("127.0.0.1:{http}"),
+                "--exporter",
+                "blackhole",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn rotel"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", http)).is_err()
+        || TcpStream::connect(("127.0.0.1", grpc)).is_err()
+    {
+        assert!(Instant::now() < deadline, "rotel did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let reg = registry(10_000);
+    let mut group = c.benchmark_group("otlp_export_rotel_10k");
+    group.sample_size(30);
+    for (name, protocol, endpoint) in [
+        (
+            "grpc",
+            OtlpProtocol::Grpc,
+            format!("http://127.0.0.1:{grpc}"),
+        ),
+        (
+            "http",
+            OtlpProtocol::HttpProtobuf,
+            format!("http://127.0.0.1:{http}/v1/metrics"),
+        ),
+    ] {
+        let config = OtlpConfig {
+            enabled: true,
+            endpoint,
+            protocol,
+            ..OtlpConfig::default()
+        };
+        let mut transport = Transport::new(&config).expect("transport");
+        let mut conv = converter(config.max_request_bytes);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let conversion = conv.convert(&reg.snapshot());
+                    for r in conversion.requests {
+                        let outcome = transport.send(r).await;
+                        assert_eq!(outcome, ExportOutcome::Sent);
+                    }
+                    conv.acknowledge(conversion.generation);
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, convert_and_encode, export_to_rotel);
+criterion_main!(benches);

@@ -1,0 +1,786 @@
+//! The OTLP export loop: schedule, retry state machine and health reporting.
+//!
+//! Implements issue 5's state machine on the original's numbers (`docs/original-exporter.md`
+//! §5.2) without its defects:
+//! - states DISABLED, IDLE, EXPORTING, RETRYING, FAILED; [`OtlpHealth`] and [`ExportStats`]
+//!   are updated at **every** transition (state, consecutive failures, sanitised last error,
+//!   last success, duration);
+//! - the first export runs right after start, then one per `interval` (missed ticks are
+//!   skipped, never queued, and exports never overlap: one sequential task does them all);
+//! - a retryable failure schedules a retry after a backoff of 1 s doubling to 300 s (with
+//!   jitter), but only if it comes before the next tick: a retry never delays the schedule.
+//!   A server hint (Retry-After, RetryInfo) is a floor: nothing is sent before it;
+//! - every attempt takes a fresh [`Registry::snapshot`], so a retry sends the newest data;
+//! - FAILED after 10 consecutive failures or one non-retryable failure; from FAILED only the
+//!   scheduled ticks try again, and the first success returns to IDLE;
+//! - on shutdown the pending wait (or an in-flight attempt) is cut short and one final
+//!   export runs within the configured timeout.
+//!
+//! Does not: convert (see `convert`) or talk to the network (see `transport`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{Backoff, BackoffError};
+use crate::config::OtlpConfig;
+use crate::metrics::health::{ExportState, OtlpHealth};
+use crate::metrics::Registry;
+use crate::otlp::convert::{build_resource, Converter, ResourceInfo};
+use crate::otlp::health::ExportStats;
+use crate::otlp::transport::{sanitize, ExportOutcome, Transport};
+
+/// Consecutive failures after which the loop goes FAILED (the original's number).
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 10;
+/// First retry delay.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Jitter fraction applied to retry delays.
+pub const BACKOFF_JITTER: f64 = 0.1;
+/// Shortest interval accepted (guards against a busy loop on a zero interval).
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Where requests go: the real [`Transport`] (built lazily) or a test double.
+pub trait MetricsSink: Send {
+    /// Sends one request and classifies the answer.
+    fn send(
+        &mut self,
+        request: ExportMetricsServiceRequest,
+    ) -> impl Future<Output = ExportOutcome> + Send;
+}
+
+/// A [`Transport`] built on first use and rebuilt after a build failure, so a CA file that
+/// appears later, or a collector that is down at start, is picked up without a restart.
+pub struct LazyTransport {
+    config: OtlpConfig,
+    transport: Option<Transport>,
+}
+
+impl LazyTransport {
+    /// A sink for `config`; nothing is built or connected yet.
+    pub fn new(config: OtlpConfig) -> Self {
+        LazyTransport {
+            config,
+            transport: None,
+        }
+    }
+}
+
+impl MetricsSink for LazyTransport {
+    async fn send(&mut self, request: ExportMetricsServiceRequest) -> ExportOutcome {
+        if self.transport.is_none() {
+            match Transport::new(&self.config) {
+                Ok(t) => self.transport = Some(t),
+                Err(e) => {
+                    let secrets: Vec<&str> = self
+                        .config
+                        .headers
+                        .iter()
+                        .map(|(_, v)| v.expose())
+                        .collect();
+                    return ExportOutcome::Drop {
+                        reason: sanitize(&e.to_string(), &secrets),
+                    };
+                }
+            }
+        }
+        match &mut self.transport {
+            Some(t) => t.send(request).await,
+            None => ExportOutcome::Drop {
+                reason: "OTLP transport unavailable".into(),
+            },
+        }
+    }
+}
+
+/// The export loop's state; see the module documentation.
+pub struct ExportLoop<S: MetricsSink> {
+    sink: S,
+    registry: Arc<Registry>,
+    converter: Converter,
+    health: OtlpHealth,
+    stats: Arc<ExportStats>,
+    interval: Duration,
+    timeout: Duration,
+    backoff: Backoff,
+    random: Box<dyn FnMut() -> f64 + Send>,
+    /// Earliest time the server allows the next request (Retry-After / RetryInfo).
+    not_before: Option<Instant>,
+    last_logged_error: Option<String>,
+}
+
+impl<S: MetricsSink> ExportLoop<S> {
+    /// A loop sending `registry` snapshots through `sink` every `interval`; `timeout`
+    /// bounds the final export on shutdown. `random` yields values in `0.0..1.0` for the
+    /// backoff jitter (`rand::random` in production, a constant in tests). Fails only if
+    /// the backoff constants were invalid.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        sink: S,
+        registry: Arc<Registry>,
+        converter: Converter,
+        health: OtlpHealth,
+        stats: Arc<ExportStats>,
+        interval: Duration,
+        timeout: Duration,
+        random: Box<dyn FnMut() -> f64 + Send>,
+    ) -> Result<Self, BackoffError> {
+        let backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_JITTER)?;
+        Ok(ExportLoop {
+            sink,
+            registry,
+            converter,
+            health,
+            stats,
+            interval: interval.max(MIN_INTERVAL),
+            timeout,
+            backoff,
+            random,
+            not_before: None,
+            last_logged_error: None,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then does the final export.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.set_state(ExportState::Idle);
+        let mut next_tick = Instant::now();
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let mut wake = retry_at.map_or(next_tick, |r| r.min(next_tick));
+            if let Some(nb) = self.not_before {
+                wake = wake.max(nb);
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            let now = Instant::now();
+            while next_tick <= now {
+                next_tick += self.interval;
+            }
+            let outcome = tokio::select! {
+                biased;
+                // Abandon an in-flight attempt: the final export below sends fresher data.
+                _ = shutdown.cancelled() => break,
+                o = self.attempt() => o,
+            };
+            // Ticks missed while exporting are skipped, not caught up.
+            let now = Instant::now();
+            while next_tick <= now {
+                next_tick += self.interval;
+            }
+            retry_at = self.record(outcome, next_tick);
+        }
+        self.final_export().await;
+    }
+
+    async fn final_export(&mut self) {
+        let outcome = if self.timeout.is_zero() {
+            self.attempt().await
+        } else {
+            match tokio::time::timeout(self.timeout, self.attempt()).await {
+                Ok(o) => o,
+                Err(_) => ExportOutcome::Retry {
+                    after: None,
+                    reason: format!("final export timed out after {:?}", self.timeout),
+                },
+            }
+        };
+        let far = Instant::now();
+        self.record(outcome, far);
+        tracing::debug!(state = ?self.health.get().state, "final OTLP export done");
+    }
+
+    /// One export attempt: fresh snapshot, convert, send every request in order; stops at
+    /// the first failure.
+    async fn attempt(&mut self) -> ExportOutcome {
+        self.set_state(ExportState::Exporting);
+        let started = Instant::now();
+        let snapshot = self.registry.snapshot();
+        let conversion = self.converter.convert(&snapshot);
+        let mut accepted_points = 0u64;
+        let mut rejected_total = 0i64;
+        let mut partial_message = None;
+        let mut failure = None;
+        for (request, points) in conversion
+            .requests
+            .into_iter()
+            .zip(conversion.points_per_request.iter().copied())
+        {
+            match self.sink.send(request).await {
+                ExportOutcome::Sent => accepted_points += points as u64,
+                ExportOutcome::PartialSuccess { rejected, message } => {
+                    accepted_points += points as u64;
+                    rejected_total += rejected.max(0);
+                    partial_message = Some(message);
+                }
+                other => {
+                    failure = Some(other);
+                    break;
+                }
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let rejected = u64::try_from(rejected_total).unwrap_or(0);
+        self.stats.observe_duration(elapsed);
+        self.stats
+            .add_exported(accepted_points.saturating_sub(rejected));
+        self.stats.add_rejected(rejected);
+        self.health
+            .update(|s| s.last_duration_seconds = Some(elapsed));
+        if let Some(f) = failure {
+            return f;
+        }
+        self.converter.acknowledge(conversion.generation);
+        match partial_message {
+            Some(message) => ExportOutcome::PartialSuccess {
+                rejected: rejected_total,
+                message,
+            },
+            None => ExportOutcome::Sent,
+        }
+    }
+
+    /// Applies an attempt's outcome to the state machine and health; returns when to retry
+    /// if that is before `next_tick`.
+    fn record(&mut self, outcome: ExportOutcome, next_tick: Instant) -> Option<Instant> {
+        let now = Instant::now();
+        match outcome {
+            ExportOutcome::Sent | ExportOutcome::PartialSuccess { .. } => {
+                if let ExportOutcome::PartialSuccess { rejected, message } = &outcome {
+                    tracing::warn!(rejected, message = %message, "OTLP collector accepted the export partially");
+                }
+                if self.backoff.failures() > 0 {
+                    tracing::info!("OTLP export recovered");
+                }
+                self.backoff.reset();
+                self.not_before = None;
+                self.last_logged_error = None;
+                let wall = unix_seconds(SystemTime::now());
+                self.health.update(|s| {
+                    s.state = ExportState::Idle;
+                    s.consecutive_failures = 0;
+                    s.last_success = Some(wall);
+                    s.last_error = None;
+                });
+                None
+            }
+            ExportOutcome::Retry { after, reason } => {
+                let delay = self.backoff.fail((self.random)());
+                let failures = self.backoff.failures();
+                self.not_before = after.map(|a| now + a);
+                let delay = after.map_or(delay, |a| a.max(delay));
+                let state = if failures >= MAX_CONSECUTIVE_FAILURES {
+                    ExportState::Failed
+                } else {
+                    ExportState::Retrying
+                };
+                self.fail(state, failures, reason);
+                let at = now + delay;
+                (state == ExportState::Retrying && at < next_tick).then_some(at)
+            }
+            ExportOutcome::Drop { reason } => {
+                self.backoff.fail((self.random)());
+                let failures = self.backoff.failures();
+                self.stats.add_dropped();
+                self.not_before = None;
+                self.fail(ExportState::Failed, failures, reason);
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, state: ExportState, failures: u32, reason: String) {
+        if self.last_logged_error.as_deref() != Some(reason.as_str()) {
+            if state == ExportState::Failed {
+                tracing::error!(consecutive_failures = failures, error = %reason, "OTLP export failed; retrying on the next scheduled export");
+            } else {
+                tracing::warn!(consecutive_failures = failures, error = %reason, "OTLP export failed; will retry");
+            }
+            self.last_logged_error = Some(reason.clone());
+        } else {
+            tracing::debug!(consecutive_failures = failures, error = %reason, ?state, "OTLP export failed again");
+        }
+        self.health.update(|s| {
+            s.state = state;
+            s.consecutive_failures = failures;
+            s.last_error = Some(reason);
+        });
+    }
+
+    fn set_state(&self, state: ExportState) {
+        self.health.update(|s| s.state = state);
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// This host's name: `/proc/sys/kernel/hostname`, else `$HOSTNAME`, else `localhost`.
+pub fn local_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// When this process started (Linux: `/proc/self/stat` start ticks after `/proc/stat`
+/// boot time, USER_HZ = 100); `fallback` elsewhere or when unreadable.
+pub fn process_start_time(fallback: SystemTime) -> SystemTime {
+    let read = || -> Option<SystemTime> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Field 22 (starttime); fields after the `)` of the command name.
+        let after = stat.rsplit_once(')')?.1;
+        let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+        let boot: u64 = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        let start = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(boot)
+            + Duration::from_millis(ticks.saturating_mul(10));
+        Some(start)
+    };
+    match read() {
+        Some(t) if t <= fallback => t,
+        _ => fallback,
+    }
+}
+
+/// Runs the OTLP export until `shutdown` is cancelled (then exports once more). With
+/// `config.enabled == false` it marks `health` DISABLED and returns at once.
+/// `instance_id` becomes `service.instance.id` (`host:port` of the `/metrics` listener).
+/// Feeds the process-wide [`ExportStats`] that [`crate::otlp::health_collector`] reads.
+pub async fn run_export_loop(
+    config: OtlpConfig,
+    registry: Arc<Registry>,
+    health: OtlpHealth,
+    instance_id: String,
+    shutdown: CancellationToken,
+) {
+    run_export_loop_with_stats(
+        config,
+        registry,
+        health,
+        ExportStats::global(),
+        instance_id,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run_export_loop`] feeding the given statistics (for tests and for callers that run
+/// more than one loop in a process).
+pub async fn run_export_loop_with_stats(
+    config: OtlpConfig,
+    registry: Arc<Registry>,
+    health: OtlpHealth,
+    stats: Arc<ExportStats>,
+    instance_id: String,
+    shutdown: CancellationToken,
+) {
+    if !config.enabled {
+        health.update(|s| s.state = ExportState::Disabled);
+        return;
+    }
+    let resource = build_resource(&ResourceInfo {
+        service_name: config.service_name.clone(),
+        instance_id,
+        host_name: local_host_name(),
+        extra: config.resource_attributes.clone(),
+    });
+    let converter = Converter::new(
+        resource,
+        process_start_time(SystemTime::now()),
+        config.max_request_bytes,
+    );
+    tracing::info!(endpoint = %config.endpoint, protocol = ?config.protocol, interval = ?config.interval, "OTLP export starting");
+    let interval = config.interval;
+    let timeout = config.timeout;
+    match ExportLoop::new(
+        LazyTransport::new(config),
+        registry,
+        converter,
+        health.clone(),
+        stats,
+        interval,
+        timeout,
+        Box::new(rand::random::<f64>),
+    ) {
+        Ok(export) => export.run(shutdown).await,
+        Err(e) => {
+            tracing::error!(error = %e, "OTLP export cannot start");
+            health.update(|s| {
+                s.state = ExportState::Failed;
+                s.last_error = Some(e.to_string());
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::model::{Family, MetricKind};
+    use crate::metrics::Collector;
+    use crate::otlp::convert::ResourceInfo;
+    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+    use parking_lot::Mutex;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Gauge whose value counts how many snapshots were taken.
+    struct SnapshotCounter(AtomicU64);
+    impl Collector for SnapshotCounter {
+        fn collect(&self, out: &mut Vec<Family>) {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            out.push(Family::single(
+                "snap",
+                "snapshots",
+                MetricKind::Gauge,
+                n as f64,
+            ));
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Call {
+        at: Duration,
+        state: ExportState,
+        value: f64,
+    }
+
+    #[derive(Default)]
+    struct ScriptInner {
+        outcomes: VecDeque<(Duration, ExportOutcome)>,
+        calls: Vec<Call>,
+        in_flight: bool,
+        overlapped: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct Script(Arc<Mutex<ScriptInner>>);
+
+    impl Script {
+        fn push(&self, delay: Duration, outcome: ExportOutcome) {
+            self.0.lock().outcomes.push_back((delay, outcome));
+        }
+        fn times(&self) -> Vec<u64> {
+            self.0.lock().calls.iter().map(|c| c.at.as_secs()).collect()
+        }
+        fn calls(&self) -> Vec<Call> {
+            self.0.lock().calls.clone()
+        }
+    }
+
+    struct FakeSink {
+        script: Script,
+        health: OtlpHealth,
+        start: Instant,
+    }
+
+    impl MetricsSink for FakeSink {
+        async fn send(&mut self, request: ExportMetricsServiceRequest) -> ExportOutcome {
+            let value = request.resource_metrics[0].scope_metrics[0]
+                .metrics
+                .iter()
+                .find_map(|m| match &m.data {
+                    Some(metric::Data::Gauge(g)) => match g.data_points[0].value {
+                        Some(number_data_point::Value::AsDouble(v)) => Some(v),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .unwrap_or(f64::NAN);
+            let (delay, outcome) = {
+                let mut s = self.script.0.lock();
+                if s.in_flight {
+                    s.overlapped = true;
+                }
+                s.in_flight = true;
+                s.calls.push(Call {
+                    at: self.start.elapsed(),
+                    state: self.health.get().state,
+                    value,
+                });
+                s.outcomes
+                    .pop_front()
+                    .unwrap_or((Duration::ZERO, ExportOutcome::Sent))
+            };
+            tokio::time::sleep(delay).await;
+            self.script.0.lock().in_flight = false;
+            outcome
+        }
+    }
+
+    struct Harness {
+        script: Script,
+        health: OtlpHealth,
+        stats: Arc<ExportStats>,
+        shutdown: CancellationToken,
+        handle: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(interval_secs: u64, timeout_secs: u64, script: Script) -> Harness {
+        let registry = Arc::new(Registry::new());
+        registry.register(Arc::new(SnapshotCounter(AtomicU64::new(0))));
+        let health = OtlpHealth::new(ExportState::Disabled);
+        let stats = ExportStats::new();
+        let resource = build_resource(&ResourceInfo {
+            service_name: "t".into(),
+            instance_id: "h:1".into(),
+            host_name: "h".into(),
+            extra: vec![],
+        });
+        let converter = Converter::new(resource, SystemTime::now(), 1 << 20);
+        let sink = FakeSink {
+            script: script.clone(),
+            health: health.clone(),
+            start: Instant::now(),
+        };
+        let export = ExportLoop::new(
+            sink,
+            registry,
+            converter,
+            health.clone(),
+            stats.clone(),
+            Duration::from_secs(interval_secs),
+            Duration::from_secs(timeout_secs),
+            Box::new(|| 0.5),
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(export.run(shutdown.clone()));
+        Harness {
+            script,
+            health,
+            stats,
+            shutdown,
+            handle,
+        }
+    }
+
+    fn retry() -> ExportOutcome {
+        ExportOutcome::Retry {
+            after: None,
+            reason: "HTTP 503 Service Unavailable".into(),
+        }
+    }
+
+    async fn advance_to(start: Instant, secs_f: f64) {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(secs_f)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_export_at_once_then_every_interval() {
+        let t0 = Instant::now();
+        let h = start(10, 5, Script::default());
+        advance_to(t0, 35.0).await;
+        assert_eq!(h.script.times(), vec![0, 10, 20, 30]);
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Idle);
+        assert!(st.last_success.unwrap() > 1e9);
+        assert!(st.last_duration_seconds.is_some());
+        assert_eq!(h.stats.exported_points(), 4);
+        assert_eq!(h.stats.attempts(), 4);
+        // every attempt saw EXPORTING and a fresh snapshot
+        let calls = h.script.calls();
+        assert!(calls.iter().all(|c| c.state == ExportState::Exporting));
+        let values: Vec<f64> = calls.iter().map(|c| c.value).collect();
+        assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_but_never_delay_the_schedule() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        for _ in 0..5 {
+            script.push(Duration::ZERO, retry());
+        }
+        let h = start(10, 5, script);
+        advance_to(t0, 0.5).await;
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Retrying);
+        assert_eq!(st.consecutive_failures, 1);
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("HTTP 503 Service Unavailable")
+        );
+        advance_to(t0, 8.0).await;
+        assert_eq!(h.health.get().consecutive_failures, 4);
+        advance_to(t0, 25.0).await;
+        // backoff 1, 2, 4 s; the 8 s retry would pass the tick at 10, so the tick does it
+        assert_eq!(h.script.times(), vec![0, 1, 3, 7, 10, 20]);
+        // each retry sent a fresh snapshot
+        let values: Vec<f64> = h.script.calls().iter().map(|c| c.value).collect();
+        assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Idle);
+        assert_eq!(st.consecutive_failures, 0);
+        assert_eq!(st.last_error, None);
+        assert_eq!(h.stats.attempts(), 6);
+        assert_eq!(h.stats.exported_points(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_failures_mean_failed_then_a_success_means_idle() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        for _ in 0..12 {
+            script.push(Duration::ZERO, retry());
+        }
+        let h = start(1, 1, script);
+        advance_to(t0, 8.5).await;
+        assert_eq!(h.health.get().state, ExportState::Retrying);
+        assert_eq!(h.health.get().consecutive_failures, 9);
+        advance_to(t0, 9.5).await;
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Failed);
+        assert_eq!(st.consecutive_failures, 10);
+        advance_to(t0, 11.5).await;
+        assert_eq!(h.health.get().state, ExportState::Failed);
+        assert_eq!(h.health.get().consecutive_failures, 12);
+        advance_to(t0, 12.5).await;
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Idle);
+        assert_eq!(st.consecutive_failures, 0);
+        assert_eq!(h.script.times(), (0..=12).collect::<Vec<_>>());
+        assert_eq!(h.stats.dropped_exports(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_retryable_failure_is_failed_at_once_and_waits_for_the_tick() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Drop {
+                reason: "HTTP 401 Unauthorized".into(),
+            },
+        );
+        let h = start(10, 5, script);
+        advance_to(t0, 9.0).await;
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Failed);
+        assert_eq!(st.consecutive_failures, 1);
+        assert_eq!(st.last_error.as_deref(), Some("HTTP 401 Unauthorized"));
+        assert_eq!(h.stats.dropped_exports(), 1);
+        assert_eq!(h.script.times(), vec![0]);
+        advance_to(t0, 10.5).await;
+        assert_eq!(h.health.get().state, ExportState::Idle);
+        assert_eq!(h.script.times(), vec![0, 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_delay_is_a_floor() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_secs(5)),
+                reason: "HTTP 429".into(),
+            },
+        );
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_secs(30)),
+                reason: "HTTP 429".into(),
+            },
+        );
+        let h = start(10, 5, script);
+        advance_to(t0, 45.0).await;
+        // retry at 5 (the hint beats the 1 s backoff); then the ticks at 10, 20, 30 wait
+        // for 35; the schedule grid itself is unchanged (40)
+        assert_eq!(h.script.times(), vec![0, 5, 35, 40]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_exports_never_overlap_and_missed_ticks_are_skipped() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(Duration::from_secs(25), ExportOutcome::Sent);
+        let h = start(10, 30, script);
+        advance_to(t0, 41.0).await;
+        assert_eq!(h.script.times(), vec![0, 30, 40]);
+        assert!(!h.script.0.lock().overlapped);
+        assert_eq!(h.stats.attempts(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_cuts_the_wait_short_and_exports_once_more() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_secs(200)),
+                reason: "HTTP 503".into(),
+            },
+        );
+        let h = start(1000, 5, script);
+        advance_to(t0, 5.0).await;
+        h.shutdown.cancel();
+        h.handle.await.unwrap();
+        assert_eq!(h.script.times(), vec![0, 5]);
+        assert_eq!(h.script.calls()[1].value, 2.0);
+        assert_eq!(h.health.get().state, ExportState::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_a_hanging_export_finishes_within_the_timeout() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(Duration::from_secs(100), ExportOutcome::Sent);
+        script.push(Duration::from_secs(100), ExportOutcome::Sent);
+        let h = start(1000, 3, script);
+        advance_to(t0, 5.0).await;
+        h.shutdown.cancel();
+        h.handle.await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_secs(8));
+        assert_eq!(h.script.times(), vec![0, 5]);
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Retrying);
+        assert!(st.last_error.unwrap().contains("timed out"));
+    }
+
+    #[tokio::test]
+    async fn disabled_config_marks_disabled_and_returns() {
+        let health = OtlpHealth::new(ExportState::Idle);
+        run_export_loop_with_stats(
+            OtlpConfig::default(),
+            Arc::new(Registry::new()),
+            health.clone(),
+            ExportStats::new(),
+            "h:1".into(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(health.get().state, ExportState::Disabled);
+    }
+
+    #[test]
+    fn process_start_is_in_the_past() {
+        let now = SystemTime::now();
+        let start = process_start_time(now);
+        assert!(start <= now);
+        assert!(now.duration_since(start).unwrap() < Duration::from_secs(24 * 3600));
+        assert!(!local_host_name().is_empty());
+    }
+}

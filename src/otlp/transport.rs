@@ -1,0 +1,833 @@
+//! Sending one `ExportMetricsServiceRequest` to a collector, and classifying the answer by
+//! what to do next. The only I/O of the OTLP export.
+//!
+//! Implements `docs/otlp-and-prometheus.md` §3.2 (OTLP/HTTP) and §3.3 (OTLP/gRPC):
+//! - gRPC through tonic's generated `MetricsServiceClient`: header names lowercased into
+//!   metadata keys (gRPC requires lowercase keys; the original failed every export on
+//!   `Authorization`), gzip via `send_compressed`, TLS with a CA file and optional client
+//!   certificate and key, the configured timeout as the request deadline;
+//! - HTTP/protobuf through reqwest: POST to the configured endpoint (configuration already
+//!   appended `/v1/metrics`), `Content-Type: application/x-protobuf`, optional
+//!   `Content-Encoding: gzip`, the same TLS options and timeout.
+//!
+//! Every answer becomes an [`ExportOutcome`]: HTTP 429/502/503/504, connection errors and
+//! timeouts are retryable (honouring `Retry-After` in seconds or as an HTTP date); gRPC
+//! CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS are retryable,
+//! RESOURCE_EXHAUSTED only with a `google.rpc.RetryInfo` (whose delay is honoured);
+//! everything else is dropped. Error texts are sanitised ([`sanitize`]): no header values,
+//! nothing that looks like a token.
+//!
+//! Does not: convert (see `convert`), retry or schedule (see `export`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
+use crate::secret::MASK;
+
+/// Longest server hint (Retry-After, RetryInfo) we honour; longer ones are capped.
+pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(600);
+/// Largest response body read (spec §3.2: bigger responses are a non-retryable error).
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Longest error text kept.
+const MAX_REASON_CHARS: usize = 300;
+
+/// What to do after one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportOutcome {
+    /// Accepted in full.
+    Sent,
+    /// Accepted, but the collector rejected some points (or sent a warning). Not retried.
+    PartialSuccess {
+        /// Rejected data points.
+        rejected: i64,
+        /// The collector's message, sanitised.
+        message: String,
+    },
+    /// Failed transiently: try again later.
+    Retry {
+        /// The server's requested delay (Retry-After, RetryInfo), if any.
+        after: Option<Duration>,
+        /// Sanitised reason.
+        reason: String,
+    },
+    /// Failed permanently: retrying the same request will not help.
+    Drop {
+        /// Sanitised reason.
+        reason: String,
+    },
+}
+
+/// Why a transport could not be built. Texts never contain header values.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A TLS file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    ReadFile {
+        /// Which file (CA, client certificate, client key).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Only one of client certificate and key was given.
+    #[error("mTLS needs both a client certificate and a client key")]
+    IncompleteIdentity,
+    /// The endpoint is not a usable URL.
+    #[error("invalid OTLP endpoint: {0}")]
+    Endpoint(String),
+    /// A header name or value cannot be sent.
+    #[error("invalid OTLP header {name:?}: {problem}")]
+    Header {
+        /// Header name (never the value).
+        name: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// The TLS or HTTP client could not be configured.
+    #[error("cannot set up the OTLP client: {0}")]
+    Client(String),
+}
+
+/// A connection to one collector.
+pub struct Transport {
+    inner: Inner,
+    timeout: Duration,
+    secrets: Vec<String>,
+}
+
+enum Inner {
+    Grpc {
+        client: MetricsServiceClient<Channel>,
+        metadata: MetadataMap,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+        headers: reqwest::header::HeaderMap,
+        gzip: bool,
+    },
+}
+
+struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
+    std::fs::read(path).map_err(|source| TransportError::ReadFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn tls_files(config: &OtlpConfig) -> Result<TlsFiles, TransportError> {
+    let ca = match &config.tls.ca_file {
+        Some(p) => Some(read("CA file", p)?),
+        None => None,
+    };
+    let identity = match (&config.tls.client_cert_file, &config.tls.client_key_file) {
+        (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
+        (None, None) => None,
+        _ => return Err(TransportError::IncompleteIdentity),
+    };
+    Ok(TlsFiles { ca, identity })
+}
+
+impl Transport {
+    /// Builds the client for `config.protocol`. Connects lazily: a collector that is down
+    /// now is not an error here, only at send time.
+    pub fn new(config: &OtlpConfig) -> Result<Self, TransportError> {
+        let secrets = config
+            .headers
+            .iter()
+            .map(|(_, v)| v.expose().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let files = tls_files(config)?;
+        let inner = match config.protocol {
+            OtlpProtocol::Grpc => grpc(config, files)?,
+            OtlpProtocol::HttpProtobuf => http(config, files)?,
+        };
+        Ok(Transport {
+            inner,
+            timeout: config.timeout,
+            secrets,
+        })
+    }
+
+    /// Sends one request within the configured timeout and classifies the answer.
+    pub async fn send(&mut self, request: ExportMetricsServiceRequest) -> ExportOutcome {
+        let timeout = self.timeout;
+        let fut = async {
+            match &mut self.inner {
+                Inner::Grpc { client, metadata } => {
+                    let mut req = tonic::Request::new(request);
+                    *req.metadata_mut() = metadata.clone();
+                    if !timeout.is_zero() {
+                        req.set_timeout(timeout);
+                    }
+                    match client.export(req).await {
+                        Ok(resp) => classify_response(resp.into_inner()),
+                        Err(status) => classify_grpc(&status),
+                    }
+                }
+                Inner::Http {
+                    client,
+                    url,
+                    headers,
+                    gzip,
+                } => send_http(client, url, headers, *gzip, &request).await,
+            }
+        };
+        // A zero timeout means "no limit" (OTEL_EXPORTER_OTLP_TIMEOUT=0).
+        let outcome = if timeout.is_zero() {
+            fut.await
+        } else {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(o) => o,
+                Err(_) => ExportOutcome::Retry {
+                    after: None,
+                    reason: format!("timed out after {timeout:?}"),
+                },
+            }
+        };
+        self.scrub(outcome)
+    }
+
+    fn scrub(&self, outcome: ExportOutcome) -> ExportOutcome {
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        match outcome {
+            ExportOutcome::PartialSuccess { rejected, message } => ExportOutcome::PartialSuccess {
+                rejected,
+                message: sanitize(&message, &secrets),
+            },
+            ExportOutcome::Retry { after, reason } => ExportOutcome::Retry {
+                after,
+                reason: sanitize(&reason, &secrets),
+            },
+            ExportOutcome::Drop { reason } => ExportOutcome::Drop {
+                reason: sanitize(&reason, &secrets),
+            },
+            ExportOutcome::Sent => ExportOutcome::Sent,
+        }
+    }
+}
+
+fn uses_tls(config: &OtlpConfig) -> bool {
+    config.tls.enabled || config.endpoint.starts_with("https://")
+}
+
+fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
+    let tls = uses_tls(config);
+    // tonic only speaks TLS to https:// URIs; `tls.enabled` with an http:// endpoint
+    // means the user wants TLS.
+    let endpoint = match config.endpoint.strip_prefix("http://") {
+        Some(rest) if tls => format!("https://{rest}"),
+        _ => config.endpoint.clone(),
+    };
+    let mut ep = Endpoint::from_shared(endpoint)
+        .map_err(|e| TransportError::Endpoint(e.to_string()))?
+        .tcp_nodelay(true);
+    if !config.timeout.is_zero() {
+        ep = ep.timeout(config.timeout).connect_timeout(config.timeout);
+    }
+    if tls {
+        let mut tls_config = ClientTlsConfig::new();
+        tls_config = match files.ca {
+            Some(ca) => tls_config.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            None => tls_config.with_native_roots(),
+        };
+        if let Some((cert, key)) = files.identity {
+            tls_config = tls_config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        ep = ep
+            .tls_config(tls_config)
+            .map_err(|e| TransportError::Client(e.to_string()))?;
+    }
+    let mut client = MetricsServiceClient::new(ep.connect_lazy())
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(usize::MAX);
+    if config.compression == OtlpCompression::Gzip {
+        client = client.send_compressed(CompressionEncoding::Gzip);
+    }
+    let mut metadata = MetadataMap::new();
+    for (name, value) in &config.headers {
+        let lower = name.trim().to_ascii_lowercase();
+        let key =
+            MetadataKey::from_bytes(lower.as_bytes()).map_err(|_| TransportError::Header {
+                name: name.clone(),
+                problem: "not a valid gRPC metadata key",
+            })?;
+        let value =
+            MetadataValue::try_from(value.expose()).map_err(|_| TransportError::Header {
+                name: name.clone(),
+                problem: "value is not printable ASCII",
+            })?;
+        metadata.append(key, value);
+    }
+    Ok(Inner::Grpc { client, metadata })
+}
+
+fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
+    let mut builder = reqwest::Client::builder().user_agent(concat!(
+        "OTel-OTLP-Exporter-Rust loxone-exporter/",
+        env!("CARGO_PKG_VERSION")
+    ));
+    if !config.timeout.is_zero() {
+        builder = builder
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout);
+    }
+    if let Some(ca) = files.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&ca)
+            .map_err(|e| TransportError::Client(format!("CA file: {}", error_chain(&e))))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    if let Some((mut cert, key)) = files.identity {
+        cert.push(b'\n');
+        cert.extend_from_slice(&key);
+        let identity = reqwest::Identity::from_pem(&cert)
+            .map_err(|e| TransportError::Client(format!("client identity: {}", error_chain(&e))))?;
+        builder = builder.identity(identity);
+    }
+    let client = builder
+        .build()
+        .map_err(|e| TransportError::Client(error_chain(&e)))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &config.headers {
+        let key =
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                TransportError::Header {
+                    name: name.clone(),
+                    problem: "not a valid HTTP header name",
+                }
+            })?;
+        let mut value = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+            TransportError::Header {
+                name: name.clone(),
+                problem: "value is not a valid HTTP header value",
+            }
+        })?;
+        value.set_sensitive(true);
+        headers.append(key, value);
+    }
+    let url = reqwest::Url::parse(&config.endpoint)
+        .map_err(|e| TransportError::Endpoint(e.to_string()))?;
+    Ok(Inner::Http {
+        client,
+        url: url.to_string(),
+        headers,
+        gzip: config.compression == OtlpCompression::Gzip,
+    })
+}
+
+async fn send_http(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &reqwest::header::HeaderMap,
+    gzip: bool,
+    request: &ExportMetricsServiceRequest,
+) -> ExportOutcome {
+    use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+    let body = request.encode_to_vec();
+    let mut req = client
+        .post(url)
+        .headers(headers.clone())
+        .header(CONTENT_TYPE, "application/x-protobuf");
+    let body = if gzip {
+        match gzip_bytes(&body) {
+            Ok(b) => {
+                req = req.header(CONTENT_ENCODING, "gzip");
+                b
+            }
+            Err(e) => {
+                return ExportOutcome::Drop {
+                    reason: format!("gzip failed: {e}"),
+                }
+            }
+        }
+    } else {
+        body
+    };
+    let resp = match req.body(body).send().await {
+        Ok(r) => r,
+        // No response at all: connection refused or reset, TLS failure, timeout. The spec
+        // retries these; a TLS misconfiguration shows up as a persistent retryable error.
+        Err(e) => {
+            return ExportOutcome::Retry {
+                after: None,
+                reason: format!("HTTP request failed: {}", error_chain(&e.without_url())),
+            }
+        }
+    };
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let too_big = resp
+        .content_length()
+        .is_some_and(|l| l > MAX_RESPONSE_BYTES as u64);
+    let body = if too_big {
+        None
+    } else {
+        resp.bytes().await.ok()
+    };
+    let body_too_big = body.as_ref().is_some_and(|b| b.len() > MAX_RESPONSE_BYTES);
+    if too_big || body_too_big {
+        return ExportOutcome::Drop {
+            reason: format!("HTTP {}: response body larger than 4 MiB", status.as_u16()),
+        };
+    }
+    let body = body.unwrap_or_default();
+    classify_http(
+        status.as_u16(),
+        status.canonical_reason(),
+        retry_after,
+        &body,
+    )
+}
+
+fn gzip_bytes(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 8 + 64),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+/// Classifies an HTTP answer (spec §3.2). `body` is the response body: an
+/// `ExportMetricsServiceResponse` on success, a `google.rpc.Status` on failure.
+pub fn classify_http(
+    status: u16,
+    reason_phrase: Option<&str>,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> ExportOutcome {
+    if (200..300).contains(&status) {
+        // An undecodable success body (empty, JSON) still means accepted.
+        return ExportMetricsServiceResponse::decode(body)
+            .map(classify_response)
+            .unwrap_or(ExportOutcome::Sent);
+    }
+    let mut reason = format!("HTTP {status}");
+    if let Some(p) = reason_phrase {
+        reason.push(' ');
+        reason.push_str(p);
+    }
+    if let Ok(st) = RpcStatus::decode(body) {
+        if !st.message.is_empty() {
+            reason.push_str(": ");
+            reason.push_str(&st.message);
+        }
+    }
+    match status {
+        429 | 502 | 503 | 504 => ExportOutcome::Retry {
+            after: retry_after.map(|d| d.min(MAX_SERVER_DELAY)),
+            reason,
+        },
+        _ => ExportOutcome::Drop { reason },
+    }
+}
+
+/// Parses `Retry-After`: delay seconds or an HTTP date (relative to `now`).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn classify_response(resp: ExportMetricsServiceResponse) -> ExportOutcome {
+    match resp.partial_success {
+        Some(p) if p.rejected_data_points != 0 || !p.error_message.is_empty() => {
+            ExportOutcome::PartialSuccess {
+                rejected: p.rejected_data_points,
+                message: p.error_message,
+            }
+        }
+        _ => ExportOutcome::Sent,
+    }
+}
+
+/// Classifies a gRPC failure (spec §3.3).
+pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
+    use tonic::Code;
+    let mut reason = format!("gRPC {}", code_name(status.code()));
+    if !status.message().is_empty() {
+        reason.push_str(": ");
+        reason.push_str(status.message());
+    }
+    if let Some(source) = std::error::Error::source(status) {
+        reason.push_str(": ");
+        reason.push_str(&error_chain(source));
+    }
+    let retry_info = retry_delay(status.details());
+    match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => ExportOutcome::Retry {
+            after: retry_info,
+            reason,
+        },
+        Code::ResourceExhausted if retry_info.is_some() => ExportOutcome::Retry {
+            after: retry_info,
+            reason,
+        },
+        _ => ExportOutcome::Drop { reason },
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// `google.rpc.Status`, decoded from gRPC status details and HTTP error bodies.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    /// gRPC code.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// Message.
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// Typed details.
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<ProtoAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProtoAny {
+    /// Type URL, e.g. `type.googleapis.com/google.rpc.RetryInfo`.
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    /// Encoded message.
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RetryInfo {
+    /// How long to wait.
+    #[prost(message, optional, tag = "1")]
+    pub retry_delay: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProtoDuration {
+    /// Whole seconds.
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    /// Nanoseconds.
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+/// Type URL of `google.rpc.RetryInfo`.
+pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// The RetryInfo delay in encoded `google.rpc.Status` details, capped at
+/// [`MAX_SERVER_DELAY`]; `None` when absent or undecodable.
+pub fn retry_delay(details: &[u8]) -> Option<Duration> {
+    if details.is_empty() {
+        return None;
+    }
+    let status = RpcStatus::decode(details).ok()?;
+    let any = status
+        .details
+        .iter()
+        .find(|a| a.type_url == RETRY_INFO_TYPE)?;
+    let info = RetryInfo::decode(any.value.as_slice()).ok()?;
+    let d = info.retry_delay.unwrap_or_default();
+    let secs = u64::try_from(d.seconds).unwrap_or(0);
+    let nanos = u32::try_from(d.nanos).unwrap_or(0).min(999_999_999);
+    Some(Duration::new(secs, nanos).min(MAX_SERVER_DELAY))
+}
+
+/// An error and its sources, joined with `: `.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Markers after which the next word is a credential (matched case-insensitively).
+const TOKEN_MARKERS: [&str; 11] = [
+    "bearer ",
+    "basic ",
+    "authorization:",
+    "authorization=",
+    "api_key=",
+    "api-key:",
+    "api-key=",
+    "apikey=",
+    "apikey:",
+    "token=",
+    "token:",
+];
+
+/// Makes an error text safe to log and show: removes every known secret value, masks the
+/// word after anything that looks like a credential marker (`Bearer `, `token=`, …), strips
+/// control characters and caps the length.
+pub fn sanitize(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        if s.len() >= 3 {
+            out = out.replace(s, MASK);
+        }
+    }
+    for marker in TOKEN_MARKERS {
+        let mut from = 0;
+        loop {
+            let lower = out.to_ascii_lowercase();
+            let Some(pos) = lower[from..].find(marker).map(|p| p + from) else {
+                break;
+            };
+            let mut start = pos + marker.len();
+            while out[start..].starts_with(' ') {
+                start += 1;
+            }
+            let end = out[start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ';'))
+                .map_or(out.len(), |e| start + e);
+            if end > start {
+                if &out[start..end] != MASK {
+                    out.replace_range(start..end, MASK);
+                }
+                from = start + MASK.len();
+            } else {
+                from = start;
+            }
+        }
+    }
+    let mut cleaned: String = out
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REASON_CHARS)
+        .collect();
+    if out.chars().count() > MAX_REASON_CHARS {
+        cleaned.push('…');
+    }
+    cleaned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_with_retry_info(code: tonic::Code, delay: Duration) -> tonic::Status {
+        let info = RetryInfo {
+            retry_delay: Some(ProtoDuration {
+                seconds: delay.as_secs() as i64,
+                nanos: delay.subsec_nanos() as i32,
+            }),
+        };
+        let st = RpcStatus {
+            code: code as i32,
+            message: "m".into(),
+            details: vec![ProtoAny {
+                type_url: RETRY_INFO_TYPE.into(),
+                value: info.encode_to_vec(),
+            }],
+        };
+        tonic::Status::with_details(code, "busy", st.encode_to_vec().into())
+    }
+
+    #[test]
+    fn http_statuses_are_classified_per_spec() {
+        for code in [429u16, 502, 503, 504] {
+            assert!(
+                matches!(
+                    classify_http(code, None, None, b""),
+                    ExportOutcome::Retry { .. }
+                ),
+                "{code}"
+            );
+        }
+        for code in [400u16, 401, 403, 404, 413, 500, 501] {
+            assert!(
+                matches!(
+                    classify_http(code, None, None, b""),
+                    ExportOutcome::Drop { .. }
+                ),
+                "{code}"
+            );
+        }
+        assert_eq!(classify_http(200, None, None, b""), ExportOutcome::Sent);
+        let r = classify_http(
+            503,
+            Some("Service Unavailable"),
+            Some(Duration::from_secs(2)),
+            b"",
+        );
+        assert_eq!(
+            r,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_secs(2)),
+                reason: "HTTP 503 Service Unavailable".into()
+            }
+        );
+        // server hints are capped
+        let r = classify_http(429, None, Some(Duration::from_secs(100_000)), b"");
+        assert!(matches!(r, ExportOutcome::Retry { after: Some(d), .. } if d == MAX_SERVER_DELAY));
+    }
+
+    #[test]
+    fn http_partial_success_and_error_body() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess;
+        let body = ExportMetricsServiceResponse {
+            partial_success: Some(ExportMetricsPartialSuccess {
+                rejected_data_points: 3,
+                error_message: "bad points".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            classify_http(200, None, None, &body),
+            ExportOutcome::PartialSuccess {
+                rejected: 3,
+                message: "bad points".into()
+            }
+        );
+        let err = RpcStatus {
+            code: 3,
+            message: "invalid data".into(),
+            details: vec![],
+        }
+        .encode_to_vec();
+        assert_eq!(
+            classify_http(400, Some("Bad Request"), None, &err),
+            ExportOutcome::Drop {
+                reason: "HTTP 400 Bad Request: invalid data".into()
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_seconds_and_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(42));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(42)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(42));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn grpc_codes_are_classified_per_spec() {
+        use tonic::Code;
+        for code in [
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unavailable,
+            Code::DataLoss,
+        ] {
+            let o = classify_grpc(&tonic::Status::new(code, "x"));
+            assert!(
+                matches!(o, ExportOutcome::Retry { after: None, .. }),
+                "{code:?}"
+            );
+        }
+        for code in [
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::FailedPrecondition,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::ResourceExhausted,
+        ] {
+            let o = classify_grpc(&tonic::Status::new(code, "x"));
+            assert!(matches!(o, ExportOutcome::Drop { .. }), "{code:?}");
+        }
+        let o = classify_grpc(&status_with_retry_info(
+            Code::ResourceExhausted,
+            Duration::from_millis(1500),
+        ));
+        assert_eq!(
+            o,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_millis(1500)),
+                reason: "gRPC RESOURCE_EXHAUSTED: busy".into()
+            }
+        );
+        let o = classify_grpc(&status_with_retry_info(
+            Code::Unavailable,
+            Duration::from_secs(3),
+        ));
+        assert!(
+            matches!(o, ExportOutcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn sanitize_removes_secrets_and_tokens() {
+        let s = sanitize(
+            "401 for Bearer abc.def-123, header Authorization: Basic dXNlcjpw token=xyz apikey=K9 and s3cretvalue",
+            &["s3cretvalue"],
+        );
+        for leaked in ["abc.def-123", "dXNlcjpw", "xyz", "K9", "s3cretvalue"] {
+            assert!(!s.contains(leaked), "{leaked} leaked in {s}");
+        }
+        assert!(s.contains("Bearer ****"), "{s}");
+        let long = "x".repeat(1000);
+        assert!(sanitize(&long, &[]).chars().count() <= MAX_REASON_CHARS + 1);
+        assert_eq!(sanitize("line\nbreak", &[]), "line break");
+    }
+}
