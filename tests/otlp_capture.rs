@@ -42,7 +42,9 @@ fn attr(point: &Json, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_wire_format_is_exact() {
-    let Some(python) = common::component(common::PYTHON) else { return };
+    let Some(python) = common::component(common::PYTHON) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let sink = CaptureSink::start(&python, &dir.path().join("cap"), common::free_port());
 
@@ -70,11 +72,15 @@ async fn http_wire_format_is_exact() {
         shutdown.clone(),
     ));
 
-    let first = eventually(Duration::from_secs(10), "first capture", || sink.captured().into_iter().next()).await;
+    let first = eventually(Duration::from_secs(10), "first capture", || {
+        sink.captured().into_iter().next()
+    })
+    .await;
     let process_start = unix_nanos(process_start_time(SystemTime::now())).to_string();
 
     // headers
-    let meta: Json = serde_json::from_slice(&std::fs::read(first.with_extension("json")).unwrap()).unwrap();
+    let meta: Json =
+        serde_json::from_slice(&std::fs::read(first.with_extension("json")).unwrap()).unwrap();
     assert_eq!(meta["path"], "/v1/metrics");
     let header = |name: &str| {
         meta["headers"]
@@ -85,9 +91,15 @@ async fn http_wire_format_is_exact() {
             .and_then(|(_, v)| v.as_str())
             .map(str::to_string)
     };
-    assert_eq!(header("content-type").as_deref(), Some("application/x-protobuf"));
+    assert_eq!(
+        header("content-type").as_deref(),
+        Some("application/x-protobuf")
+    );
     assert_eq!(header("content-encoding").as_deref(), Some("gzip"));
-    assert_eq!(header("authorization").as_deref(), Some("Bearer wire-t0ken"));
+    assert_eq!(
+        header("authorization").as_deref(),
+        Some("Bearer wire-t0ken")
+    );
     assert_eq!(header("x-scope-orgid").as_deref(), Some("tenant-1"));
     let body = std::fs::read(&first).unwrap();
     assert_eq!(&body[..2], b"\x1f\x8b", "gzip body");
@@ -97,7 +109,10 @@ async fn http_wire_format_is_exact() {
     assert_eq!(scope["name"], "loxone-exporter");
     assert_eq!(scope["version"], env!("CARGO_PKG_VERSION"));
     let rattrs = &req["resourceMetrics"][0]["resource"];
-    assert_eq!(attr(rattrs, "service.instance.id").as_deref(), Some("wire:9504"));
+    assert_eq!(
+        attr(rattrs, "service.instance.id").as_deref(),
+        Some("wire:9504")
+    );
     assert_eq!(attr(rattrs, "service.name").as_deref(), Some("loxone-test"));
 
     let ptype = |m: &Json| {
@@ -111,16 +126,28 @@ async fn http_wire_format_is_exact() {
     assert_eq!(ptype(g).as_deref(), Some("gauge"));
     assert_eq!(g["description"], "Room temperature");
     let points = g["gauge"]["dataPoints"].as_array().unwrap();
-    let cellar = points.iter().find(|p| attr(p, "room").as_deref() == Some("cellar")).unwrap();
+    let cellar = points
+        .iter()
+        .find(|p| attr(p, "room").as_deref() == Some("cellar"))
+        .unwrap();
     assert_eq!(cellar["asDouble"], "NaN");
-    assert!(cellar.get("startTimeUnixNano").is_none(), "gauge without start time");
+    assert!(
+        cellar.get("startTimeUnixNano").is_none(),
+        "gauge without start time"
+    );
 
     let c = metric(&req, "test_events_total");
     assert_eq!(ptype(c).as_deref(), Some("counter"));
     assert_eq!(c["sum"]["isMonotonic"], true);
-    assert_eq!(c["sum"]["aggregationTemporality"], "AGGREGATION_TEMPORALITY_CUMULATIVE");
+    assert_eq!(
+        c["sum"]["aggregationTemporality"],
+        "AGGREGATION_TEMPORALITY_CUMULATIVE"
+    );
     assert_eq!(c["sum"]["dataPoints"][0]["asDouble"], 42.0);
-    assert_eq!(c["sum"]["dataPoints"][0]["startTimeUnixNano"], process_start.as_str());
+    assert_eq!(
+        c["sum"]["dataPoints"][0]["startTimeUnixNano"],
+        process_start.as_str()
+    );
 
     let h = metric(&req, "test_duration_seconds");
     assert_eq!(ptype(h).as_deref(), Some("histogram"));
@@ -134,7 +161,10 @@ async fn http_wire_format_is_exact() {
 
     let i = metric(&req, "test_build_info");
     assert_eq!(ptype(i).as_deref(), Some("info"));
-    assert!(i["sum"].get("isMonotonic").is_none(), "info is a non-monotonic sum");
+    assert!(
+        i["sum"].get("isMonotonic").is_none(),
+        "info is a non-monotonic sum"
+    );
     assert_eq!(i["sum"]["dataPoints"][0]["asDouble"], 1.0);
 
     // the bedroom series vanishes: one point flagged NoRecordedValue (flags = 1), no value
