@@ -18,8 +18,10 @@
 //! state). A series seen in the previous conversion but missing now is sent once more with
 //! the `NoRecordedValue` flag (§1.5). NaN stays NaN.
 //!
-//! Output is split so that no encoded request exceeds the configured byte limit; a family
-//! bigger than the limit is split across requests by data points.
+//! The output is encoded `ExportMetricsServiceRequest` bodies (canonical protobuf, written
+//! directly: see [`Converter`] for why), [`Conversion::requests`] decodes them into
+//! `opentelemetry-proto` messages. It is split so that no request exceeds the configured
+//! byte limit; a family bigger than the limit is split across requests by data points.
 //!
 //! Does not: send anything (see `transport`), decide retries (see `export`).
 
@@ -163,6 +165,10 @@ pub struct Converter {
     process_start_ns: u64,
     generation: u64,
     families: FxHashMap<Arc<str>, FamilyState>,
+    /// Scratch for one metric's points, kept between conversions.
+    chunk: Vec<u8>,
+    /// Capacity to reserve for a request body (the largest body seen so far).
+    body_hint: usize,
 }
 
 impl Converter {
@@ -185,6 +191,8 @@ impl Converter {
             process_start_ns: unix_nanos(process_start),
             generation: 0,
             families: FxHashMap::default(),
+            chunk: Vec::new(),
+            body_hint: 64 * 1024,
         }
     }
 
@@ -211,20 +219,27 @@ impl Converter {
         let now_ns = unix_nanos(snapshot.taken_at);
         let new_series_start = if first { self.process_start_ns } else { now_ns };
 
-        // Fixed per-request overhead: the two envelopes' tags and (at most 5-byte) length
+        // Fixed per-request overhead: the two envelopes' tags and (at most 10-byte) length
         // prefixes, the resource and the scope.
-        let overhead = 2 * 6 + self.resource_field.len() + self.scope_field.len();
+        let overhead = 2 * 11 + self.resource_field.len() + self.scope_field.len();
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.clear();
         let mut packer = Packer {
             budget: self.max_request_bytes.saturating_sub(overhead).max(1),
+            reserve: overhead,
+            body_hint: self
+                .body_hint
+                .min(self.max_request_bytes.saturating_add(overhead)),
             resource_field: &self.resource_field,
             scope_field: &self.scope_field,
             bodies: Vec::new(),
             counts: Vec::new(),
-            metrics: Vec::with_capacity(self.max_request_bytes.min(4 << 20)),
+            metrics: Vec::new(),
             request_points: 0,
-            chunk: Vec::new(),
+            chunk,
             chunk_points: 0,
         };
+        packer.new_request_buffer();
         let mut stale_points = 0usize;
 
         for family in &snapshot.families {
@@ -306,7 +321,11 @@ impl Converter {
             packer.end_metric(&shape);
         }
 
-        let (bodies, points_per_request) = packer.finish();
+        let (bodies, points_per_request, chunk) = packer.finish();
+        self.chunk = chunk;
+        if let Some(largest) = bodies.iter().map(Bytes::len).max() {
+            self.body_hint = self.body_hint.max(largest + 64);
+        }
         Conversion {
             bodies,
             points_per_request,
@@ -524,11 +543,16 @@ impl MetricShape {
 struct Packer<'a> {
     /// Bytes available for the framed metrics of one request.
     budget: usize,
+    /// Bytes kept free at the start of `metrics` for the envelope, written last, so the
+    /// body needs no copy.
+    reserve: usize,
+    /// Capacity to allocate for a request buffer.
+    body_hint: usize,
     resource_field: &'a [u8],
     scope_field: &'a [u8],
     bodies: Vec<Bytes>,
     counts: Vec<usize>,
-    /// Framed metrics (ScopeMetrics field 2) of the current request.
+    /// `reserve` bytes, then the framed metrics (ScopeMetrics field 2) of the current request.
     metrics: Vec<u8>,
     request_points: usize,
     /// Framed points (data message field 1) of the current metric chunk.
@@ -537,6 +561,16 @@ struct Packer<'a> {
 }
 
 impl Packer<'_> {
+    fn new_request_buffer(&mut self) {
+        self.metrics = Vec::with_capacity(self.body_hint.max(self.reserve + 1024));
+        self.metrics.resize(self.reserve, 0);
+    }
+
+    /// Bytes of framed metrics in the current request.
+    fn metrics_len(&self) -> usize {
+        self.metrics.len() - self.reserve
+    }
+
     fn begin_metric(&mut self) {
         self.chunk.clear();
         self.chunk_points = 0;
@@ -568,17 +602,19 @@ impl Packer<'_> {
         }
         let framed_point = self.chunk.len() - at;
 
-        if self.metrics.len() + shape.framed_len(self.chunk.len()) > self.budget {
-            let point = self.chunk.split_off(at);
+        if self.metrics_len() + shape.framed_len(self.chunk.len()) > self.budget {
+            let point = self.chunk[at..].to_vec();
+            self.chunk.truncate(at);
             if self.chunk_points > 0 {
                 self.emit_chunk(shape);
             }
-            if !self.metrics.is_empty()
-                && self.metrics.len() + shape.framed_len(framed_point) > self.budget
+            if self.metrics_len() > 0
+                && self.metrics_len() + shape.framed_len(framed_point) > self.budget
             {
-                self.flush_request();
+                self.flush_request(true);
             }
-            self.chunk = point;
+            self.chunk.clear();
+            self.chunk.extend_from_slice(&point);
         }
         self.chunk_points += 1;
     }
@@ -607,31 +643,40 @@ impl Packer<'_> {
 
     /// Wraps the current metrics into ExportMetricsServiceRequest → ResourceMetrics →
     /// ScopeMetrics.
-    fn flush_request(&mut self) {
-        if self.metrics.is_empty() {
+    /// `more`: another request may follow (allocate its buffer).
+    fn flush_request(&mut self, more: bool) {
+        if self.metrics_len() == 0 {
             return;
         }
-        let scope_metrics = self.scope_field.len() + self.metrics.len();
+        let scope_metrics = self.scope_field.len() + self.metrics_len();
         let resource_metrics =
             self.resource_field.len() + 1 + varint_len(scope_metrics) + scope_metrics;
-        let total = 1 + varint_len(resource_metrics) + resource_metrics;
-        let mut body = Vec::with_capacity(total);
-        body.push(tag(1, WIRE_LEN));
-        put_varint(&mut body, resource_metrics as u64);
-        body.extend_from_slice(self.resource_field);
-        body.push(tag(2, WIRE_LEN));
-        put_varint(&mut body, scope_metrics as u64);
-        body.extend_from_slice(self.scope_field);
-        body.extend_from_slice(&self.metrics);
-        self.bodies.push(Bytes::from(body));
+        let mut envelope = Vec::with_capacity(self.reserve);
+        envelope.push(tag(1, WIRE_LEN));
+        put_varint(&mut envelope, resource_metrics as u64);
+        envelope.extend_from_slice(self.resource_field);
+        envelope.push(tag(2, WIRE_LEN));
+        put_varint(&mut envelope, scope_metrics as u64);
+        envelope.extend_from_slice(self.scope_field);
+        // `reserve` is the largest the envelope can be (10-byte varints), so it fits.
+        let start = self.reserve.saturating_sub(envelope.len());
+        if let Some(slot) = self.metrics.get_mut(start..self.reserve) {
+            if slot.len() == envelope.len() {
+                slot.copy_from_slice(&envelope);
+            }
+        }
+        let body = std::mem::take(&mut self.metrics);
+        self.bodies.push(Bytes::from(body).slice(start..));
         self.counts.push(self.request_points);
-        self.metrics.clear();
         self.request_points = 0;
+        if more {
+            self.new_request_buffer();
+        }
     }
 
-    fn finish(mut self) -> (Vec<Bytes>, Vec<usize>) {
-        self.flush_request();
-        (self.bodies, self.counts)
+    fn finish(mut self) -> (Vec<Bytes>, Vec<usize>, Vec<u8>) {
+        self.flush_request(false);
+        (self.bodies, self.counts, self.chunk)
     }
 }
 
