@@ -7,10 +7,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod backoff;
 pub mod build_info;
+pub mod cli;
 pub mod config;
+pub mod healthcheck;
+pub mod http;
+pub mod logging;
 pub mod loxone;
 pub mod metrics;
 pub mod otlp;
 pub mod secret;
+pub mod systemd;
+pub mod web;

@@ -1,5 +1,244 @@
-//! The `loxone-exporter` binary (thin: parse, load, bind, run).
+//! The `loxone-exporter` binary: parse arguments, load configuration, bind, run.
+//!
+//! Exit codes: 0 after a clean shutdown (SIGTERM / SIGINT), 1 for configuration errors
+//! (each printed as a `Configuration error:` line), 2 for any other start-up failure,
+//! naming the real cause (e.g. `address 0.0.0.0:9504 is already in use`).
 
-fn main() {
-    print!("{}", loxone_exporter::build_info::version_text());
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use loxone_exporter::app::{self, RunOptions};
+use loxone_exporter::cli::{Cli, Command};
+use loxone_exporter::config::{self, Config};
+use loxone_exporter::loxone::simulator;
+use loxone_exporter::{build_info, healthcheck, logging, web};
+
+fn config_error_exit(lines: impl IntoIterator<Item = String>) -> ExitCode {
+    for l in lines {
+        eprintln!("Configuration error: {l}");
+    }
+    ExitCode::from(1)
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
+    let mut config = config::load(cli.config.as_deref(), &env_lookup)
+        .map_err(|e| config_error_exit(e.0.into_iter().map(|e| e.to_string())))?;
+    cli.apply(&mut config)
+        .map_err(|errs| config_error_exit(errs.into_iter().map(|e| e.to_string())))?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        print!("{}", build_info::version_text());
+        return ExitCode::SUCCESS;
+    }
+    match &cli.command {
+        Some(Command::Check) => match load_config(&cli) {
+            Ok(config) => {
+                print!("{}", config::render_effective(&config));
+                println!("Configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Command::Healthcheck(args)) => {
+            let config = config::load(cli.config.as_deref(), &env_lookup).ok();
+            let url = args.resolve_url(config.as_ref());
+            let code = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(healthcheck::run(url, args.timeout)),
+                Err(e) => {
+                    eprintln!("healthcheck: cannot start runtime: {e}");
+                    1
+                }
+            };
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Some(Command::Simulate(opts)) => match run_simulator(&cli, (**opts).clone()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Fatal error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        None => {
+            let config = if cli.demo {
+                match demo_config(&cli) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                }
+            } else {
+                match load_config(&cli) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                }
+            };
+            if let Some(path) = &cli.web_config {
+                if let Err(e) = web::validate_web_config(path) {
+                    return config_error_exit([e.to_string()]);
+                }
+            }
+            match run_daemon(&cli, config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Fatal error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!("address {addr} is already in use"),
+        std::io::ErrorKind::AddrNotAvailable => {
+            anyhow::anyhow!("address {addr} is not available on this host")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("permission denied binding {addr} (ports below 1024 need privileges)")
+        }
+        _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+    })?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("cannot configure listener on {addr}"))?;
+    Ok(listener)
+}
+
+fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
+    logging::init(config.log_level, config.log_format)?;
+    let addr = SocketAddr::new(config.listen_address, config.listen_port);
+    let std_listener = bind(addr)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("loxone-exporter")
+        .build()
+        .context("cannot start the async runtime")?;
+    let options = RunOptions {
+        telemetry_path: cli.telemetry_path.clone(),
+        web_config: cli.web_config.clone(),
+    };
+    let demo = cli.demo;
+    runtime.block_on(async move {
+        let mut config = config;
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .with_context(|| format!("cannot use listener on {addr}"))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        // the demo's simulated Miniserver lives as long as the daemon
+        let _simulator = if demo {
+            let sim = simulator::start(demo_simulator_options())
+                .await
+                .context("cannot start the demo's simulated Miniserver")?;
+            for ms in &mut config.miniservers {
+                ms.port = sim.http_addr().port();
+            }
+            let shown = if addr.ip().is_unspecified() {
+                format!("127.0.0.1:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            tracing::info!(
+                simulator = %sim.http_addr(),
+                "demo: simulated Miniserver with a real structure file; open http://{shown}/ or http://{shown}/metrics"
+            );
+            Some(sim)
+        } else {
+            None
+        };
+        app::run(config, listener, options, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    })?;
+    // background tasks that ignored the grace period must not keep the process alive
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(())
+}
+
+/// Demo: one Miniserver named `demo` on a simulator started in-process (its port is filled
+/// in once the simulator is bound); listen settings and log flags from the command line.
+fn demo_config(cli: &Cli) -> Result<Config, ExitCode> {
+    let mut config = Config::with_miniserver(config::MiniserverConfig::new(
+        "demo",
+        "127.0.0.1",
+        DEMO_USER,
+        DEMO_PASSWORD,
+    ));
+    config.log_format = config::LogFormat::Text;
+    cli.apply(&mut config)
+        .map_err(|errs| config_error_exit(errs.into_iter().map(|e| e.to_string())))?;
+    Ok(config)
+}
+
+const DEMO_USER: &str = "demo";
+const DEMO_PASSWORD: &str = "demo-password";
+
+fn demo_simulator_options() -> simulator::SimulatorOptions {
+    simulator::SimulatorOptions {
+        user: DEMO_USER.into(),
+        password: DEMO_PASSWORD.into(),
+        rate: 200.0,
+        ..simulator::SimulatorOptions::default()
+    }
+}
+
+fn run_simulator(cli: &Cli, opts: simulator::SimulatorOptions) -> anyhow::Result<()> {
+    let level = match &cli.log_level {
+        Some(l) => loxone_exporter::cli::parse_log_level(l)?,
+        None => config::LogLevel::Info,
+    };
+    let format = match &cli.log_format {
+        Some(f) => loxone_exporter::cli::parse_log_format(f)?,
+        None => config::LogFormat::Text,
+    };
+    logging::init(level, format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        simulator::run(opts, shutdown).await
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "signal received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
 }

@@ -14,9 +14,14 @@ use std::time::Duration;
 use crate::secret::Secret;
 
 mod load;
+mod otlp;
 mod render;
+mod walk;
 
-pub use load::{load, ConfigError, ConfigErrors, Env};
+pub use load::{
+    find_default_config, load, load_str, load_str_with_env_names, ConfigError, ConfigErrors, Env,
+    OTLP_HEADER_ENV_PREFIX,
+};
 pub use render::render_effective;
 
 /// Default HTTP listen port (the original's).
@@ -59,6 +64,9 @@ pub struct Config {
     pub opentelemetry: OtlpConfig,
     /// The file this was loaded from, if any.
     pub source: Option<PathBuf>,
+    /// Where settings not taken from the file came from: (setting path, variable name),
+    /// e.g. `("opentelemetry.endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT")`. Shown by `check`.
+    pub origins: Vec<(String, String)>,
 }
 
 /// One Miniserver.
@@ -253,6 +261,7 @@ impl Config {
             include_text_values: false,
             opentelemetry: OtlpConfig::default(),
             source: None,
+            origins: Vec::new(),
         }
     }
 }

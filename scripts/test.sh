@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test of loxone-exporter on a fresh machine:
+#   1. installs the real third-party components the tests use (scripts/install-test-deps.sh)
+#   2. rustfmt and clippy (warnings are errors), rustdoc (warnings are errors)
+#   3. all unit, integration and doc tests (CI=true: a missing component fails the test)
+#   4. bounded fuzz runs of every fuzz target (FUZZ_SECONDS, default 30 per target)
+#   5. benchmarks compile (run them with scripts/bench.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CI="${CI:-true}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test components"
+envfile=$(bash scripts/install-test-deps.sh | tail -n 1)
+# shellcheck disable=SC1090
+source "$envfile"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --all-targets --no-fail-fast
+cargo test --doc
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
+if [ -x scripts/fuzz.sh ]; then
+  step "fuzzing (${FUZZ_SECONDS:-30} s per target)"
+  bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+fi
+
+step "benchmarks compile"
+cargo bench --no-run --quiet
+
+echo
+echo "all checks passed"

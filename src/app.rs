@@ -1,0 +1,196 @@
+//! Wiring: builds the registry and state store from the configuration, starts one task per
+//! Miniserver, the OTLP export loop and the HTTP server, and shuts them all down in order
+//! when the shutdown token is cancelled.
+//!
+//! One [`CancellationToken`] goes down to every task; a [`TaskTracker`] comes back up. On
+//! shutdown Miniserver sessions close (and kill their tokens), the OTLP loop runs its final
+//! export, the HTTP server stops accepting; everything is given [`SHUTDOWN_GRACE`] in total.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, OtlpProtocol};
+use crate::http::{self, HttpState};
+use crate::metrics::filter::FilterError;
+use crate::metrics::health::{ExportState, OtlpHealth};
+use crate::metrics::self_health::{ProcessMetrics, SelfHealth};
+use crate::metrics::{Registry, StateStore};
+use crate::{loxone, otlp, systemd, web};
+
+/// Time all tasks get to finish after the shutdown signal (the process must be gone
+/// within 2 s of SIGTERM).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1700);
+
+/// Options that come from the command line rather than the config file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `--web.telemetry-path`.
+    pub telemetry_path: String,
+    /// `--web.config.file` (TLS and basic auth).
+    pub web_config: Option<PathBuf>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            telemetry_path: http::DEFAULT_TELEMETRY_PATH.to_string(),
+            web_config: None,
+        }
+    }
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A filter pattern did not compile (normally caught by config validation).
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(String),
+}
+
+/// The running daemon's shared parts, for tests that want to look inside.
+pub struct App {
+    /// The registry behind `/metrics` and OTLP.
+    pub registry: Arc<Registry>,
+    /// Control values and Miniserver health.
+    pub store: Arc<StateStore>,
+}
+
+impl App {
+    /// Builds registry and store for a configuration (no tasks started).
+    pub fn new(config: &Config) -> Result<Self, AppError> {
+        let registry = Arc::new(Registry::new());
+        let store = StateStore::new(&config.filters, config.include_text_values)?;
+        registry.register(store.clone());
+        Ok(App { registry, store })
+    }
+}
+
+/// The endpoint without user-info credentials, for display.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://****@{host}{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled, serving HTTP on `listener`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let app = App::new(&config)?;
+    let self_health = Arc::new(SelfHealth::new());
+    app.registry.register(self_health.clone());
+    app.registry.register(Arc::new(ProcessMetrics::new()));
+    let tracker = TaskTracker::new();
+
+    for ms in &config.miniservers {
+        let state = app.store.add_miniserver(&ms.name);
+        tracker.spawn(loxone::client::run_miniserver(
+            ms.clone(),
+            state,
+            shutdown.clone(),
+        ));
+    }
+
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    let listen_port = local.map_or(config.listen_port, |a| a.port());
+
+    let otlp_cfg = config.opentelemetry.clone();
+    let (otlp_health, otlp_target) = if otlp_cfg.enabled {
+        let health = OtlpHealth::new(ExportState::Idle);
+        app.registry
+            .register(otlp::health_collector(health.clone()));
+        let proto = match otlp_cfg.protocol {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        };
+        let target = (proto.to_string(), redact_url(&otlp_cfg.endpoint));
+        // what a Prometheus scrape of this host would call the instance
+        let instance_id = format!("{}:{listen_port}", otlp::export::local_host_name());
+        tracker.spawn(otlp::run_export_loop(
+            otlp_cfg,
+            app.registry.clone(),
+            health.clone(),
+            instance_id,
+            shutdown.clone(),
+        ));
+        (Some(health), Some(target))
+    } else {
+        (None, None)
+    };
+
+    tracing::info!(
+        miniservers = config.miniservers.len(),
+        listen = %local.map(|a| a.to_string()).unwrap_or_default(),
+        otlp = config.opentelemetry.enabled,
+        "loxone-exporter started"
+    );
+
+    let state = Arc::new(HttpState {
+        registry: app.registry.clone(),
+        store: app.store.clone(),
+        self_health,
+        otlp: otlp_health,
+        otlp_target,
+        telemetry_path: options.telemetry_path.clone(),
+    });
+    let router = http::router(state);
+    let server = tracker.spawn(web::serve(
+        listener,
+        router,
+        options.web_config.clone(),
+        shutdown.clone(),
+    ));
+    // the listener was bound before we got here: tell systemd we are ready
+    systemd::notify_ready();
+    let _watchdog = systemd::spawn_watchdog(shutdown.clone());
+    tracker.close();
+
+    shutdown.cancelled().await;
+    systemd::notify_stopping();
+    tracing::info!("shutdown signal received, stopping");
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within the grace period; exiting anyway");
+        return Ok(());
+    }
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(AppError::Http(e.to_string())),
+        Err(e) => Err(AppError::Http(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url("https://u:p@c.example:4318/v1/metrics"),
+            "https://****@c.example:4318/v1/metrics"
+        );
+        assert_eq!(redact_url("http://c:4317"), "http://c:4317");
+    }
+}

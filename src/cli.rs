@@ -1,0 +1,207 @@
+//! Command-line interface in the Prometheus exporter style (`--web.listen-address`,
+//! `--log.level`, …). Flags override the configuration file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat, LogLevel};
+use crate::http::DEFAULT_TELEMETRY_PATH;
+
+/// loxone-exporter: Loxone Miniserver values for Prometheus and OpenTelemetry.
+#[derive(Debug, Parser)]
+#[command(name = "loxone-exporter", disable_version_flag = true)]
+pub struct Cli {
+    /// Subcommand; none runs the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration file (default: ./config.yml, then ./config.yaml).
+    #[arg(short = 'c', long = "config", global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, HOST:PORT (`:9504` for all interfaces, `[::1]:9504` for IPv6).
+    #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
+    pub listen_address: Option<String>,
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", default_value = DEFAULT_TELEMETRY_PATH, value_name = "PATH")]
+    pub telemetry_path: String,
+    /// Exporter-toolkit web configuration file (TLS, basic auth).
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config: Option<PathBuf>,
+    /// Log level: debug, info, warning, error.
+    #[arg(long = "log.level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: json or text.
+    #[arg(long = "log.format", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Run against a built-in simulated Miniserver with a real structure file.
+    #[arg(long)]
+    pub demo: bool,
+    /// Print version, commit, build date and rustc version.
+    #[arg(short = 'V', long = "version")]
+    pub version: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration and print the effective settings (secrets masked).
+    Check,
+    /// Run a simulated Miniserver (for trying dashboards and collectors without hardware).
+    Simulate(Box<crate::loxone::simulator::SimulatorOptions>),
+    /// Query the running exporter's /healthz; exit 0 when healthy (for container HEALTHCHECK).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
+}
+
+/// A flag value that is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct FlagError {
+    /// The flag.
+    pub flag: &'static str,
+    /// What is wrong, naming the value and the rule.
+    pub message: String,
+}
+
+/// Parses `--web.listen-address`: `HOST:PORT`, `[v6]:PORT` or `:PORT` (all interfaces).
+pub fn parse_listen_address(s: &str) -> Result<(Option<IpAddr>, u16), FlagError> {
+    let err = |m: String| FlagError {
+        flag: "--web.listen-address",
+        message: m,
+    };
+    if let Some(port) = s.strip_prefix(':') {
+        let port = parse_port(port).map_err(err)?;
+        return Ok((None, port));
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return Err(err(format!(
+                "'{s}': port 0 is out of range (allowed 1-65535)"
+            )));
+        }
+        return Ok((Some(sa.ip()), sa.port()));
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+        err(format!(
+            "'{s}' is not HOST:PORT (e.g. 0.0.0.0:9504, [::]:9504, :9504)"
+        ))
+    })?;
+    let port = parse_port(port).map_err(err)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = host.parse().map_err(|_| {
+        err(format!(
+            "'{host}' is not an IP address (IPv4 or IPv6 literal)"
+        ))
+    })?;
+    Ok((Some(ip), port))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        Ok(p) => Err(format!("port {p} is out of range (allowed 1-65535)")),
+        Err(_) => Err(format!("port '{s}' is not a number (allowed 1-65535)")),
+    }
+}
+
+/// Parses `--log.level` (case-insensitive; `warn` = `warning`).
+pub fn parse_log_level(s: &str) -> Result<LogLevel, FlagError> {
+    match s.to_ascii_lowercase().as_str() {
+        "debug" => Ok(LogLevel::Debug),
+        "info" => Ok(LogLevel::Info),
+        "warning" | "warn" => Ok(LogLevel::Warning),
+        "error" => Ok(LogLevel::Error),
+        _ => Err(FlagError {
+            flag: "--log.level",
+            message: format!("'{s}' is not a log level (allowed debug, info, warning, error)"),
+        }),
+    }
+}
+
+/// Parses `--log.format` (case-insensitive).
+pub fn parse_log_format(s: &str) -> Result<LogFormat, FlagError> {
+    match s.to_ascii_lowercase().as_str() {
+        "json" => Ok(LogFormat::Json),
+        "text" => Ok(LogFormat::Text),
+        _ => Err(FlagError {
+            flag: "--log.format",
+            message: format!("'{s}' is not a log format (allowed json, text)"),
+        }),
+    }
+}
+
+impl Cli {
+    /// Applies the flags over a loaded configuration; returns every flag error.
+    pub fn apply(&self, config: &mut Config) -> Result<(), Vec<FlagError>> {
+        let mut errors = Vec::new();
+        if let Some(a) = &self.listen_address {
+            match parse_listen_address(a) {
+                Ok((ip, port)) => {
+                    if let Some(ip) = ip {
+                        config.listen_address = ip;
+                    } else {
+                        config.listen_address = crate::config::DEFAULT_LISTEN_ADDRESS;
+                    }
+                    config.listen_port = port;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(l) = &self.log_level {
+            match parse_log_level(l) {
+                Ok(l) => config.log_level = l,
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(f) = &self.log_format {
+            match parse_log_format(f) {
+                Ok(f) => config.log_format = f,
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_forms() {
+        assert_eq!(parse_listen_address(":9504").unwrap(), (None, 9504));
+        assert_eq!(
+            parse_listen_address("127.0.0.1:1").unwrap(),
+            (Some("127.0.0.1".parse().unwrap()), 1)
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:9504").unwrap(),
+            (Some("::1".parse().unwrap()), 9504)
+        );
+        for bad in [
+            "localhost:9504",
+            "1.2.3.4",
+            "1.2.3.4:70000",
+            ":0",
+            "[::1]:x",
+        ] {
+            let e = parse_listen_address(bad).unwrap_err();
+            assert_eq!(e.flag, "--web.listen-address", "{bad}");
+        }
+    }
+
+    #[test]
+    fn levels_are_case_insensitive() {
+        assert_eq!(parse_log_level("INFO").unwrap(), LogLevel::Info);
+        assert_eq!(parse_log_level("Warn").unwrap(), LogLevel::Warning);
+        assert!(parse_log_level("verbose")
+            .unwrap_err()
+            .message
+            .contains("verbose"));
+        assert_eq!(parse_log_format("JSON").unwrap(), LogFormat::Json);
+    }
+}

@@ -1,0 +1,306 @@
+//! `loxone-exporter healthcheck`: asks the running exporter's `/healthz` and turns the answer
+//! into an exit code, so a container `HEALTHCHECK` needs neither curl nor a shell
+//! (issue 6 "Container and compose"; original-exporter.md §8: the original's check failed on
+//! 503, i.e. when no Miniserver is connected; so does this one).
+//!
+//! A minimal HTTP/1.1 GET over a Tokio `TcpStream` (plain `http://` only: the check runs
+//! next to the exporter, on loopback). The URL comes from `--url` or from the configuration's
+//! `listen_address`/`listen_port`, with wildcard addresses mapped to loopback.
+//! Does not parse config files itself: the caller loads [`Config`] and passes it in.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::Config;
+
+/// Default time budget for the whole check.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response read; `/healthz` answers are far smaller.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Arguments of the `healthcheck` subcommand (`Healthcheck(HealthcheckArgs)` in the
+/// subcommand enum). The configuration file comes from the global `-c/--config`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthcheckArgs {
+    /// Full URL to query instead (e.g. http://127.0.0.1:9504/healthz).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub timeout: Duration,
+}
+
+impl HealthcheckArgs {
+    /// The URL to query: `--url`, else derived from `config`, else the default address.
+    pub fn resolve_url(&self, config: Option<&Config>) -> String {
+        match (&self.url, config) {
+            (Some(u), _) => u.clone(),
+            (None, Some(c)) => healthz_url(c),
+            (None, None) => format!(
+                "http://127.0.0.1:{}/healthz",
+                crate::config::DEFAULT_LISTEN_PORT
+            ),
+        }
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err("timeout must be between 0 and 3600 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `/healthz` URL of the exporter described by `config`: `0.0.0.0` becomes `127.0.0.1`,
+/// `::` becomes `[::1]`, IPv6 literals are bracketed.
+pub fn healthz_url(config: &Config) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let host = match config.listen_address {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        a => a,
+    };
+    match host {
+        IpAddr::V4(a) => format!("http://{a}:{}/healthz", config.listen_port),
+        IpAddr::V6(a) => format!("http://[{a}]:{}/healthz", config.listen_port),
+    }
+}
+
+/// Parsed `http://host[:port]/path`.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    /// Host for connecting (no brackets).
+    host: String,
+    /// Host header value (with brackets and port).
+    authority: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("only http:// URLs are supported: {url}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/healthz"),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("unclosed '[' in {url}"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port in {url}"))?,
+            None if after.is_empty() => 80,
+            None => return Err(format!("bad authority in {url}")),
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse().map_err(|_| format!("bad port in {url}"))?,
+            ),
+            None => (authority.to_string(), 80),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("no host in {url}"));
+    }
+    Ok(Target {
+        host,
+        authority: authority.to_string(),
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// Queries `url` and returns the process exit code: 0 for HTTP 200, 1 otherwise. Prints one
+/// line saying why (stdout when healthy, stderr otherwise).
+pub async fn run(url: String, timeout: Duration) -> i32 {
+    match tokio::time::timeout(timeout, check(&url)).await {
+        Ok(Ok(line)) => {
+            println!("healthy: {line}");
+            0
+        }
+        Ok(Err(reason)) => {
+            eprintln!("unhealthy: {reason}");
+            1
+        }
+        Err(_) => {
+            eprintln!("unhealthy: no answer from {url} within {timeout:?}");
+            1
+        }
+    }
+}
+
+async fn check(url: &str) -> Result<String, String> {
+    let target = parse_url(url)?;
+    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: loxone-exporter-healthcheck\r\n\
+         Accept: application/json\r\nConnection: close\r\n\r\n",
+        target.path, target.authority
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("sending to {url}: {e}"))?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading from {url}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        let take = n.min(MAX_RESPONSE.saturating_sub(buf.len()));
+        buf.extend_from_slice(chunk.get(..take).unwrap_or_default());
+        if buf.len() >= MAX_RESPONSE {
+            break;
+        }
+    }
+    interpret(&buf, url)
+}
+
+/// Turns a raw HTTP response into the verdict line.
+fn interpret(response: &[u8], url: &str) -> Result<String, String> {
+    let text = String::from_utf8_lossy(response);
+    let status_line = text.lines().next().unwrap_or_default();
+    let mut parts = status_line.split_whitespace();
+    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        return Err(format!("no HTTP response from {url}"));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!("no HTTP response from {url}"));
+    }
+    let code: u16 = code
+        .parse()
+        .map_err(|_| format!("malformed status line from {url}"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let status = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_string));
+    let detail = match status {
+        Some(s) => format!("HTTP {code}, status {s}"),
+        None => format!("HTTP {code}"),
+    };
+    if code == 200 {
+        Ok(format!("{detail} from {url}"))
+    } else {
+        Err(format!("{detail} from {url}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MiniserverConfig;
+
+    #[test]
+    fn url_from_config() {
+        let mut c = Config::with_miniserver(MiniserverConfig::new("a", "h", "u", "p"));
+        assert_eq!(healthz_url(&c), "http://127.0.0.1:9504/healthz");
+        c.listen_address = "::".parse().unwrap();
+        c.listen_port = 9100;
+        assert_eq!(healthz_url(&c), "http://[::1]:9100/healthz");
+        c.listen_address = "192.168.1.5".parse().unwrap();
+        assert_eq!(healthz_url(&c), "http://192.168.1.5:9100/healthz");
+        c.listen_address = "fe80::1".parse().unwrap();
+        assert_eq!(healthz_url(&c), "http://[fe80::1]:9100/healthz");
+    }
+
+    #[test]
+    fn parse_urls() {
+        let t = parse_url("http://[::1]:9100/healthz").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("::1", 9100, "/healthz")
+        );
+        assert_eq!(t.authority, "[::1]:9100");
+        let t = parse_url("http://localhost").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("localhost", 80, "/healthz")
+        );
+        assert!(parse_url("https://x/").is_err());
+        assert!(parse_url("http://:80/").is_err());
+        assert!(parse_url("http://h:x/").is_err());
+        assert!(parse_url("http://[::1/").is_err());
+    }
+
+    #[test]
+    fn interpret_responses() {
+        let ok =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"status\":\"degraded\"}";
+        assert_eq!(
+            interpret(ok, "u").unwrap(),
+            "HTTP 200, status degraded from u"
+        );
+        let bad = b"HTTP/1.1 503 Service Unavailable\r\n\r\n{\"status\":\"unhealthy\"}";
+        assert_eq!(
+            interpret(bad, "u").unwrap_err(),
+            "HTTP 503, status unhealthy from u"
+        );
+        assert!(interpret(b"", "u").is_err());
+        assert!(interpret(b"SSH-2.0-OpenSSH\r\n", "u").is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct TestCli {
+        #[arg(short = 'c', long = "config", global = true)]
+        config: Option<String>,
+        #[command(subcommand)]
+        command: TestCommand,
+    }
+    #[derive(clap::Subcommand)]
+    enum TestCommand {
+        Healthcheck(HealthcheckArgs),
+    }
+
+    #[test]
+    fn args_embed_next_to_a_global_config_flag() {
+        use clap::{CommandFactory, Parser};
+        TestCli::command().debug_assert();
+        let cli = TestCli::try_parse_from([
+            "x",
+            "healthcheck",
+            "-c",
+            "c.yml",
+            "--url",
+            "http://h:1/healthz",
+            "--timeout",
+            "2.5",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.as_deref(), Some("c.yml"));
+        let TestCommand::Healthcheck(args) = cli.command;
+        assert_eq!(args.url.as_deref(), Some("http://h:1/healthz"));
+        assert_eq!(args.timeout, Duration::from_millis(2500));
+        assert!(TestCli::try_parse_from(["x", "healthcheck", "--timeout", "0"]).is_err());
+        let cli = TestCli::try_parse_from(["x", "healthcheck"]).unwrap();
+        let TestCommand::Healthcheck(args) = cli.command;
+        assert_eq!(args.timeout, DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn resolve_prefers_url() {
+        let args = HealthcheckArgs {
+            url: Some("http://x:1/healthz".into()),
+            timeout: DEFAULT_TIMEOUT,
+        };
+        assert_eq!(args.resolve_url(None), "http://x:1/healthz");
+        let args = HealthcheckArgs { url: None, ..args };
+        assert_eq!(args.resolve_url(None), "http://127.0.0.1:9504/healthz");
+    }
+}

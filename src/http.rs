@@ -1,0 +1,394 @@
+//! The HTTP side: `/metrics` (text format 0.0.4, gzip when accepted, HEAD too), `/healthz`
+//! (the original's JSON schema plus a filled `last_error`; 503 when unhealthy) and a
+//! landing page at `/`, like node_exporter's. Anything else is 404; a wrong method 405.
+//!
+//! Handlers only read: the registry snapshot, the state store's health and the OTLP
+//! status. Building `/metrics` runs on the blocking pool so a large registry never stalls
+//! the runtime that serves Miniserver sessions. TLS and basic auth wrap this router in
+//! [`crate::web`].
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+
+use crate::build_info;
+use crate::metrics::health::{ExportState, OtlpHealth, OtlpStatus};
+use crate::metrics::self_health::SelfHealth;
+use crate::metrics::store::{MiniserverHealth, StateStore};
+use crate::metrics::{text, Registry};
+
+/// Default path of the metrics endpoint (`--web.telemetry-path`).
+pub const DEFAULT_TELEMETRY_PATH: &str = "/metrics";
+
+/// What the handlers read.
+pub struct HttpState {
+    /// The registry `/metrics` renders.
+    pub registry: Arc<Registry>,
+    /// Miniserver health for `/healthz` and `/`.
+    pub store: Arc<StateStore>,
+    /// Scrape duration and error counters.
+    pub self_health: Arc<SelfHealth>,
+    /// OTLP status when export is enabled.
+    pub otlp: Option<OtlpHealth>,
+    /// `grpc` / `http` and the endpoint without credentials, for the landing page.
+    pub otlp_target: Option<(String, String)>,
+    /// Path of the metrics endpoint.
+    pub telemetry_path: String,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<HttpState>) -> Router {
+    let telemetry_path = if state.telemetry_path.starts_with('/') {
+        state.telemetry_path.clone()
+    } else {
+        format!("/{}", state.telemetry_path)
+    };
+    Router::new()
+        .route("/", get(landing_page))
+        .route(&telemetry_path, get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+}
+
+/// True when the client accepts gzip (`Accept-Encoding: gzip`, not `q=0`).
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let q_zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+        })
+}
+
+async fn metrics(
+    State(state): State<Arc<HttpState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let gzip = accepts_gzip(&headers);
+    let st = state.clone();
+    let started = Instant::now();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let snapshot = st.registry.snapshot();
+        let body = text::encode_to_string(&snapshot);
+        if gzip {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 8),
+                flate2::Compression::fast(),
+            );
+            enc.write_all(body.as_bytes()).and_then(|_| enc.finish())
+        } else {
+            Ok(body.into_bytes())
+        }
+    })
+    .await;
+    state
+        .self_health
+        .record_scrape(started.elapsed().as_secs_f64());
+    match rendered {
+        Ok(Ok(bytes)) => {
+            let mut resp = if method == Method::HEAD {
+                Response::new(Body::empty())
+            } else {
+                Response::new(Body::from(bytes))
+            };
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(text::CONTENT_TYPE),
+            );
+            if gzip {
+                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+            resp
+        }
+        Ok(Err(e)) => {
+            state.self_health.record_scrape_error();
+            tracing::error!(error = %e, "failed to compress /metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error generating metrics\n",
+            )
+                .into_response()
+        }
+        Err(e) => {
+            state.self_health.record_scrape_error();
+            tracing::error!(error = %e, "failed to build /metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error generating metrics\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Overall status word of `/healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Every Miniserver connected, OTLP not failed.
+    Healthy,
+    /// Some Miniservers connected, or OTLP failed.
+    Degraded,
+    /// No Miniserver connected (503).
+    Unhealthy,
+}
+
+/// The `/healthz` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    /// Overall status.
+    pub status: HealthStatus,
+    /// One entry per configured Miniserver.
+    pub miniservers: Vec<MiniserverHealth>,
+    /// OTLP status, present only when export is enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpStatus>,
+}
+
+/// Computes the report (the original's rules, §4.2).
+pub fn health_report(miniservers: Vec<MiniserverHealth>, otlp: Option<OtlpStatus>) -> HealthReport {
+    let connected = miniservers.iter().filter(|m| m.connected).count();
+    let mut status = if !miniservers.is_empty() && connected == miniservers.len() {
+        HealthStatus::Healthy
+    } else if connected > 0 {
+        HealthStatus::Degraded
+    } else {
+        HealthStatus::Unhealthy
+    };
+    if status == HealthStatus::Healthy
+        && otlp
+            .as_ref()
+            .is_some_and(|o| o.state == ExportState::Failed)
+    {
+        status = HealthStatus::Degraded;
+    }
+    HealthReport {
+        status,
+        miniservers,
+        otlp,
+    }
+}
+
+async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
+    let report = health_report(
+        state.store.health(),
+        state.otlp.as_ref().map(OtlpHealth::get),
+    );
+    let code = if report.status == HealthStatus::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = serde_json::to_string(&report).unwrap_or_else(|_| "{}".into());
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn format_unix(ts: f64) -> String {
+    if ts <= 0.0 {
+        return "never".into();
+    }
+    let secs = ts as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil-from-days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Renders the landing page.
+pub fn landing_html(state: &HttpState) -> String {
+    let report = health_report(
+        state.store.health(),
+        state.otlp.as_ref().map(OtlpHealth::get),
+    );
+    let mut rows = String::new();
+    for m in &report.miniservers {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            html_escape(&m.name),
+            if m.connected { "ok" } else { "bad" },
+            if m.connected { "connected" } else { "disconnected" },
+            format_unix(m.last_update),
+            m.controls_discovered,
+            m.controls_exported,
+            html_escape(m.last_error.as_deref().unwrap_or("")),
+        ));
+    }
+    let otlp = match (&report.otlp, &state.otlp_target) {
+        (Some(o), target) => {
+            let (proto, endpoint) = target.clone().unwrap_or_default();
+            format!(
+                "<table><tr><th>State</th><th>Protocol</th><th>Endpoint</th><th>Last success</th><th>Consecutive failures</th><th>Last error</th></tr>\
+                 <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+                html_escape(&format!("{:?}", o.state).to_lowercase()),
+                html_escape(&proto),
+                html_escape(&endpoint),
+                o.last_success.map_or_else(|| "never".into(), format_unix),
+                o.consecutive_failures,
+                html_escape(o.last_error.as_deref().unwrap_or("")),
+            )
+        }
+        _ => "<p>OTLP export is disabled.</p>".to_string(),
+    };
+    let path = html_escape(&state.telemetry_path);
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Loxone Exporter</title>
+<style>
+body {{ font-family: -apple-system, system-ui, sans-serif; margin: 0; }}
+header {{ background: #e6522c; color: #fff; padding: 0.6em 1em; }}
+main {{ padding: 0 1em; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; }}
+td.ok {{ color: #1a7f37; }} td.bad {{ color: #cf222e; }}
+</style></head>
+<body>
+<header><h1>Loxone Exporter</h1></header>
+<main>
+<p>Loxone Miniserver values for Prometheus and OpenTelemetry. Version {version} (commit {commit}, built {date}).</p>
+<ul><li><a href="{path}">Metrics</a></li><li><a href="/healthz">Health (JSON)</a></li></ul>
+<h2>Miniservers: {status}</h2>
+<table><tr><th>Name</th><th>Connection</th><th>Last update</th><th>Controls discovered</th><th>Controls exported</th><th>Last error</th></tr>
+{rows}</table>
+<h2>OTLP export</h2>
+{otlp}
+</main></body></html>
+"#,
+        version = html_escape(build_info::VERSION),
+        commit = html_escape(build_info::COMMIT),
+        date = html_escape(build_info::BUILD_DATE),
+        status = html_escape(&format!("{:?}", report.status).to_lowercase()),
+    )
+}
+
+async fn landing_page(State(state): State<Arc<HttpState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        landing_html(&state),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(name: &str, connected: bool) -> MiniserverHealth {
+        MiniserverHealth {
+            name: name.into(),
+            connected,
+            last_update: 0.0,
+            controls_discovered: 0,
+            controls_exported: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn health_rules_follow_the_original() {
+        assert_eq!(
+            health_report(vec![ms("a", true), ms("b", true)], None).status,
+            HealthStatus::Healthy
+        );
+        assert_eq!(
+            health_report(vec![ms("a", true), ms("b", false)], None).status,
+            HealthStatus::Degraded
+        );
+        assert_eq!(
+            health_report(vec![ms("a", false)], None).status,
+            HealthStatus::Unhealthy
+        );
+        assert_eq!(health_report(vec![], None).status, HealthStatus::Unhealthy);
+        let failed = OtlpStatus {
+            state: ExportState::Failed,
+            ..OtlpStatus::default()
+        };
+        assert_eq!(
+            health_report(vec![ms("a", true)], Some(failed)).status,
+            HealthStatus::Degraded
+        );
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            accepts_gzip(&m)
+        };
+        assert!(h("gzip"));
+        assert!(h("deflate, gzip;q=0.5"));
+        assert!(!h("gzip;q=0"));
+        assert!(!h("identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn html_is_escaped_and_dates_render() {
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(format_unix(0.0), "never");
+        assert_eq!(format_unix(1_230_768_000.0), "2009-01-01 00:00:00 UTC");
+    }
+}

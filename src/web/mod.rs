@@ -1,0 +1,51 @@
+//! The exporter's HTTP endpoint security: the Prometheus exporter-toolkit
+//! `--web.config.file` (TLS, mutual TLS, basic auth with bcrypt hashes, extra response
+//! headers), applied to every route of the router it is given
+//! (otlp-and-prometheus.md §4.1; issue 6 "Exporter endpoint security").
+//!
+//! [`serve`] is the one entry point: without a web config it is plain `axum::serve`; with
+//! one it runs its own accept loop ([`server`]) that re-reads the files so certificates
+//! rotate without a restart. [`validate_web_config`] lets startup fail early on a bad file.
+//!
+//! Owns: parsing ([`config`], pure), TLS setup ([`tls`]), credential checks ([`auth`]).
+//! Does not own routes, the listener's address, or logging setup.
+
+pub mod auth;
+pub mod config;
+mod error;
+mod server;
+pub mod tls;
+
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{parse_web_config, ClientAuth, PemSource, TlsConfig, TlsVersion, WebConfig};
+pub use error::WebError;
+pub use server::REALM;
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets open requests
+/// finish. With `web_config`, TLS and basic auth come from that file (re-read on change);
+/// without, plain HTTP.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    web_config: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<(), WebError> {
+    match web_config {
+        None => axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(WebError::Serve),
+        Some(path) => server::serve_with_config(listener, router, path, shutdown).await,
+    }
+}
+
+/// Reads the web config and everything it references (certificates, keys, client CA) and
+/// builds the TLS and auth state once, so a bad file stops startup with a clear message.
+pub fn validate_web_config(path: &Path) -> Result<(), WebError> {
+    server::load_active(path).map(|_| ())
+}

@@ -1,0 +1,283 @@
+//! The listener when a web configuration is given: accept loop, TLS handshake, basic auth
+//! in front of every route, extra headers, graceful shutdown, and reloading.
+//!
+//! Reloading: on every accepted connection the web config file and the files it references
+//! are read again and fingerprinted (SHA-256 of their contents, so a rewrite within the same
+//! mtime second is still seen). A changed fingerprint rebuilds the TLS and auth state; if the
+//! new state cannot be built, the last good one stays in use and one error is logged per
+//! broken version. Connections already open keep the state they started with.
+//!
+//! Serves HTTP/1.1 only (`http2` in the file is accepted and ignored).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use super::auth::BasicAuth;
+use super::config::{parse_web_config, WebConfig};
+use super::error::WebError;
+use super::tls::build_server_config;
+
+/// Realm sent in `WWW-Authenticate`.
+pub const REALM: &str = "loxone-exporter";
+/// Longest a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open connections may finish their request after shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The state a connection is served with: built from one version of the files.
+pub(crate) struct Active {
+    tls: Option<TlsAcceptor>,
+    auth: Arc<BasicAuth>,
+    headers: Arc<Vec<(HeaderName, HeaderValue)>>,
+}
+
+impl Active {
+    fn build(config: &WebConfig, path: &Path) -> Result<Self, WebError> {
+        let tls = match &config.tls {
+            Some(t) => Some(TlsAcceptor::from(build_server_config(t, path)?)),
+            None => None,
+        };
+        Ok(Active {
+            tls,
+            auth: Arc::new(BasicAuth::new(config.basic_auth_users.clone())),
+            headers: Arc::new(config.headers.clone()),
+        })
+    }
+}
+
+/// Reads the config and the files it references; returns the parsed config (or its error)
+/// and a fingerprint of everything read.
+fn read_all(path: &Path) -> (Result<WebConfig, WebError>, [u8; 32]) {
+    let mut fp = Sha256::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            fp.update(b"unreadable:");
+            fp.update(e.kind().to_string().as_bytes());
+            return (
+                Err(WebError::Read {
+                    path: path.to_path_buf(),
+                    source: e,
+                }),
+                fp.finalize().into(),
+            );
+        }
+    };
+    fp.update((text.len() as u64).to_be_bytes());
+    fp.update(text.as_bytes());
+    let parsed = parse_web_config(&text, path);
+    if let Ok(config) = &parsed {
+        if let Some(tls) = &config.tls {
+            for file in [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.path())
+            {
+                match std::fs::read(file) {
+                    Ok(bytes) => {
+                        fp.update((bytes.len() as u64).to_be_bytes());
+                        fp.update(&bytes);
+                    }
+                    Err(e) => {
+                        fp.update(b"unreadable:");
+                        fp.update(e.kind().to_string().as_bytes());
+                    }
+                }
+            }
+        }
+    }
+    (parsed, fp.finalize().into())
+}
+
+/// Loads and builds a web configuration once (for startup validation).
+pub(crate) fn load_active(path: &Path) -> Result<Active, WebError> {
+    let (parsed, _) = read_all(path);
+    Active::build(&parsed?, path)
+}
+
+/// The current state plus what is needed to notice changes.
+struct Reloader {
+    path: PathBuf,
+    current: Arc<Active>,
+    /// Fingerprint of the files the last build attempt saw (good or bad).
+    seen: [u8; 32],
+}
+
+impl Reloader {
+    fn new(path: PathBuf) -> Result<Self, WebError> {
+        let (parsed, seen) = read_all(&path);
+        let config = parsed?;
+        let current = Arc::new(Active::build(&config, &path)?);
+        log_loaded(&path, &config, false);
+        Ok(Reloader {
+            path,
+            current,
+            seen,
+        })
+    }
+
+    /// The state for a new connection, rebuilt first if the files changed.
+    fn current(&mut self) -> Arc<Active> {
+        let (parsed, fp) = read_all(&self.path);
+        if fp != self.seen {
+            self.seen = fp;
+            match parsed.and_then(|c| Active::build(&c, &self.path).map(|a| (c, a))) {
+                Ok((config, active)) => {
+                    log_loaded(&self.path, &config, true);
+                    self.current = Arc::new(active);
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "web config changed but cannot be used; keeping the previous one"
+                ),
+            }
+        }
+        self.current.clone()
+    }
+}
+
+fn log_loaded(path: &Path, config: &WebConfig, reload: bool) {
+    tracing::info!(
+        path = %path.display(),
+        tls = config.tls.is_some(),
+        client_auth = ?config.tls.as_ref().map(|t| t.client_auth),
+        basic_auth_users = config.basic_auth_users.len(),
+        "{}",
+        if reload { "web config reloaded" } else { "web config loaded" }
+    );
+}
+
+/// Serves `router` on `listener` with TLS / basic auth from the file at `path`.
+pub(crate) async fn serve_with_config(
+    listener: TcpListener,
+    router: Router,
+    path: PathBuf,
+    shutdown: CancellationToken,
+) -> Result<(), WebError> {
+    let mut reloader = Reloader::new(path)?;
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let active = reloader.current();
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            match &active.tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, peer, active, router, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => serve_connection(stream, peer, active, router, shutdown).await,
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    active: Arc<Active>,
+    router: Router,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let active = active.clone();
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(handle_request(req, &active, router).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
+}
+
+async fn handle_request(
+    mut req: Request<Incoming>,
+    active: &Active,
+    router: Router,
+) -> Response<Body> {
+    let mut response = if active
+        .auth
+        .check(req.headers().get(header::AUTHORIZATION))
+        .await
+    {
+        // Handlers never see the credentials, so they cannot log them.
+        req.headers_mut().remove(header::AUTHORIZATION);
+        match router.oneshot(req.map(Body::new)).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    } else {
+        unauthorized()
+    };
+    for (name, value) in active.headers.iter() {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// The 401 answer: fixed text, nothing from the request.
+fn unauthorized() -> Response<Body> {
+    let mut r = Response::new(Body::from("Unauthorized\n"));
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"loxone-exporter\""),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

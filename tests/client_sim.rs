@@ -1,0 +1,522 @@
+//! The exporter's Miniserver client against the in-process simulator over real sockets:
+//! the full flow on both real structure files (values reach the store, `promtool` accepts
+//! the resulting metrics), wrong password (backoff grows, long backoff after 3 failures),
+//! reboot mid-stream, out-of-service, token refresh and reuse, structure change while
+//! disconnected, malformed frames, two Miniservers with one down, a 5 MiB structure, TLS
+//! (self-signed accepted, fingerprint pinning) and estimated headers with split frames.
+//!
+//! Real time with short client timeouts (paused time cannot drive real sockets); every wait
+//! is bounded and polls a condition.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loxone_exporter::config::{FilterConfig, MiniserverConfig};
+use loxone_exporter::loxone::client::{run_miniserver_with, ClientOptions};
+use loxone_exporter::loxone::simulator::{
+    self, EstimatedFlag, MalformedKind, Simulator, SimulatorOptions,
+};
+use loxone_exporter::loxone::structure::parse_structure;
+use loxone_exporter::loxone::uuid::LoxUuid;
+use loxone_exporter::metrics::store::{MiniserverState, StateStore};
+use loxone_exporter::metrics::text::encode_to_string;
+use loxone_exporter::metrics::{Registry, Value};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const USER: &str = "exporter";
+const PASSWORD: &str = "pa ss/wörd";
+const WAIT: Duration = Duration::from_secs(15);
+
+fn sim_options() -> SimulatorOptions {
+    SimulatorOptions {
+        rsa_key: Some(common::repo_root().join("tests/fixtures/loxone/test-rsa-1024.pem")),
+        user: USER.into(),
+        password: PASSWORD.into(),
+        rate: 0.0,
+        ..SimulatorOptions::default()
+    }
+}
+
+async fn start_sim(f: impl FnOnce(&mut SimulatorOptions)) -> Simulator {
+    let mut o = sim_options();
+    f(&mut o);
+    simulator::start(o).await.expect("simulator starts")
+}
+
+/// Fast client timings for tests.
+fn fast_options() -> ClientOptions {
+    ClientOptions {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(800),
+        backoff_jitter: 0.0,
+        auth_failure_backoff: Duration::from_secs(3),
+        command_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        http_timeout: Duration::from_secs(5),
+        keepalive_interval: Duration::from_millis(500),
+        liveness_timeout: Duration::from_secs(3),
+        ..ClientOptions::default()
+    }
+}
+
+fn ms_config(name: &str, addr: SocketAddr, password: &str) -> MiniserverConfig {
+    let mut c = MiniserverConfig::new(name, &addr.ip().to_string(), USER, password);
+    c.port = addr.port();
+    c
+}
+
+struct Client {
+    store: Arc<StateStore>,
+    state: Arc<MiniserverState>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Client {
+    fn start(config: MiniserverConfig, options: ClientOptions) -> Self {
+        let store = StateStore::new(&FilterConfig::default(), true).expect("store");
+        Self::start_in(&store, config, options)
+    }
+
+    fn start_in(store: &Arc<StateStore>, config: MiniserverConfig, options: ClientOptions) -> Self {
+        let state = store.add_miniserver(&config.name);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_miniserver_with(
+            config,
+            options,
+            state.clone(),
+            shutdown.clone(),
+        ));
+        Client {
+            store: store.clone(),
+            state,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the client; it must end within a second.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(1), self.task)
+            .await
+            .expect("client stops within 1 s")
+            .expect("client task");
+    }
+
+    fn values(&self) -> Vec<(String, f64)> {
+        let snap = registry_of(&self.store).snapshot();
+        snap.family("loxone_control_value")
+            .map(|f| {
+                f.samples
+                    .iter()
+                    .filter(|s| s.labels.get("miniserver") == Some(self.state.name()))
+                    .filter_map(|s| match s.value {
+                        Value::Number(v) => Some((s.labels.rendered().to_string(), v)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn has_value(&self, v: f64) -> bool {
+        self.values().iter().any(|(_, x)| *x == v)
+    }
+
+    fn connected(&self) -> bool {
+        self.state.health().connected
+    }
+}
+
+fn registry_of(store: &Arc<StateStore>) -> Registry {
+    let registry = Registry::new();
+    registry.register(store.clone());
+    registry
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A value state that belongs to a (numeric) control, so it is exported as a series;
+/// `value_state_uuids` also holds global and weather states, which are not.
+fn control_value_state(sim: &Simulator) -> LoxUuid {
+    let ctl = sim.control();
+    let values: HashSet<LoxUuid> = ctl.value_state_uuids().into_iter().collect();
+    let structure = parse_structure(ctl.structure_text().as_bytes()).expect("structure");
+    structure
+        .controls
+        .iter()
+        .flat_map(|c| c.walk())
+        .filter(|c| {
+            matches!(
+                c.control_type.as_str(),
+                "InfoOnlyAnalog" | "Switch" | "Meter"
+            )
+        })
+        .flat_map(|c| c.states.iter().flat_map(|s| s.uuids.iter().copied()))
+        .find(|u| values.contains(u))
+        .expect("a numeric control state")
+}
+
+/// Sets a distinctive value on the simulator and waits until the client's store has it.
+async fn value_flows(sim: &Simulator, client: &Client, v: f64) {
+    let ctl = sim.control();
+    let uuid = control_value_state(sim);
+    assert!(ctl.set_value(uuid, v));
+    wait_for(&format!("value {v} in the store"), || client.has_value(v)).await;
+}
+
+fn promtool_check(text: &str) {
+    let Some(promtool) = common::component(common::PROMTOOL) else {
+        return;
+    };
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn full_flow_on_both_real_structures() {
+    for file in ["gen2-home-cz.json", "gen2-demo-uk.json"] {
+        let path: PathBuf = common::structure_fixture(file);
+        let sim = start_sim(|o| o.structure = Some(path)).await;
+        let client = Client::start(ms_config("home", sim.http_addr(), PASSWORD), fast_options());
+        wait_for("connected", || client.connected()).await;
+        let health = client.state.health();
+        assert_eq!(
+            health.controls_discovered,
+            sim.control().control_count(),
+            "{file}"
+        );
+        assert!(
+            health.controls_exported > 0,
+            "{file}: initial tables applied"
+        );
+        assert!(health.last_update > 0.0);
+        assert!(health.last_error.is_none());
+        let info = client.state.info().expect("miniserver info");
+        assert!(
+            !info.serial.is_empty() && !info.firmware.is_empty(),
+            "{info:?}"
+        );
+        // the whole initial table arrived: every value state of the simulator is a series
+        let initial = client.values().len();
+        assert!(initial > 10, "{file}: {initial} series");
+        value_flows(&sim, &client, 4242.25).await;
+        let counters = sim.counters();
+        assert_eq!(counters.ws_connections, 1);
+        assert!(counters.encrypted_commands >= 2, "token commands encrypted");
+
+        let text = encode_to_string(&registry_of(&client.store).snapshot());
+        assert!(text.contains("loxone_miniserver_info{"), "{file}");
+        promtool_check(&text);
+        client.stop().await;
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn wrong_password_backs_off_and_goes_long_after_three_failures() {
+    let sim = start_sim(|o| o.max_failed_logins = 100).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), "hunter2"), fast_options());
+    wait_for("3 failed logins", || sim.counters().auth_failures >= 3).await;
+    let third = Instant::now();
+    assert!(client.state.error_count("auth") >= 2);
+    let health = client.state.health();
+    assert!(!health.connected);
+    // the long backoff (3 s here, 5 min by default) holds the 4th attempt back
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        sim.counters().auth_failures,
+        3,
+        "no 4th login during the long backoff"
+    );
+    let last_error = client.state.health().last_error.unwrap_or_default();
+    assert!(last_error.contains("lockout"), "{last_error}");
+    assert!(
+        !last_error.contains("hunter2"),
+        "no password in /healthz: {last_error}"
+    );
+    wait_for("4th attempt after the long backoff", || {
+        sim.counters().auth_failures >= 4
+    })
+    .await;
+    assert!(third.elapsed() >= Duration::from_millis(2900));
+    // the right password later: the next attempt logs in
+    sim.control().set_password("hunter2");
+    wait_for("connected with the new password", || client.connected()).await;
+    assert!(client.state.health().last_error.is_none());
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn reboot_mid_stream_reconnects_and_keeps_values() {
+    let sim = start_sim(|_| {}).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    value_flows(&sim, &client, 777.0).await;
+    sim.control().reboot(Duration::from_secs(2));
+    wait_for("disconnected", || !client.connected()).await;
+    assert!(client.has_value(777.0), "values kept while disconnected");
+    wait_for("reconnected", || client.connected()).await;
+    assert!(sim.counters().ws_connections >= 2);
+    value_flows(&sim, &client, 778.5).await;
+    assert!(client.state.error_count("closed") >= 1);
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn out_of_service_and_close_codes_reconnect() {
+    let sim = start_sim(|_| {}).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    sim.control().out_of_service();
+    wait_for("second connection", || sim.counters().ws_connections >= 2).await;
+    wait_for("reconnected", || client.connected()).await;
+    for code in [4007u16, 4008, 4005] {
+        let before = sim.counters().ws_connections;
+        sim.control().close_all(code);
+        wait_for(&format!("reconnect after {code}"), || {
+            sim.counters().ws_connections > before && client.connected()
+        })
+        .await;
+    }
+    value_flows(&sim, &client, 31.0).await;
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_refreshed_before_expiry_and_reused_on_reconnect() {
+    let sim = start_sim(|o| o.token_lifetime_web = Duration::from_secs(4)).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    // without a refresh the simulator would close the socket at expiry (4 s)
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(sim.counters().ws_connections, 1, "token refreshed in time");
+    assert!(client.connected());
+
+    // a changed password does not matter to authwithtoken: reconnecting proves reuse
+    sim.control().set_password("changed elsewhere");
+    sim.control().close_all(4007);
+    wait_for("reconnected with the token", || {
+        sim.counters().ws_connections >= 2 && client.connected()
+    })
+    .await;
+    assert_eq!(
+        sim.counters().auth_failures,
+        0,
+        "no password login was tried"
+    );
+
+    // expired tokens: closed with 1000, authwithtoken gets 401, password login follows
+    sim.control().set_password(PASSWORD);
+    sim.control().expire_tokens();
+    wait_for("reconnected after expiry", || {
+        sim.counters().ws_connections >= 3 && client.connected()
+    })
+    .await;
+    value_flows(&sim, &client, 12.5).await;
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn structure_change_while_disconnected_is_downloaded() {
+    let sim = start_sim(|_| {}).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    let first = client.state.structure_version().expect("loaded");
+    assert_eq!(first, sim.control().last_modified());
+    sim.control().reboot(Duration::from_secs(2));
+    wait_for("disconnected", || !client.connected()).await;
+    let changed = sim.control().change_structure();
+    assert_ne!(changed, first);
+    wait_for("new structure loaded", || {
+        client.state.structure_version().as_deref() == Some(changed.as_str())
+    })
+    .await;
+    wait_for("connected", || client.connected()).await;
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_are_counted_without_disconnecting() {
+    let sim = start_sim(|_| {}).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    let kinds = [
+        MalformedKind::TruncatedValueTable,
+        MalformedKind::TruncatedTextTable,
+        MalformedKind::NonUtf8Text,
+        MalformedKind::OversizedHeader,
+        MalformedKind::GarbageHeader,
+        MalformedKind::UnsolicitedBinaryFile,
+        MalformedKind::PayloadWithoutHeader,
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        sim.control().inject_malformed(kind);
+        value_flows(&sim, &client, 1000.0 + i as f64).await;
+    }
+    assert!(
+        client.state.error_count("protocol") >= 4,
+        "{}",
+        client.state.error_count("protocol")
+    );
+    assert_eq!(sim.counters().ws_connections, 1, "never reconnected");
+    assert!(client.connected());
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_miniservers_one_down() {
+    let sim = start_sim(|o| o.rate = 50.0).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    }; // closed again: connections are refused
+    let store = StateStore::new(&FilterConfig::default(), false).expect("store");
+    let up = Client::start_in(
+        &store,
+        ms_config("up", sim.http_addr(), PASSWORD),
+        fast_options(),
+    );
+    let down = Client::start_in(&store, ms_config("down", dead, PASSWORD), fast_options());
+    wait_for("up connected", || up.connected()).await;
+    let t0 = up.state.health().last_update;
+    wait_for("up keeps updating", || up.state.health().last_update > t0).await;
+    value_flows(&sim, &up, 99.5).await;
+    wait_for("down counted failures", || {
+        down.state.error_count("connect") >= 3
+    })
+    .await;
+    assert!(!down.connected());
+    assert!(down.state.health().last_error.is_some());
+    up.stop().await;
+    down.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn five_mib_structure_loads() {
+    let bytes = loxone_exporter::loxone::synth::structure_of_size(5 * 1024 * 1024);
+    assert!(bytes.len() >= 5 * 1024 * 1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("LoxAPP3.json");
+    std::fs::write(&path, &bytes).expect("write");
+    let sim = start_sim(|o| o.structure = Some(path)).await;
+    let client = Client::start(ms_config("big", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    assert_eq!(
+        client.state.health().controls_discovered,
+        sim.control().control_count()
+    );
+    value_flows(&sim, &client, -1.5).await;
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_self_signed_and_fingerprint_pinning() {
+    let sim = start_sim(|o| o.tls_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let tls_addr = sim.tls_addr().expect("tls listener");
+    let der = sim.tls_certificate_der().expect("cert").to_vec();
+    let tls_config = |fingerprint: Option<String>| {
+        let mut c = ms_config("tls", tls_addr, PASSWORD);
+        c.use_encryption = true;
+        c.ssl_port = tls_addr.port();
+        c.tls_fingerprint = fingerprint;
+        c
+    };
+
+    let client = Client::start(tls_config(None), fast_options());
+    wait_for("connected over TLS", || client.connected()).await;
+    value_flows(&sim, &client, 5.5).await;
+    client.stop().await;
+
+    let pin = hex::encode(Sha256::digest(&der));
+    let client = Client::start(tls_config(Some(pin)), fast_options());
+    wait_for("connected with the pinned certificate", || {
+        client.connected()
+    })
+    .await;
+    client.stop().await;
+
+    let client = Client::start(tls_config(Some("00".repeat(32))), fast_options());
+    wait_for("fingerprint mismatch counted", || {
+        client.state.error_count("connect") >= 2
+    })
+    .await;
+    assert!(!client.connected());
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn estimated_headers_and_split_frames() {
+    for bit in [0x80u8, 0x01] {
+        let sim = start_sim(|o| {
+            o.estimated_flag = EstimatedFlag::Bit(bit);
+            o.split_frames = Some(1000);
+            o.tables_before_answer = true;
+        })
+        .await;
+        let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+        wait_for("connected", || client.connected()).await;
+        value_flows(&sim, &client, 64.0).await;
+        assert_eq!(client.state.error_count("protocol"), 0);
+        client.stop().await;
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_kills_the_token_promptly() {
+    let sim = start_sim(|_| {}).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    let t0 = Instant::now();
+    client.stop().await;
+    assert!(t0.elapsed() < Duration::from_millis(1000));
+    wait_for("socket closed", || sim.counters().ws_active == 0).await;
+    sim.shutdown().await;
+}

@@ -1,0 +1,335 @@
+//! Spawns the real binary: endpoints answer, SIGTERM exits 0 within 2 s, a busy port exits 2
+//! naming the address, a bad configuration exits 1, `check` and `--version` work.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let path = dir.join("config.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "miniservers:\n  - name: house\n    host: 127.0.0.1\n    port: {}\n    username: admin\n    password: s3cret-pass\nlisten_address: 127.0.0.1\nlisten_port: {port}\nlog_level: info\nlog_format: json\n",
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn start(config: &Path, port: u16) -> Daemon {
+    let child = Command::new(common::exporter_bin())
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exporter");
+    let d = Daemon { child, port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "exporter did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d
+}
+
+/// Minimal HTTP/1.1 request; returns (status, headers, body).
+fn request(port: u16, method: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut body = buf[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(nl) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
+        b = &b[nl + 2 + size + 2..];
+    }
+    out
+}
+
+#[test]
+fn endpoints_answer_and_sigterm_exits_zero_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cfg = write_config(dir.path(), port);
+    let mut d = start(&cfg, port);
+
+    let (st, head, body) = request(port, "GET", "/metrics", "");
+    assert_eq!(st, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let text = String::from_utf8(body).unwrap();
+    for want in [
+        "loxone_exporter_up 1",
+        "loxone_exporter_connected{miniserver=\"house\"} 0",
+        "loxone_exporter_build_info{version=",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(want), "missing {want} in\n{text}");
+    }
+    assert!(!text.contains("s3cret-pass"));
+
+    let (st, head, body) = request(port, "GET", "/metrics", "Accept-Encoding: gzip\r\n");
+    assert_eq!(st, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("content-encoding: gzip"),
+        "{head}"
+    );
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+    assert!(unzipped.contains("loxone_exporter_up 1"));
+
+    let (st, _, body) = request(port, "HEAD", "/metrics", "");
+    assert_eq!(st, 200);
+    assert!(body.is_empty());
+
+    let (st, head, body) = request(port, "GET", "/healthz", "");
+    assert_eq!(st, 503, "no Miniserver connected → unhealthy");
+    assert!(head.contains("application/json"));
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["status"], "unhealthy");
+    assert_eq!(json["miniservers"][0]["name"], "house");
+    assert_eq!(json["miniservers"][0]["connected"], false);
+    assert!(!String::from_utf8_lossy(&body).contains("s3cret-pass"));
+
+    let (st, head, body) = request(port, "GET", "/", "");
+    assert_eq!(st, 200);
+    assert!(head.contains("text/html"));
+    let html = String::from_utf8(body).unwrap();
+    assert!(
+        html.contains("href=\"/metrics\"")
+            && html.contains("href=\"/healthz\"")
+            && html.contains("house")
+    );
+
+    assert_eq!(request(port, "GET", "/nope", "").0, 404);
+    assert_eq!(
+        request(port, "POST", "/metrics", "Content-Length: 0\r\n").0,
+        405
+    );
+
+    let pid = d.child.id().to_string();
+    let t0 = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "did not exit within 2 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut err = String::new();
+    d.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!err.contains("s3cret-pass"), "password leaked into logs");
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
+        assert!(
+            v["level"].is_string() && v["target"].is_string() && v["message"].is_string(),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn sigint_also_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cfg = write_config(dir.path(), port);
+    let mut d = start(&cfg, port);
+    let pid = d.child.id().to_string();
+    let t0 = Instant::now();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn busy_port_exits_2_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let cfg = write_config(dir.path(), port);
+    let out = Command::new(common::exporter_bin())
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("address 127.0.0.1:{port} is already in use")),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_config_exits_1_with_configuration_error_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yml");
+    std::fs::write(&path, "listen_port: 70000\nlog_level: loud\nminiservers:\n  - host: 10.0.0.1\n    username: u\n    password: p\n").unwrap();
+    let out = Command::new(common::exporter_bin())
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<_> = err
+        .lines()
+        .filter(|l| l.starts_with("Configuration error:"))
+        .collect();
+    assert!(lines.len() >= 2, "every error reported at once: {err}");
+    assert!(err.contains("70000") && err.contains("loud"), "{err}");
+}
+
+#[test]
+fn check_subcommand_validates_and_masks_secrets() {
+    let example = common::repo_root().join("config.example.yml");
+    let out = Command::new(common::exporter_bin())
+        .arg("check")
+        .arg("-c")
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("****"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), common::free_port());
+    let out = Command::new(common::exporter_bin())
+        .arg("check")
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret-pass"));
+}
+
+#[test]
+fn version_prints_build_metadata() {
+    let out = Command::new(common::exporter_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains(env!("CARGO_PKG_VERSION")) && s.contains("commit") && s.contains("rustc"),
+        "{s}"
+    );
+}
+
+#[test]
+fn listen_address_flag_overrides_the_file_and_ipv6_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_port = common::free_port();
+    let cfg = write_config(dir.path(), file_port);
+    let port = common::free_port();
+    let Ok(probe) = TcpListener::bind(("::1", 0)) else {
+        eprintln!("NOTE: no IPv6 loopback on this host; IPv6 part not run");
+        return;
+    };
+    drop(probe);
+    let child = Command::new(common::exporter_bin())
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "--web.listen-address",
+            &format!("[::1]:{port}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon { child, port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("::1", port)).is_err() {
+        assert!(Instant::now() < deadline, "not listening on [::1]:{port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        TcpStream::connect(("127.0.0.1", file_port)).is_err(),
+        "file port must not be used"
+    );
+    let _ = d.child.kill();
+    let _ = d.port;
+}

@@ -1,0 +1,768 @@
+//! Deployment files are consistent and valid (issue 6 acceptance; no Docker engine here):
+//! `promtool check config` on the compose `prometheus.yml`; the compose file (via
+//! `docker compose config` when that CLI works, else a structure check); the collector
+//! config; the Dockerfile's essentials; Grafana provisioning; and the dashboard: valid JSON,
+//! every query names only metrics the exporter serves, and every query is accepted by a real
+//! Prometheus.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+/// Metric names the exporter serves (the lead may later read them from a real `/metrics`).
+const KNOWN_METRICS: &[&str] = &[
+    "loxone_control_value",
+    "loxone_control_info",
+    "loxone_miniserver_info",
+    "loxone_exporter_up",
+    "loxone_exporter_connected",
+    "loxone_exporter_last_update_timestamp_seconds",
+    "loxone_exporter_controls_discovered",
+    "loxone_exporter_controls_exported",
+    "loxone_exporter_scrape_duration_seconds",
+    "loxone_exporter_scrape_errors_total",
+    "loxone_exporter_build_info",
+    "loxone_exporter_miniserver_errors_total",
+    "loxone_otlp_export_status",
+    "loxone_otlp_last_success_timestamp_seconds",
+    "loxone_otlp_consecutive_failures",
+    "loxone_otlp_export_duration_seconds",
+    "loxone_otlp_exported_metrics_total",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+/// Of those, the histograms (queried through `_bucket`, `_sum`, `_count`).
+const HISTOGRAMS: &[&str] = &["loxone_otlp_export_duration_seconds"];
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(common::repo_root().join(rel))
+        .unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+fn yaml(rel: &str) -> Yaml {
+    serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"))
+}
+
+fn s(v: &Yaml) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v:?}"))
+}
+
+// ---------------------------------------------------------------- prometheus.yml
+
+#[test]
+fn promtool_accepts_the_compose_prometheus_config() {
+    let Some(promtool) = common::component(common::PROMTOOL) else {
+        return;
+    };
+    // promtool does not resolve static target host names, so the compose service names
+    // (exporter, otel-collector) need no DNS here.
+    let out = Command::new(promtool)
+        .args(["check", "config"])
+        .arg(common::repo_root().join("prometheus.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check config failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn scrape_targets() -> BTreeMap<String, Vec<String>> {
+    let prom = yaml("prometheus.yml");
+    let mut out = BTreeMap::new();
+    for job in prom["scrape_configs"].as_sequence().unwrap() {
+        let targets = job["static_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|sc| {
+                sc["targets"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|t| s(t).to_string())
+            })
+            .collect();
+        out.insert(s(&job["job_name"]).to_string(), targets);
+    }
+    out
+}
+
+// ---------------------------------------------------------------- docker-compose.yml
+
+#[test]
+fn compose_file_is_valid_and_consistent() {
+    // The real CLI first, when it works offline; otherwise (as in this container, where the
+    // compose plugin is missing) the structure checks below carry the test. They always run.
+    let cli = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if cli {
+        let out = Command::new("docker")
+            .args(["compose", "-f", "docker-compose.yml", "config", "--quiet"])
+            .current_dir(common::repo_root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker compose config: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("NOTE: `docker compose` not available; structure check only");
+    }
+
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("services mapping");
+    let names: BTreeSet<&str> = services.keys().map(s).collect();
+    for want in ["exporter", "otel-collector", "prometheus", "grafana"] {
+        assert!(names.contains(want), "service {want} missing: {names:?}");
+    }
+    let allowed_service_keys: BTreeSet<&str> = [
+        "build",
+        "image",
+        "container_name",
+        "restart",
+        "ports",
+        "volumes",
+        "environment",
+        "read_only",
+        "cap_drop",
+        "security_opt",
+        "depends_on",
+        "command",
+        "expose",
+        "healthcheck",
+        "user",
+        "env_file",
+    ]
+    .into();
+    let named_volumes: BTreeSet<&str> = compose["volumes"]
+        .as_mapping()
+        .map(|m| m.keys().map(s).collect())
+        .unwrap_or_default();
+    for (name, svc) in services {
+        let name = s(name);
+        for key in svc.as_mapping().unwrap().keys() {
+            assert!(
+                allowed_service_keys.contains(s(key)),
+                "{name}: unexpected key {key:?}"
+            );
+        }
+        assert!(
+            svc.get("image").is_some() || svc.get("build").is_some(),
+            "{name}: no image"
+        );
+        for dep in svc["depends_on"]
+            .as_sequence()
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+        {
+            assert!(names.contains(s(dep)), "{name} depends on unknown {dep:?}");
+        }
+        for vol in svc["volumes"]
+            .as_sequence()
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+        {
+            let source = s(vol).split(':').next().unwrap();
+            if let Some(rel) = source.strip_prefix("./") {
+                // config.yml is the user's own file; everything else ships with the repo.
+                if rel != "config.yml" {
+                    assert!(
+                        common::repo_root().join(rel).exists(),
+                        "{name}: bind mount {source} does not exist"
+                    );
+                }
+            } else {
+                assert!(
+                    named_volumes.contains(source),
+                    "{name}: undeclared volume {source}"
+                );
+            }
+        }
+    }
+
+    let exporter = &compose["services"]["exporter"];
+    assert_eq!(s(&exporter["build"]["context"]), ".");
+    let args = exporter["build"]["args"].as_mapping().unwrap();
+    for a in ["VERSION", "COMMIT", "BUILD_DATE"] {
+        assert!(args.contains_key(a), "build arg {a} missing");
+    }
+    let ports: Vec<&str> = exporter["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    assert!(ports.contains(&"9504:9504"), "{ports:?}");
+    assert!(exporter["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| s(v).starts_with("./config.yml:/app/config.yml")));
+
+    // The exporter pushes to the collector's OTLP gRPC receiver.
+    let endpoint = s(&exporter["environment"]["LOXONE_OTLP_ENDPOINT"]);
+    let collector = yaml("otel-collector-config.yaml");
+    let grpc = s(&collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]);
+    let grpc_port = grpc.rsplit(':').next().unwrap();
+    assert_eq!(endpoint, format!("http://otel-collector:{grpc_port}"));
+
+    // Prometheus scrapes the exporter and the collector's prometheus exporter by service name.
+    let targets = scrape_targets();
+    assert_eq!(targets["loxone"], ["exporter:9504"]);
+    let prom_port = s(&collector["exporters"]["prometheus"]["endpoint"])
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        targets["otel-collector"],
+        [format!("otel-collector:{prom_port}")]
+    );
+
+    // Grafana: provisioning and dashboards are mounted where the provisioning files point.
+    let grafana = &compose["services"]["grafana"];
+    let mounts: BTreeMap<String, String> = grafana["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let parts: Vec<&str> = s(v).split(':').collect();
+            (parts[1].to_string(), parts[0].to_string())
+        })
+        .collect();
+    assert_eq!(
+        mounts["/etc/grafana/provisioning"],
+        "./deploy/grafana/provisioning"
+    );
+    let providers = yaml("deploy/grafana/provisioning/dashboards/loxone.yml");
+    let dash_dir = s(&providers["providers"][0]["options"]["path"]).to_string();
+    assert_eq!(mounts[&dash_dir], "./deploy/grafana/dashboards");
+    assert_eq!(
+        s(&grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]),
+        format!("{dash_dir}/loxone.json")
+    );
+    let datasources = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+    let ds = &datasources["datasources"][0];
+    assert_eq!(s(&ds["type"]), "prometheus");
+    assert_eq!(s(&ds["url"]), "http://prometheus:9090");
+    assert!(compose["services"]["prometheus"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| s(p).ends_with(":9090")));
+}
+
+#[test]
+fn collector_pipeline_uses_defined_components() {
+    let c = yaml("otel-collector-config.yaml");
+    let protocols = c["receivers"]["otlp"]["protocols"].as_mapping().unwrap();
+    assert!(protocols.contains_key("grpc") && protocols.contains_key("http"));
+    let pipeline = &c["service"]["pipelines"]["metrics"];
+    for (kind, list) in [
+        ("receivers", &pipeline["receivers"]),
+        ("processors", &pipeline["processors"]),
+        ("exporters", &pipeline["exporters"]),
+    ] {
+        for name in list.as_sequence().unwrap() {
+            assert!(
+                c[kind].get(s(name)).is_some(),
+                "{kind}.{name:?} used but not defined"
+            );
+        }
+    }
+    let processors: Vec<&str> = pipeline["processors"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    assert_eq!(
+        processors.first(),
+        Some(&"memory_limiter"),
+        "memory_limiter must run first"
+    );
+    assert!(processors.contains(&"batch"));
+    let exporters: Vec<&str> = pipeline["exporters"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    assert!(exporters.contains(&"prometheus") && exporters.contains(&"debug"));
+    for ext in c["service"]["extensions"]
+        .as_sequence()
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+    {
+        assert!(
+            c["extensions"].get(s(ext)).is_some(),
+            "extension {ext:?} not defined"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- Dockerfile
+
+#[test]
+fn dockerfile_essentials() {
+    let d = read("Dockerfile");
+    let lines: Vec<&str> = d
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let froms: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert!(froms.len() >= 2, "multi-stage build expected: {froms:?}");
+    assert!(
+        froms[0].contains("rust:") && froms[0].contains(" AS build"),
+        "{froms:?}"
+    );
+    let runtime = froms.last().unwrap();
+    assert!(
+        runtime.contains("distroless") && runtime.contains("nonroot"),
+        "{runtime}"
+    );
+    let user = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("USER");
+    let uid = user.trim_start_matches("USER ").split(':').next().unwrap();
+    assert!(
+        uid != "root" && uid != "0",
+        "runtime user must not be root: {user}"
+    );
+    assert!(lines.contains(&"EXPOSE 9504"));
+    assert!(
+        d.contains(r#"CMD ["/loxone-exporter", "healthcheck"]"#),
+        "HEALTHCHECK through the binary"
+    );
+    assert!(lines.contains(&r#"ENTRYPOINT ["/loxone-exporter"]"#));
+    for (arg, env) in [
+        ("VERSION", "LOXONE_EXPORTER_VERSION"),
+        ("COMMIT", "LOXONE_EXPORTER_COMMIT"),
+        ("BUILD_DATE", "LOXONE_EXPORTER_BUILD_DATE"),
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("ARG {arg}"))),
+            "ARG {arg}"
+        );
+        assert!(
+            d.contains(&format!("{env}=\"${{{arg}}}\"")),
+            "{env} from ${{{arg}}}"
+        );
+        // build.rs must still read the variable the Dockerfile sets.
+        assert!(
+            read("build.rs").contains(env),
+            "build.rs no longer reads {env}"
+        );
+    }
+    // The build context keeps what cargo needs and drops secrets and build output.
+    let ignore: BTreeSet<&str> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| Box::leak(l.to_string().into_boxed_str()) as &str)
+        .collect();
+    for keep in ["src", "Cargo.toml", "Cargo.lock", "build.rs", "*", "**"] {
+        assert!(!ignore.contains(keep), ".dockerignore must not drop {keep}");
+    }
+    for drop in ["target", ".git", "config.yml", ".env"] {
+        assert!(ignore.contains(drop), ".dockerignore must drop {drop}");
+    }
+}
+
+// ---------------------------------------------------------------- dashboard
+
+fn dashboard() -> Json {
+    serde_json::from_str(&read("deploy/grafana/dashboards/loxone.json"))
+        .expect("dashboard is valid JSON")
+}
+
+/// Every PromQL expression in the dashboard: panel targets and variable queries (the
+/// `label_values(expr, label)` wrapper removed).
+fn dashboard_queries(d: &Json) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    fn walk(panels: &[Json], out: &mut Vec<(String, String)>) {
+        for p in panels {
+            for t in p["targets"]
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+            {
+                let title = p["title"].as_str().unwrap_or("?").to_string();
+                out.push((title, t["expr"].as_str().expect("target expr").to_string()));
+            }
+            walk(
+                p["panels"]
+                    .as_array()
+                    .map(|a| a.as_slice())
+                    .unwrap_or_default(),
+                out,
+            );
+        }
+    }
+    walk(d["panels"].as_array().unwrap(), &mut out);
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if v["type"] != "query" {
+            continue;
+        }
+        let q = v["definition"].as_str().unwrap();
+        let inner = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.rsplit_once(','))
+            .map(|(e, _)| e.to_string())
+            .expect("variable queries are label_values(expr, label)");
+        out.push((format!("variable {}", v["name"]), inner));
+    }
+    out
+}
+
+/// Metric names a PromQL expression selects: identifiers outside strings, label matchers,
+/// range brackets and grouping clauses, that are not functions, keywords or variables.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    const KEYWORDS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "atan2",
+        "inf",
+        "nan",
+        // aggregation operators, which may be followed by a grouping clause before `(`
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let mut skip_parens_after_keyword = false;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => {
+                i += 1;
+                while i < chars.len() && chars[i] != c {
+                    if chars[i] == '\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            '{' | '[' => {
+                let close = if c == '{' { '}' } else { ']' };
+                while i < chars.len() && chars[i] != close {
+                    if chars[i] == '"' {
+                        i += 1;
+                        while i < chars.len() && chars[i] != '"' {
+                            if chars[i] == '\\' {
+                                i += 1;
+                            }
+                            i += 1;
+                        }
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            '(' if skip_parens_after_keyword => {
+                while i < chars.len() && chars[i] != ')' {
+                    i += 1;
+                }
+                i += 1;
+                skip_parens_after_keyword = false;
+            }
+            '$' => {
+                i += 1;
+                if i < chars.len() && chars[i] == '{' {
+                    while i < chars.len() && chars[i] != '}' {
+                        i += 1;
+                    }
+                    i += 1;
+                } else {
+                    while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                        i += 1;
+                    }
+                }
+            }
+            c if c.is_ascii_digit()
+                || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) =>
+            {
+                // Numbers and durations (5m, 1e3, 0.95).
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+            }
+            c if c.is_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+                {
+                    i += 1;
+                }
+                let ident: String = chars[start..i].iter().collect();
+                let mut j = i;
+                while j < chars.len() && chars[j].is_whitespace() {
+                    j += 1;
+                }
+                let lower = ident.to_ascii_lowercase();
+                if KEYWORDS.contains(&lower.as_str()) {
+                    skip_parens_after_keyword = matches!(
+                        lower.as_str(),
+                        "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+                    );
+                } else if chars.get(j) != Some(&'(') {
+                    names.insert(ident);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
+fn is_known_metric(name: &str) -> bool {
+    KNOWN_METRICS.contains(&name)
+        || HISTOGRAMS.iter().any(|h| {
+            name.strip_prefix(h)
+                .is_some_and(|suffix| ["_bucket", "_sum", "_count"].contains(&suffix))
+        })
+}
+
+#[test]
+fn metric_name_extraction_is_sound() {
+    let got = promql_metric_names(
+        r#"histogram_quantile(0.95, sum by (le, job) (rate(a_bucket{job="$job",x=~"b|c"}[$__rate_interval]))) / on(job) group_left(version) b_info + time() - c offset 5m > bool 1e3"#,
+    );
+    assert_eq!(
+        got,
+        BTreeSet::from(["a_bucket".into(), "b_info".into(), "c".into()])
+    );
+    assert!(promql_metric_names(r#"sum(rate(x_total[5m]))"#).contains("x_total"));
+    assert!(!is_known_metric("loxone_unknown"));
+    assert!(is_known_metric(
+        "loxone_otlp_export_duration_seconds_bucket"
+    ));
+    assert!(!is_known_metric("loxone_exporter_up_bucket"));
+}
+
+#[test]
+fn dashboard_is_valid_and_queries_only_served_metrics() {
+    let d = dashboard();
+    assert_eq!(d["uid"], "loxone-exporter");
+    let panels = d["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut cells = BTreeSet::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate id {}",
+            p["id"]
+        );
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_u64().unwrap(),
+            g["y"].as_u64().unwrap(),
+            g["w"].as_u64().unwrap(),
+            g["h"].as_u64().unwrap(),
+        );
+        assert!(x + w <= 24, "panel {} wider than the grid", p["title"]);
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(
+                    cells.insert((cx, cy)),
+                    "panel {} overlaps another",
+                    p["title"]
+                );
+            }
+        }
+        if p["type"] != "row" {
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "panel {}",
+                p["title"]
+            );
+            assert!(
+                !p["targets"].as_array().unwrap().is_empty(),
+                "panel {}",
+                p["title"]
+            );
+        }
+    }
+    let queries = dashboard_queries(&d);
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    let mut used = BTreeSet::new();
+    for (title, expr) in &queries {
+        let names = promql_metric_names(expr);
+        assert!(!names.is_empty(), "{title}: no metric in {expr}");
+        for n in names {
+            assert!(is_known_metric(&n), "{title}: unknown metric {n} in {expr}");
+            used.insert(n);
+        }
+    }
+    // The issue's topics are all on the dashboard.
+    for must in [
+        "loxone_control_value",
+        "loxone_exporter_connected",
+        "loxone_exporter_last_update_timestamp_seconds",
+        "loxone_otlp_export_status",
+        "loxone_otlp_export_duration_seconds_bucket",
+        "loxone_exporter_scrape_duration_seconds",
+    ] {
+        assert!(used.contains(must), "dashboard does not show {must}");
+    }
+    let all = serde_json::to_string(&d).unwrap();
+    for topic in ["tempActual", "\\\"Meter\\\"", "Switch", "room", "category"] {
+        assert!(all.contains(topic), "dashboard lacks {topic}");
+    }
+}
+
+// ---------------------------------------------------------------- dashboard vs real Prometheus
+
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Substitutes the dashboard's variables the way Grafana would for "All".
+fn substitute(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$job", "loxone")
+        .replace("$miniserver", ".*")
+        .replace("$room", ".*")
+        .replace("$category", ".*")
+}
+
+#[test]
+fn every_dashboard_query_parses_in_a_real_prometheus() {
+    let Some(bin) = common::component(common::PROMETHEUS) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
+    )
+    .unwrap();
+    let port = common::free_port();
+    let child = Command::new(bin)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let prom = Prometheus {
+        child,
+        port,
+        _dir: dir,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{}", prom.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http.get(format!("{base}/-/ready")).send().await;
+            if ready.map(|r| r.status().is_success()).unwrap_or(false) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "prometheus not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (title, expr) in dashboard_queries(&dashboard()) {
+            let q = substitute(&expr);
+            assert!(!q.contains('$'), "{title}: unsubstituted variable in {q}");
+            let enc = percent_encoding::utf8_percent_encode(&q, percent_encoding::NON_ALPHANUMERIC);
+            let body = http
+                .get(format!("{base}/api/v1/query?query={enc}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let v: Json = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                v["status"], "success",
+                "{title}: Prometheus rejects {q}: {body}"
+            );
+        }
+    });
+}
+
+#[test]
+fn provisioning_files_are_grafana_shaped() {
+    let ds = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+    assert_eq!(ds["apiVersion"].as_u64(), Some(1));
+    assert_eq!(s(&ds["datasources"][0]["uid"]), "prometheus");
+    let dp = yaml("deploy/grafana/provisioning/dashboards/loxone.yml");
+    assert_eq!(dp["apiVersion"].as_u64(), Some(1));
+    assert_eq!(s(&dp["providers"][0]["type"]), "file");
+    // The shipped dashboards directory holds exactly the dashboard the test checks.
+    let files: Vec<String> =
+        std::fs::read_dir(common::repo_root().join("deploy/grafana/dashboards"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    assert_eq!(files, ["loxone.json"]);
+}

@@ -1,0 +1,245 @@
+//! State store and text exposition against the real structure files: shared UUIDs feed
+//! every owner, sub-controls update, filters and counts agree, and `promtool check metrics`
+//! accepts the output.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use loxone_exporter::config::FilterConfig;
+use loxone_exporter::loxone::structure::{parse_structure, Structure};
+use loxone_exporter::loxone::uuid::LoxUuid;
+use loxone_exporter::metrics::self_health::{ProcessMetrics, SelfHealth};
+use loxone_exporter::metrics::text::encode_to_string;
+use loxone_exporter::metrics::{MiniserverInfo, Registry, StateStore, Value};
+
+fn structure(name: &str) -> Structure {
+    parse_structure(&common::read_fixture(&common::structure_fixture(name))).expect("parse")
+}
+
+/// Every state UUID of the structure with a distinct value.
+fn all_state_uuids(s: &Structure) -> Vec<LoxUuid> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for c in &s.controls {
+        for c in c.walk() {
+            for st in &c.states {
+                for u in &st.uuids {
+                    if seen.insert(*u) {
+                        out.push(*u);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn values_of(
+    snapshot: &loxone_exporter::metrics::Snapshot,
+    family: &str,
+) -> Vec<(Vec<(String, String)>, f64)> {
+    snapshot
+        .family(family)
+        .map(|f| {
+            f.samples
+                .iter()
+                .map(|s| {
+                    let labels = s
+                        .labels
+                        .pairs()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    let v = match s.value {
+                        Value::Number(v) => v,
+                        _ => f64::NAN,
+                    };
+                    (labels, v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn shared_state_uuids_update_every_owner_and_no_series_repeats() {
+    let s = structure("gen2-home-cz.json");
+    let store = StateStore::new(&FilterConfig::default(), false).unwrap();
+    let ms = store.add_miniserver("home");
+    ms.load_structure(&s);
+    let uuids = all_state_uuids(&s);
+    let updated = ms.apply_values(uuids.iter().enumerate().map(|(i, u)| (*u, i as f64)));
+    // 1,371 state references in the file; text-only controls' slots are updated too (they
+    // are kept, just not exported)
+    assert_eq!(
+        updated, 1371,
+        "every reference of every shared UUID updated"
+    );
+
+    let registry = Registry::new();
+    registry.register(store.clone());
+    let snap = registry.snapshot();
+    let series = values_of(&snap, "loxone_control_value");
+    let mut label_sets = HashSet::new();
+    for (labels, _) in &series {
+        assert!(
+            label_sets.insert(labels.clone()),
+            "duplicate series {labels:?}"
+        );
+    }
+    // the Alarm's `sensors` state is the same UUID as its Tracker sub-control's `entries`
+    let alarm_sensor = LoxUuid::parse("18777929-0112-94d2-ffff3a3fe38eb401").unwrap();
+    let idx = uuids.iter().position(|u| *u == alarm_sensor).unwrap() as f64;
+    let owners: Vec<_> = series.iter().filter(|(_, v)| *v == idx).collect();
+    assert_eq!(
+        owners.len(),
+        2,
+        "both owners of the shared UUID export it: {owners:?}"
+    );
+}
+
+#[test]
+fn sub_controls_inherit_room_and_category_and_counts_agree() {
+    let s = structure("gen2-demo-uk.json");
+    let store = StateStore::new(&FilterConfig::default(), false).unwrap();
+    let ms = store.add_miniserver("demo");
+    ms.load_structure(&s);
+    assert_eq!(
+        ms.health().controls_exported,
+        0,
+        "nothing exported before values arrive"
+    );
+    ms.apply_values(all_state_uuids(&s).into_iter().map(|u| (u, 1.0)));
+    let registry = Registry::new();
+    registry.register(store.clone());
+    let snap = registry.snapshot();
+    let health = ms.health();
+    assert_eq!(health.controls_discovered, s.control_count());
+    let exported_metric = values_of(&snap, "loxone_exporter_controls_exported")[0].1;
+    assert_eq!(exported_metric as usize, health.controls_exported);
+    assert!(health.controls_exported > 0 && health.controls_exported <= health.controls_discovered);
+    // a sub-control's series carries a room: its own or its parent's
+    let series = values_of(&snap, "loxone_control_value");
+    let sub = series
+        .iter()
+        .find(|(l, _)| l.iter().any(|(k, v)| k == "uuid" && v.contains("/AI")))
+        .expect("a LightControllerV2 circuit sub-control series");
+    assert!(
+        sub.0.iter().any(|(k, v)| k == "room" && !v.is_empty()),
+        "{sub:?}"
+    );
+}
+
+#[test]
+fn filters_remove_controls_and_values_survive_a_structure_reload() {
+    let s = structure("gen2-home-cz.json");
+    let room = s
+        .rooms
+        .values()
+        .map(|r| r.name.clone())
+        .find(|n| !n.is_empty())
+        .unwrap();
+    let filters = FilterConfig {
+        exclude_rooms: vec![room.clone()],
+        ..FilterConfig::default()
+    };
+    let store = StateStore::new(&filters, false).unwrap();
+    let ms = store.add_miniserver("home");
+    ms.load_structure(&s);
+    let uuids = all_state_uuids(&s);
+    ms.apply_values(uuids.iter().map(|u| (*u, 7.0)));
+    let registry = Registry::new();
+    registry.register(store.clone());
+    let before = values_of(&registry.snapshot(), "loxone_control_value");
+    assert!(!before.is_empty());
+    assert!(before
+        .iter()
+        .all(|(l, _)| !l.iter().any(|(k, v)| k == "room" && *v == room)));
+    // reload the same structure: values are kept, nothing blanks
+    ms.load_structure(&s);
+    let after = values_of(&registry.snapshot(), "loxone_control_value");
+    assert_eq!(before.len(), after.len());
+    ms.set_connected(false);
+    assert_eq!(
+        values_of(&registry.snapshot(), "loxone_control_value").len(),
+        before.len(),
+        "kept while disconnected"
+    );
+}
+
+#[test]
+fn text_only_controls_become_info_series_when_enabled() {
+    let s = structure("gen2-home-cz.json");
+    let store = StateStore::new(&FilterConfig::default(), true).unwrap();
+    let ms = store.add_miniserver("home");
+    ms.load_structure(&s);
+    let uuids = all_state_uuids(&s);
+    ms.apply_texts(uuids.iter().map(|u| (*u, "hello \"world\"")));
+    let registry = Registry::new();
+    registry.register(store.clone());
+    let snap = registry.snapshot();
+    let info = values_of(&snap, "loxone_control_info");
+    assert!(!info.is_empty());
+    assert!(info.iter().all(|(l, v)| *v == 1.0
+        && l.iter()
+            .any(|(k, val)| k == "value" && val == "hello \"world\"")));
+}
+
+/// Fills a registry like the daemon's from a real structure and lints it with promtool.
+#[test]
+fn promtool_accepts_metrics_from_real_structures() {
+    let Some(promtool) = common::component(common::PROMTOOL) else {
+        return;
+    };
+    for file in ["gen2-home-cz.json", "gen2-demo-uk.json"] {
+        let s = structure(file);
+        let store = StateStore::new(&FilterConfig::default(), true).unwrap();
+        let ms = store.add_miniserver("home");
+        ms.load_structure(&s);
+        let uuids = all_state_uuids(&s);
+        ms.apply_values(
+            uuids
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (*u, i as f64 * 0.5 - 3.0)),
+        );
+        ms.apply_texts(uuids.iter().map(|u| (*u, "line1\nline2 \\ \"q\"")));
+        ms.set_connected(true);
+        ms.set_info(MiniserverInfo {
+            serial: s.ms_info.serial_nr.clone(),
+            firmware: "14.5.12.7".into(),
+            ms_type: "Gen2".into(),
+            name: s.ms_info.ms_name.clone(),
+            project: s.ms_info.project_name.clone(),
+        });
+        let registry = Registry::new();
+        registry.register(store.clone());
+        registry.register(Arc::new(SelfHealth::new()));
+        registry.register(Arc::new(ProcessMetrics::new()));
+        let text = encode_to_string(&registry.snapshot());
+        let mut child = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn promtool");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed for {file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
