@@ -813,11 +813,11 @@ mod tests {
         let mut hist = Family::new("h_seconds", "hist help", MetricKind::Histogram);
         hist.samples.push(Sample {
             labels: LabelSet::new([("op", "x")]),
-            value: Value::Histogram(HistogramValue {
+            value: Value::Histogram(Box::new(HistogramValue {
                 buckets: vec![(0.1, 2), (1.0, 5), (10.0, 5)],
                 count: 9,
                 sum: 42.5,
-            }),
+            })),
         });
         let g = gauge("g", &[("kitchen", f64::NAN)]);
         let mut c = Converter::new(resource(), at(100), 1 << 20);
@@ -1034,11 +1034,11 @@ mod tests {
         let mut h = Family::new("h", "", MetricKind::Histogram);
         h.samples.push(Sample {
             labels: LabelSet::empty(),
-            value: Value::Histogram(HistogramValue {
+            value: Value::Histogram(Box::new(HistogramValue {
                 buckets: vec![(0.5, 1), (f64::INFINITY, 3)],
                 count: 3,
                 sum: 2.0,
-            }),
+            })),
         });
         families.push(h);
         let mut c = Converter::new(resource(), at(100), 1 << 20);
