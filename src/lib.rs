@@ -10,6 +10,7 @@
 pub mod app;
 pub mod backoff;
 pub mod build_info;
+pub mod civil_time;
 pub mod cli;
 pub mod config;
 pub mod healthcheck;

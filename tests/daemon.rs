@@ -333,3 +333,87 @@ fn listen_address_flag_overrides_the_file_and_ipv6_works() {
     let _ = d.child.kill();
     let _ = d.port;
 }
+
+/// `--demo`: the in-process simulator feeds the exporter; live values change within a second.
+#[test]
+fn demo_shows_changing_values_within_a_second() {
+    let port = common::free_port();
+    let child = Command::new(common::exporter_bin())
+        .args([
+            "--demo",
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _d = Daemon { child, port };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let values = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("loxone_control_value{"))
+            .map(str::to_string)
+            .collect()
+    };
+    let first = loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (st, _, body) = request(port, "GET", "/metrics", "");
+            let text = String::from_utf8_lossy(&body).to_string();
+            if st == 200 && values(&text).len() > 500 {
+                break values(&text);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "demo never served control values"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, _, body) = request(port, "GET", "/metrics", "");
+    let second = values(&String::from_utf8_lossy(&body));
+    let changed = first.iter().zip(&second).filter(|(a, b)| a != b).count();
+    assert!(changed > 0, "no value changed within a second");
+    let (st, _, body) = request(port, "GET", "/healthz", "");
+    assert_eq!(st, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["status"], "healthy");
+}
+
+/// systemd `Type=notify`: READY=1 arrives only once the HTTP listener accepts connections.
+#[test]
+fn notify_socket_gets_ready_after_the_listener_is_bound() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let port = common::free_port();
+    let cfg = write_config(dir.path(), port);
+    let child = Command::new(common::exporter_bin())
+        .arg("-c")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon { child, port };
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY=1 within 15 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    // the listener must already accept connections when READY=1 arrives
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "READY=1 before the listener was bound"
+    );
+    Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let _ = d.child.wait();
+}

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use harness::*;
 use loxone_exporter::config::{OtlpConfig, OtlpProtocol, OtlpTls};
 use loxone_exporter::metrics::health::{ExportState, OtlpHealth};
@@ -21,7 +22,6 @@ use loxone_exporter::otlp::export::run_export_loop_with_stats;
 use loxone_exporter::otlp::health::{health_collector_with_stats, ExportStats};
 use loxone_exporter::otlp::transport::{ExportOutcome, Transport};
 use loxone_exporter::secret::Secret;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokio_util::sync::CancellationToken;
 
 struct Env {
@@ -57,7 +57,7 @@ fn setup() -> Option<Env> {
 
 /// One converted request of the test registry, tagged with `instance` so each case can
 /// find its own data at rotel.
-fn request(instance: &str) -> ExportMetricsServiceRequest {
+fn request(instance: &str) -> Bytes {
     let registry = Registry::new();
     registry.register(TestCollector::new());
     let resource = build_resource(&ResourceInfo {
@@ -68,8 +68,8 @@ fn request(instance: &str) -> ExportMetricsServiceRequest {
     });
     let mut conv =
         Converter::new(resource, SystemTime::now(), 1 << 20).convert(&registry.snapshot());
-    assert_eq!(conv.requests.len(), 1);
-    conv.requests.remove(0)
+    assert_eq!(conv.bodies.len(), 1);
+    conv.bodies.remove(0)
 }
 
 fn config(

@@ -21,7 +21,6 @@ use loxone_exporter::otlp::export::{
     local_host_name, process_start_time, run_export_loop_with_stats,
 };
 use loxone_exporter::otlp::health::{health_collector_with_stats, ExportStats};
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 async fn roundtrip(protocol: OtlpProtocol) {
@@ -236,9 +235,9 @@ async fn fifty_thousand_series_reach_rotel_over_grpc_split_under_4_mib() {
     });
     let snap = registry.snapshot();
     let whole = Converter::new(resource.clone(), SystemTime::now(), usize::MAX).convert(&snap);
-    assert_eq!(whole.requests.len(), 1);
+    assert_eq!(whole.bodies.len(), 1);
     assert!(
-        whole.requests[0].encoded_len() > 4 * 1024 * 1024,
+        whole.bodies[0].len() > 4 * 1024 * 1024,
         "registry too small for this test"
     );
 
@@ -252,11 +251,11 @@ async fn fifty_thousand_series_reach_rotel_over_grpc_split_under_4_mib() {
     config.timeout = Duration::from_secs(30);
     let split =
         Converter::new(resource, SystemTime::now(), config.max_request_bytes).convert(&snap);
-    assert!(split.requests.len() >= 2);
+    assert!(split.bodies.len() >= 2);
     assert!(split
-        .requests
+        .bodies
         .iter()
-        .all(|r| r.encoded_len() <= config.max_request_bytes));
+        .all(|b| b.len() <= config.max_request_bytes));
 
     let health = OtlpHealth::new(ExportState::Disabled);
     let stats = ExportStats::new();

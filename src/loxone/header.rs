@@ -7,7 +7,7 @@
 //! rule for estimated headers (also the session's job).
 //!
 //! The estimated flag is read as `info & 0x81 != 0` because sources disagree on the bit
-//! (doc §2.1 [UNSURE]); [`Header::encode`] lets the simulator choose which bit to set.
+//! (doc §2.1 \[UNSURE\]); [`Header::encode`] lets the simulator choose which bit to set.
 
 /// Length of the header in bytes.
 pub const HEADER_LEN: usize = 8;

@@ -359,6 +359,56 @@ impl<'de> Deserialize<'de> for Int {
     }
 }
 
+/// Hex digit values; 0xff marks a non-hex byte.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// [`LoxUuid::parse`] with a fast path for the structure file's own `8-4-4-16` form, which
+/// is most of the work of a big file (tens of thousands of state UUIDs).
+fn parse_uuid(s: &str) -> Option<LoxUuid> {
+    let b = s.as_bytes();
+    if b.len() == 35 {
+        let mut be = [0u8; 16];
+        let mut n = 0usize;
+        let mut ok = true;
+        for (i, &c) in b.iter().enumerate() {
+            if matches!(i, 8 | 13 | 18) {
+                ok &= c == b'-';
+                continue;
+            }
+            let v = HEX[usize::from(c)];
+            ok &= v != 0xff;
+            if let Some(byte) = be.get_mut(n / 2) {
+                *byte = (*byte << 4) | (v & 0x0f);
+            }
+            n += 1;
+        }
+        if ok && n == 32 {
+            let [a, b, c, d, e, f, g, h, d4 @ ..] = be;
+            return Some(LoxUuid::from_fields(
+                u32::from_be_bytes([a, b, c, d]),
+                u16::from_be_bytes([e, f]),
+                u16::from_be_bytes([g, h]),
+                d4,
+            ));
+        }
+    }
+    LoxUuid::parse(s).ok()
+}
+
 /// A state value: one UUID string, an array of them, or something else.
 enum StateValue<'de> {
     One(Cow<'de, str>),
@@ -402,7 +452,7 @@ impl<'de> Deserialize<'de> for StateValue<'de> {
 impl StateValue<'_> {
     fn into_ref(self, name: &str) -> Option<StateRef> {
         match self {
-            StateValue::One(s) => LoxUuid::parse(&s).ok().map(|u| StateRef {
+            StateValue::One(s) => parse_uuid(&s).map(|u| StateRef {
                 name: name.to_string(),
                 uuids: vec![u],
                 is_array: false,
@@ -410,7 +460,7 @@ impl StateValue<'_> {
             StateValue::Many(items) => {
                 let uuids: Vec<LoxUuid> = items
                     .iter()
-                    .filter_map(|i| i.0.as_deref().and_then(|s| LoxUuid::parse(s).ok()))
+                    .filter_map(|i| i.0.as_deref().and_then(parse_uuid))
                     .collect();
                 (!uuids.is_empty()).then(|| StateRef {
                     name: name.to_string(),
@@ -929,6 +979,32 @@ mod tests {
         assert_eq!(s.controls[0].name, "Tab\tQuote\" ž");
         assert_eq!(s.controls[0].format.as_deref(), Some("%.1f°"));
         assert_eq!(s.controls[0].states[0].uuids[0].to_string(), U1);
+    }
+
+    #[test]
+    fn fast_uuid_path_agrees_with_loxuuid_parse() {
+        let mut cases = vec![
+            U1.to_string(),
+            U1.to_uppercase(),
+            "185b0f92-0070-3b3d-ffff3a3fe38eb40g".to_string(),
+            "185b0f92-0070-3b3d+ffff3a3fe38eb401".to_string(),
+            "185b0f92x0070-3b3d-ffff3a3fe38eb401".to_string(),
+            "185B0F92-0070-3B3D-FFFF-3A3FE38EB401".to_string(),
+            "185b0f92-0070-3b3d-ffff3a3fe38eb401/AI1".to_string(),
+            "185b0f92-0070-3b3d-ffff3a3fe38eb4é".to_string(),
+            String::new(),
+        ];
+        // every 35-byte mutation of one position
+        for i in 0..35 {
+            for c in ['-', 'g', '0', 'F', ' '] {
+                let mut m: Vec<char> = U1.chars().collect();
+                m[i] = c;
+                cases.push(m.into_iter().collect());
+            }
+        }
+        for c in cases {
+            assert_eq!(parse_uuid(&c), LoxUuid::parse(&c).ok(), "{c:?}");
+        }
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub fn convert_family(mf: &prometheus::proto::MetricFamily) -> Family {
             MetricKind::Counter => Value::Number(m.get_counter().get_value()),
             MetricKind::Histogram => {
                 let h = m.get_histogram();
-                Value::Histogram(HistogramValue {
+                Value::Histogram(Box::new(HistogramValue {
                     buckets: h
                         .get_bucket()
                         .iter()
@@ -134,7 +134,7 @@ pub fn convert_family(mf: &prometheus::proto::MetricFamily) -> Family {
                         .collect(),
                     count: h.get_sample_count(),
                     sum: h.get_sample_sum(),
-                })
+                }))
             }
             _ => Value::Number(m.get_gauge().get_value()),
         };

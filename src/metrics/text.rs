@@ -108,11 +108,11 @@ mod tests {
         let mut h = Family::new("h_seconds", "dur", MetricKind::Histogram);
         h.samples.push(Sample {
             labels: LabelSet::new([("p", "grpc")]),
-            value: Value::Histogram(HistogramValue {
+            value: Value::Histogram(Box::new(HistogramValue {
                 buckets: vec![(0.5, 1), (1.0, 2)],
                 count: 3,
                 sum: 4.25,
-            }),
+            })),
         });
         let snap = Snapshot {
             families: vec![g, c, h],

@@ -18,8 +18,10 @@
 //! state). A series seen in the previous conversion but missing now is sent once more with
 //! the `NoRecordedValue` flag (§1.5). NaN stays NaN.
 //!
-//! Output is split so that no encoded request exceeds the configured byte limit; a family
-//! bigger than the limit is split across requests by data points.
+//! The output is encoded `ExportMetricsServiceRequest` bodies (canonical protobuf, written
+//! directly: see [`Converter`] for why), [`Conversion::requests`] decodes them into
+//! `opentelemetry-proto` messages. It is split so that no request exceeds the configured
+//! byte limit; a family bigger than the limit is split across requests by data points.
 //!
 //! Does not: send anything (see `transport`), decide retries (see `export`).
 
@@ -27,12 +29,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, AggregationTemporality, DataPointFlags, Gauge, Histogram,
-    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-};
+use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, DataPointFlags};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use rustc_hash::FxHashMap;
@@ -45,12 +45,6 @@ pub const SCOPE_NAME: &str = env!("CARGO_PKG_NAME");
 pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Metadata key carrying the Prometheus type (spec §1.1).
 pub const PROMETHEUS_TYPE_KEY: &str = "prometheus.type";
-
-/// Bytes reserved per request for the growth of the two length prefixes around the
-/// metrics list (ResourceMetrics and ScopeMetrics, at most 4 extra bytes each).
-const ENVELOPE_SLACK: usize = 16;
-/// Bytes reserved per metric chunk for the growth of its own and its `data` length prefix.
-const METRIC_SLACK: usize = 12;
 
 /// What the resource says about this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,9 +87,10 @@ pub fn build_resource(info: &ResourceInfo) -> Resource {
 /// The result of converting one snapshot.
 #[derive(Debug, Clone)]
 pub struct Conversion {
-    /// Requests to send, each within the byte limit (unless one data point alone is larger).
-    pub requests: Vec<ExportMetricsServiceRequest>,
-    /// Data points in each request (same order as `requests`), stale markers included.
+    /// Encoded `ExportMetricsServiceRequest`s, each within the byte limit (unless one
+    /// data point alone is larger).
+    pub bodies: Vec<Bytes>,
+    /// Data points in each request (same order as `bodies`), stale markers included.
     pub points_per_request: Vec<usize>,
     /// Stale markers (NoRecordedValue points) among all points.
     pub stale_points: usize,
@@ -107,6 +102,15 @@ impl Conversion {
     /// Total data points in all requests.
     pub fn total_points(&self) -> usize {
         self.points_per_request.iter().sum()
+    }
+
+    /// The requests as `opentelemetry-proto` messages (decodes `bodies`; for tests and
+    /// tools, the export path sends the bytes as they are).
+    pub fn requests(&self) -> Result<Vec<ExportMetricsServiceRequest>, prost::DecodeError> {
+        self.bodies
+            .iter()
+            .map(|b| ExportMetricsServiceRequest::decode(b.as_ref()))
+            .collect()
     }
 }
 
@@ -133,6 +137,8 @@ struct SeriesState {
     start_ns: u64,
     /// Generation of the last conversion that contained this series.
     seen: u64,
+    /// The point's `attributes` field, encoded once for the series' life (tag included).
+    attributes: Box<[u8]>,
 }
 
 struct FamilyState {
@@ -142,31 +148,51 @@ struct FamilyState {
     series: FxHashMap<SeriesKey, SeriesState>,
 }
 
-/// Converts snapshots, remembering per-series start times and which series ended.
+/// Converts snapshots, remembering per-series start times, encoded attributes, and which
+/// series ended.
+///
+/// Why hand-written protobuf rather than building `opentelemetry-proto` structs: those own
+/// every attribute as two `String`s, so a 10k-series export costs 120k allocations and frees
+/// (about 4 µs per series); here a series' attributes are encoded once and copied, and the
+/// output is exactly what prost would produce (the tests decode it with prost and with the
+/// Python reference implementation).
 pub struct Converter {
-    resource: Resource,
-    scope: InstrumentationScope,
+    /// `ResourceMetrics.resource` field, encoded.
+    resource_field: Vec<u8>,
+    /// `ScopeMetrics.scope` field, encoded.
+    scope_field: Vec<u8>,
     max_request_bytes: usize,
     process_start_ns: u64,
     generation: u64,
     families: FxHashMap<Arc<str>, FamilyState>,
+    /// Scratch for one metric's points, kept between conversions.
+    chunk: Vec<u8>,
+    /// Capacity to reserve for a request body (the largest body seen so far).
+    body_hint: usize,
 }
 
 impl Converter {
     /// A converter. `process_start` is the start time of series present at the first
     /// conversion; `max_request_bytes` caps each encoded request.
     pub fn new(resource: Resource, process_start: SystemTime, max_request_bytes: usize) -> Self {
+        let scope = InstrumentationScope {
+            name: SCOPE_NAME.into(),
+            version: SCOPE_VERSION.into(),
+            ..Default::default()
+        };
+        let mut resource_field = Vec::new();
+        prost::encoding::message::encode(1, &resource, &mut resource_field);
+        let mut scope_field = Vec::new();
+        prost::encoding::message::encode(1, &scope, &mut scope_field);
         Converter {
-            resource,
-            scope: InstrumentationScope {
-                name: SCOPE_NAME.into(),
-                version: SCOPE_VERSION.into(),
-                ..Default::default()
-            },
+            resource_field,
+            scope_field,
             max_request_bytes,
             process_start_ns: unix_nanos(process_start),
             generation: 0,
             families: FxHashMap::default(),
+            chunk: Vec::new(),
+            body_hint: 64 * 1024,
         }
     }
 
@@ -193,7 +219,27 @@ impl Converter {
         let now_ns = unix_nanos(snapshot.taken_at);
         let new_series_start = if first { self.process_start_ns } else { now_ns };
 
-        let mut metrics: Vec<(Metric, usize)> = Vec::with_capacity(snapshot.families.len());
+        // Fixed per-request overhead: the two envelopes' tags and (at most 10-byte) length
+        // prefixes, the resource and the scope.
+        let overhead = 2 * 11 + self.resource_field.len() + self.scope_field.len();
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.clear();
+        let mut packer = Packer {
+            budget: self.max_request_bytes.saturating_sub(overhead).max(1),
+            reserve: overhead,
+            body_hint: self
+                .body_hint
+                .min(self.max_request_bytes.saturating_add(overhead)),
+            resource_field: &self.resource_field,
+            scope_field: &self.scope_field,
+            bodies: Vec::new(),
+            counts: Vec::new(),
+            metrics: Vec::new(),
+            request_points: 0,
+            chunk,
+            chunk_points: 0,
+        };
+        packer.new_request_buffer();
         let mut stale_points = 0usize;
 
         for family in &snapshot.families {
@@ -215,378 +261,423 @@ impl Converter {
                 state.kind = family.kind;
             }
             state.seen = gen;
-            state.help = if *state.help == *family.help {
-                state.help.clone()
-            } else {
-                Arc::from(&*family.help)
-            };
+            if *state.help != *family.help {
+                state.help = Arc::from(&*family.help);
+            }
+            let shape = MetricShape::new(name, &family.help, family.kind);
+            packer.begin_metric();
 
             let mut seen_now = 0usize;
-            let mut builder = PointsBuilder::new(family.kind);
+            let attr_tag = attributes_tag(family.kind);
             for sample in &family.samples {
                 let key = SeriesKey(sample.labels.clone());
-                let series = state.series.entry(key).or_insert(SeriesState {
+                let series = state.series.entry(key).or_insert_with(|| SeriesState {
                     start_ns: new_series_start,
                     seen: 0,
+                    attributes: encode_attributes(&sample.labels, attr_tag),
                 });
                 if series.seen != gen {
                     series.seen = gen;
                     seen_now += 1;
                 }
-                builder.push(&sample.labels, &sample.value, series.start_ns, now_ns);
-            }
-            if seen_now < state.series.len() {
-                for (key, series) in &state.series {
-                    if series.seen < gen {
-                        builder.push_stale(&key.0, series.start_ns, now_ns);
-                        stale_points += 1;
-                    }
+                let start = if family.kind == MetricKind::Gauge {
+                    0
+                } else {
+                    series.start_ns
+                };
+                match (&sample.value, family.kind) {
+                    (Value::Histogram(h), MetricKind::Histogram) => packer
+                        .push_point(&shape, |buf| {
+                            histogram_point(buf, &series.attributes, start, now_ns, Some(h))
+                        }),
+                    (Value::Number(v), kind) if kind != MetricKind::Histogram => packer
+                        .push_point(&shape, |buf| {
+                            number_point(buf, &series.attributes, start, now_ns, Some(*v))
+                        }),
+                    // A value that does not fit the family's kind is skipped.
+                    _ => {}
                 }
             }
-            if builder.len() > 0 {
-                let n = builder.len();
-                metrics.push((builder.finish(name, &family.help), n));
+            if seen_now < state.series.len() {
+                for series in state.series.values().filter(|s| s.seen < gen) {
+                    push_stale(&mut packer, &shape, family.kind, series, now_ns);
+                    stale_points += 1;
+                }
             }
+            packer.end_metric(&shape);
         }
 
         // Families that vanished entirely: end all their series.
         for (name, state) in &self.families {
-            if state.seen == gen {
+            if state.seen == gen || state.series.is_empty() {
                 continue;
             }
-            let mut builder = PointsBuilder::new(state.kind);
-            for (key, series) in &state.series {
-                builder.push_stale(&key.0, series.start_ns, now_ns);
+            let shape = MetricShape::new(name, &state.help, state.kind);
+            packer.begin_metric();
+            for series in state.series.values() {
+                push_stale(&mut packer, &shape, state.kind, series, now_ns);
                 stale_points += 1;
             }
-            if builder.len() > 0 {
-                let n = builder.len();
-                metrics.push((builder.finish(name, &state.help), n));
-            }
+            packer.end_metric(&shape);
         }
 
-        let (requests, points_per_request) = self.pack(metrics);
+        let (bodies, points_per_request, chunk) = packer.finish();
+        self.chunk = chunk;
+        if let Some(largest) = bodies.iter().map(Bytes::len).max() {
+            self.body_hint = self.body_hint.max(largest + 64);
+        }
         Conversion {
-            requests,
+            bodies,
             points_per_request,
             stale_points,
             generation: gen,
         }
     }
-
-    fn request(&self, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
-        ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(self.resource.clone()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(self.scope.clone()),
-                    metrics,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
-    }
-
-    /// Packs metrics into requests within the byte limit, splitting oversized metrics by
-    /// data points.
-    fn pack(
-        &self,
-        metrics: Vec<(Metric, usize)>,
-    ) -> (Vec<ExportMetricsServiceRequest>, Vec<usize>) {
-        let envelope = self.request(Vec::new()).encoded_len() + ENVELOPE_SLACK;
-        let budget = self.max_request_bytes.saturating_sub(envelope).max(1);
-        let mut requests = Vec::new();
-        let mut counts = Vec::new();
-        let mut current: Vec<Metric> = Vec::new();
-        let mut current_size = 0usize;
-        let mut current_points = 0usize;
-
-        let mut flush = |current: &mut Vec<Metric>, size: &mut usize, points: &mut usize| {
-            if !current.is_empty() {
-                requests.push(self.request(std::mem::take(current)));
-                counts.push(*points);
-            }
-            *size = 0;
-            *points = 0;
-        };
-
-        for (metric, points) in metrics {
-            let framed = framed_len(metric.encoded_len());
-            if framed <= budget {
-                if current_size + framed > budget {
-                    flush(&mut current, &mut current_size, &mut current_points);
-                }
-                current_size += framed;
-                current_points += points;
-                current.push(metric);
-                continue;
-            }
-            for (chunk, chunk_points) in split_metric(metric, budget) {
-                let framed = framed_len(chunk.encoded_len());
-                if current_size + framed > budget {
-                    flush(&mut current, &mut current_size, &mut current_points);
-                }
-                current_size += framed;
-                current_points += chunk_points;
-                current.push(chunk);
-            }
-        }
-        flush(&mut current, &mut current_size, &mut current_points);
-        (requests, counts)
-    }
 }
 
-/// Size of a length-delimited field with a one-byte tag.
-fn framed_len(len: usize) -> usize {
-    1 + prost::length_delimiter_len(len) + len
-}
-
-/// Splits one metric into chunks of at most `budget` framed bytes each (a single point
-/// larger than that becomes a chunk of its own).
-fn split_metric(metric: Metric, budget: usize) -> Vec<(Metric, usize)> {
-    let Metric {
-        name,
-        description,
-        unit,
-        metadata,
-        data,
-    } = metric;
-    let descriptor = |data: metric::Data| Metric {
-        name: name.clone(),
-        description: description.clone(),
-        unit: unit.clone(),
-        metadata: metadata.clone(),
-        data: Some(data),
+fn push_stale(
+    packer: &mut Packer<'_>,
+    shape: &MetricShape,
+    kind: MetricKind,
+    series: &SeriesState,
+    now_ns: u64,
+) {
+    let start = if kind == MetricKind::Gauge {
+        0
+    } else {
+        series.start_ns
     };
-    let empty_len = descriptor(metric::Data::Gauge(Gauge::default())).encoded_len();
-    let capacity = budget.saturating_sub(empty_len + METRIC_SLACK + 5).max(1);
-    match data {
-        Some(metric::Data::Gauge(g)) => chunk_points(g.data_points, capacity)
-            .into_iter()
-            .map(|pts| {
-                let n = pts.len();
-                (
-                    descriptor(metric::Data::Gauge(Gauge { data_points: pts })),
-                    n,
-                )
-            })
-            .collect(),
-        Some(metric::Data::Sum(s)) => chunk_points(s.data_points, capacity)
-            .into_iter()
-            .map(|pts| {
-                let n = pts.len();
-                let sum = Sum {
-                    data_points: pts,
-                    aggregation_temporality: s.aggregation_temporality,
-                    is_monotonic: s.is_monotonic,
-                };
-                (descriptor(metric::Data::Sum(sum)), n)
-            })
-            .collect(),
-        Some(metric::Data::Histogram(h)) => chunk_points(h.data_points, capacity)
-            .into_iter()
-            .map(|pts| {
-                let n = pts.len();
-                let hist = Histogram {
-                    data_points: pts,
-                    aggregation_temporality: h.aggregation_temporality,
-                };
-                (descriptor(metric::Data::Histogram(hist)), n)
-            })
-            .collect(),
-        // We never build other data types; pass anything else through whole.
-        other => {
-            let m = Metric {
-                name,
-                description,
-                unit,
-                metadata,
-                data: other,
-            };
-            vec![(m, 0)]
-        }
+    if kind == MetricKind::Histogram {
+        packer.push_point(shape, |buf| {
+            histogram_point(buf, &series.attributes, start, now_ns, None)
+        });
+    } else {
+        packer.push_point(shape, |buf| {
+            number_point(buf, &series.attributes, start, now_ns, None)
+        });
     }
 }
 
-fn chunk_points<T: Message>(points: Vec<T>, capacity: usize) -> Vec<Vec<T>> {
-    let mut out = Vec::new();
-    let mut current = Vec::new();
-    let mut size = 0usize;
-    for p in points {
-        let framed = framed_len(p.encoded_len());
-        if !current.is_empty() && size + framed > capacity {
-            out.push(std::mem::take(&mut current));
-            size = 0;
-        }
-        size += framed;
-        current.push(p);
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
+// ---- protobuf field tags (opentelemetry/proto/metrics/v1/metrics.proto) -------------------
+
+const WIRE_VARINT: u8 = 0;
+const WIRE_I64: u8 = 1;
+const WIRE_LEN: u8 = 2;
+
+const fn tag(field: u8, wire: u8) -> u8 {
+    (field << 3) | wire
 }
 
-/// Collects the points of one family.
-enum PointsBuilder {
-    Number {
-        kind: MetricKind,
-        points: Vec<NumberDataPoint>,
-    },
-    Histogram(Vec<HistogramDataPoint>),
-}
-
-impl PointsBuilder {
-    fn new(kind: MetricKind) -> Self {
-        match kind {
-            MetricKind::Histogram => PointsBuilder::Histogram(Vec::new()),
-            kind => PointsBuilder::Number {
-                kind,
-                points: Vec::new(),
-            },
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            PointsBuilder::Number { points, .. } => points.len(),
-            PointsBuilder::Histogram(points) => points.len(),
-        }
-    }
-
-    /// Adds a live point. A value that does not fit the family's kind is skipped.
-    fn push(&mut self, labels: &LabelSet, value: &Value, start_ns: u64, now_ns: u64) {
-        match (self, value) {
-            (PointsBuilder::Number { kind, points }, Value::Number(v)) => {
-                points.push(NumberDataPoint {
-                    attributes: attributes(labels),
-                    // Gauges have no start time (spec §1.2: leave unset when unknown).
-                    start_time_unix_nano: if *kind == MetricKind::Gauge {
-                        0
-                    } else {
-                        start_ns
-                    },
-                    time_unix_nano: now_ns,
-                    value: Some(number_data_point::Value::AsDouble(*v)),
-                    ..Default::default()
-                });
-            }
-            (PointsBuilder::Histogram(points), Value::Histogram(h)) => {
-                points.push(histogram_point(labels, h, start_ns, now_ns));
-            }
-            _ => {}
-        }
-    }
-
-    /// Adds an end-of-series marker.
-    fn push_stale(&mut self, labels: &LabelSet, start_ns: u64, now_ns: u64) {
-        let flags = DataPointFlags::NoRecordedValueMask as u32;
-        match self {
-            PointsBuilder::Number { kind, points } => points.push(NumberDataPoint {
-                attributes: attributes(labels),
-                start_time_unix_nano: if *kind == MetricKind::Gauge {
-                    0
-                } else {
-                    start_ns
-                },
-                time_unix_nano: now_ns,
-                flags,
-                value: None,
-                ..Default::default()
-            }),
-            PointsBuilder::Histogram(points) => points.push(HistogramDataPoint {
-                attributes: attributes(labels),
-                start_time_unix_nano: start_ns,
-                time_unix_nano: now_ns,
-                flags,
-                ..Default::default()
-            }),
-        }
-    }
-
-    fn finish(self, name: &str, help: &str) -> Metric {
-        let cumulative = AggregationTemporality::Cumulative as i32;
-        let (kind, data) = match self {
-            PointsBuilder::Number { kind, points } => {
-                let data = match kind {
-                    MetricKind::Gauge => metric::Data::Gauge(Gauge {
-                        data_points: points,
-                    }),
-                    MetricKind::Counter => metric::Data::Sum(Sum {
-                        data_points: points,
-                        aggregation_temporality: cumulative,
-                        is_monotonic: true,
-                    }),
-                    // Info (and, defensively, a histogram family never reaches here).
-                    _ => metric::Data::Sum(Sum {
-                        data_points: points,
-                        aggregation_temporality: cumulative,
-                        is_monotonic: false,
-                    }),
-                };
-                (kind, data)
-            }
-            PointsBuilder::Histogram(points) => (
-                MetricKind::Histogram,
-                metric::Data::Histogram(Histogram {
-                    data_points: points,
-                    aggregation_temporality: cumulative,
-                }),
-            ),
-        };
-        Metric {
-            name: name.to_string(),
-            description: help.to_string(),
-            unit: String::new(),
-            metadata: vec![string_kv(
-                PROMETHEUS_TYPE_KEY.to_string(),
-                kind.prometheus_type().to_string(),
-            )],
-            data: Some(data),
-        }
+/// `attributes` is field 7 of NumberDataPoint and field 9 of HistogramDataPoint.
+fn attributes_tag(kind: MetricKind) -> u32 {
+    if kind == MetricKind::Histogram {
+        9
+    } else {
+        7
     }
 }
 
-/// Per-bucket counts from the model's cumulative buckets; the last count is the implicit
-/// `+Inf` bucket (`count` minus the last cumulative count).
-fn histogram_point(
-    labels: &LabelSet,
-    h: &HistogramValue,
+fn encode_attributes(labels: &LabelSet, field: u32) -> Box<[u8]> {
+    let mut buf = Vec::new();
+    for (k, v) in labels.pairs() {
+        let kv = string_kv(k.to_string(), v.to_string());
+        prost::encoding::message::encode(field, &kv, &mut buf);
+    }
+    buf.into_boxed_slice()
+}
+
+fn put_varint(buf: &mut Vec<u8>, v: u64) {
+    prost::encoding::encode_varint(v, buf);
+}
+
+fn varint_len(v: usize) -> usize {
+    prost::encoding::encoded_len_varint(v as u64)
+}
+
+fn put_fixed64(buf: &mut Vec<u8>, field: u8, v: u64) {
+    buf.push(tag(field, WIRE_I64));
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_double(buf: &mut Vec<u8>, field: u8, v: f64) {
+    buf.push(tag(field, WIRE_I64));
+    buf.extend_from_slice(&v.to_bits().to_le_bytes());
+}
+
+fn put_len_prefixed(buf: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    buf.push(tag(field, WIRE_LEN));
+    put_varint(buf, bytes.len() as u64);
+    buf.extend_from_slice(bytes);
+}
+
+/// NumberDataPoint: attributes (7), start (2), time (3), as_double (4), flags (8).
+/// `None` is an end-of-series marker: no value, NoRecordedValue flag.
+fn number_point(
+    buf: &mut Vec<u8>,
+    attributes: &[u8],
     start_ns: u64,
     now_ns: u64,
-) -> HistogramDataPoint {
-    let mut explicit_bounds = Vec::with_capacity(h.buckets.len());
-    let mut bucket_counts = Vec::with_capacity(h.buckets.len() + 1);
-    let mut previous = 0u64;
-    for &(bound, cumulative) in &h.buckets {
-        if bound.is_infinite() && bound > 0.0 {
-            // An explicit +Inf bucket is the implicit overflow bucket; skip it.
-            continue;
-        }
-        explicit_bounds.push(bound);
-        bucket_counts.push(cumulative.saturating_sub(previous));
-        previous = previous.max(cumulative);
+    value: Option<f64>,
+) {
+    buf.extend_from_slice(attributes);
+    if start_ns != 0 {
+        put_fixed64(buf, 2, start_ns);
     }
-    bucket_counts.push(h.count.saturating_sub(previous));
-    HistogramDataPoint {
-        attributes: attributes(labels),
-        start_time_unix_nano: start_ns,
-        time_unix_nano: now_ns,
-        count: h.count,
-        sum: Some(h.sum),
-        bucket_counts,
-        explicit_bounds,
-        ..Default::default()
+    put_fixed64(buf, 3, now_ns);
+    match value {
+        Some(v) => put_double(buf, 4, v),
+        None => {
+            buf.push(tag(8, WIRE_VARINT));
+            put_varint(buf, DataPointFlags::NoRecordedValueMask as u64);
+        }
     }
 }
 
-fn attributes(labels: &LabelSet) -> Vec<KeyValue> {
-    labels
-        .pairs()
+/// HistogramDataPoint: attributes (9), start (2), time (3), count (4), sum (5), per-bucket
+/// counts (6, packed), explicit bounds (7, packed), flags (10). The model's buckets are
+/// cumulative; the last count is the implicit `+Inf` bucket (`count` minus the last
+/// cumulative count). `None` is an end-of-series marker.
+fn histogram_point(
+    buf: &mut Vec<u8>,
+    attributes: &[u8],
+    start_ns: u64,
+    now_ns: u64,
+    value: Option<&HistogramValue>,
+) {
+    buf.extend_from_slice(attributes);
+    if start_ns != 0 {
+        put_fixed64(buf, 2, start_ns);
+    }
+    put_fixed64(buf, 3, now_ns);
+    let Some(h) = value else {
+        buf.push(tag(10, WIRE_VARINT));
+        put_varint(buf, DataPointFlags::NoRecordedValueMask as u64);
+        return;
+    };
+    if h.count != 0 {
+        put_fixed64(buf, 4, h.count);
+    }
+    put_double(buf, 5, h.sum);
+    // An explicit +Inf bucket is the implicit overflow bucket; skip it.
+    let finite = h
+        .buckets
         .iter()
-        .map(|(k, v)| string_kv(k.to_string(), v.to_string()))
-        .collect()
+        .filter(|(b, _)| !(b.is_infinite() && *b > 0.0));
+    let n = finite.clone().count();
+    buf.push(tag(6, WIRE_LEN));
+    put_varint(buf, 8 * (n as u64 + 1));
+    let mut previous = 0u64;
+    for &(_, cumulative) in finite.clone() {
+        buf.extend_from_slice(&cumulative.saturating_sub(previous).to_le_bytes());
+        previous = previous.max(cumulative);
+    }
+    buf.extend_from_slice(&h.count.saturating_sub(previous).to_le_bytes());
+    if n > 0 {
+        buf.push(tag(7, WIRE_LEN));
+        put_varint(buf, 8 * n as u64);
+        for &(bound, _) in finite {
+            buf.extend_from_slice(&bound.to_bits().to_le_bytes());
+        }
+    }
+}
+
+/// What wraps a family's points: the Metric's descriptor fields and its data message.
+struct MetricShape {
+    /// name (1), description (2), metadata (12), encoded.
+    header: Vec<u8>,
+    /// Field number of the data oneof: gauge 5, sum 7, histogram 9.
+    data_field: u8,
+    /// Fields after the points inside the data message (temporality, monotonicity).
+    trailer: Vec<u8>,
+}
+
+impl MetricShape {
+    fn new(name: &str, help: &str, kind: MetricKind) -> Self {
+        let mut header = Vec::with_capacity(name.len() + help.len() + 40);
+        put_len_prefixed(&mut header, 1, name.as_bytes());
+        if !help.is_empty() {
+            put_len_prefixed(&mut header, 2, help.as_bytes());
+        }
+        let meta = string_kv(
+            PROMETHEUS_TYPE_KEY.to_string(),
+            kind.prometheus_type().to_string(),
+        );
+        prost::encoding::message::encode(12, &meta, &mut header);
+        let cumulative = AggregationTemporality::Cumulative as u64;
+        let mut trailer = Vec::new();
+        let data_field = match kind {
+            MetricKind::Gauge => 5,
+            MetricKind::Histogram => {
+                trailer.push(tag(2, WIRE_VARINT));
+                put_varint(&mut trailer, cumulative);
+                9
+            }
+            // Counter: monotonic; Info: non-monotonic (see the module doc).
+            MetricKind::Counter | MetricKind::Info => {
+                trailer.push(tag(2, WIRE_VARINT));
+                put_varint(&mut trailer, cumulative);
+                if kind == MetricKind::Counter {
+                    trailer.push(tag(3, WIRE_VARINT));
+                    trailer.push(1);
+                }
+                7
+            }
+        };
+        MetricShape {
+            header,
+            data_field,
+            trailer,
+        }
+    }
+
+    /// Encoded size of a Metric whose data message holds `points_len` bytes of framed
+    /// points, including the Metric's own tag and length prefix inside ScopeMetrics.
+    fn framed_len(&self, points_len: usize) -> usize {
+        let data = points_len + self.trailer.len();
+        let metric = self.header.len() + 1 + varint_len(data) + data;
+        1 + varint_len(metric) + metric
+    }
+}
+
+/// Packs framed points into Metric chunks and chunks into requests within the budget.
+struct Packer<'a> {
+    /// Bytes available for the framed metrics of one request.
+    budget: usize,
+    /// Bytes kept free at the start of `metrics` for the envelope, written last, so the
+    /// body needs no copy.
+    reserve: usize,
+    /// Capacity to allocate for a request buffer.
+    body_hint: usize,
+    resource_field: &'a [u8],
+    scope_field: &'a [u8],
+    bodies: Vec<Bytes>,
+    counts: Vec<usize>,
+    /// `reserve` bytes, then the framed metrics (ScopeMetrics field 2) of the current request.
+    metrics: Vec<u8>,
+    request_points: usize,
+    /// Framed points (data message field 1) of the current metric chunk.
+    chunk: Vec<u8>,
+    chunk_points: usize,
+}
+
+impl Packer<'_> {
+    fn new_request_buffer(&mut self) {
+        self.metrics = Vec::with_capacity(self.body_hint.max(self.reserve + 1024));
+        self.metrics.resize(self.reserve, 0);
+    }
+
+    /// Bytes of framed metrics in the current request.
+    fn metrics_len(&self) -> usize {
+        self.metrics.len() - self.reserve
+    }
+
+    fn begin_metric(&mut self) {
+        self.chunk.clear();
+        self.chunk_points = 0;
+    }
+
+    /// Encodes one point (body written by `write`) and adds it, closing the current chunk
+    /// and request first when it would not fit.
+    fn push_point(&mut self, shape: &MetricShape, write: impl FnOnce(&mut Vec<u8>)) {
+        // Write the point framed, reserving the largest length prefix a point can need
+        // (points are far below 2 MiB), then shift it into place.
+        let at = self.chunk.len();
+        self.chunk.push(tag(1, WIRE_LEN));
+        self.chunk.extend_from_slice(&[0; 3]);
+        write(&mut self.chunk);
+        let body_len = self.chunk.len() - at - 4;
+        let prefix = varint_len(body_len);
+        let mut lenbuf = Vec::with_capacity(3);
+        put_varint(&mut lenbuf, body_len as u64);
+        if prefix <= 3 {
+            self.chunk[at + 1..at + 1 + prefix].copy_from_slice(&lenbuf);
+            self.chunk.copy_within(at + 4.., at + 1 + prefix);
+            self.chunk.truncate(at + 1 + prefix + body_len);
+        } else {
+            // A huge point (> 2 MiB of attributes): rebuild it with a longer prefix.
+            let body = self.chunk.split_off(at + 4);
+            self.chunk.truncate(at + 1);
+            self.chunk.extend_from_slice(&lenbuf);
+            self.chunk.extend_from_slice(&body);
+        }
+        let framed_point = self.chunk.len() - at;
+
+        if self.metrics_len() + shape.framed_len(self.chunk.len()) > self.budget {
+            let point = self.chunk[at..].to_vec();
+            self.chunk.truncate(at);
+            if self.chunk_points > 0 {
+                self.emit_chunk(shape);
+            }
+            if self.metrics_len() > 0
+                && self.metrics_len() + shape.framed_len(framed_point) > self.budget
+            {
+                self.flush_request(true);
+            }
+            self.chunk.clear();
+            self.chunk.extend_from_slice(&point);
+        }
+        self.chunk_points += 1;
+    }
+
+    /// Appends the current chunk as a Metric to the current request.
+    fn emit_chunk(&mut self, shape: &MetricShape) {
+        let data = self.chunk.len() + shape.trailer.len();
+        let metric = shape.header.len() + 1 + varint_len(data) + data;
+        self.metrics.push(tag(2, WIRE_LEN));
+        put_varint(&mut self.metrics, metric as u64);
+        self.metrics.extend_from_slice(&shape.header);
+        self.metrics.push(tag(shape.data_field, WIRE_LEN));
+        put_varint(&mut self.metrics, data as u64);
+        self.metrics.extend_from_slice(&self.chunk);
+        self.metrics.extend_from_slice(&shape.trailer);
+        self.request_points += self.chunk_points;
+        self.chunk.clear();
+        self.chunk_points = 0;
+    }
+
+    fn end_metric(&mut self, shape: &MetricShape) {
+        if self.chunk_points > 0 {
+            self.emit_chunk(shape);
+        }
+    }
+
+    /// Wraps the current metrics into ExportMetricsServiceRequest → ResourceMetrics →
+    /// ScopeMetrics.
+    /// `more`: another request may follow (allocate its buffer).
+    fn flush_request(&mut self, more: bool) {
+        if self.metrics_len() == 0 {
+            return;
+        }
+        let scope_metrics = self.scope_field.len() + self.metrics_len();
+        let resource_metrics =
+            self.resource_field.len() + 1 + varint_len(scope_metrics) + scope_metrics;
+        let mut envelope = Vec::with_capacity(self.reserve);
+        envelope.push(tag(1, WIRE_LEN));
+        put_varint(&mut envelope, resource_metrics as u64);
+        envelope.extend_from_slice(self.resource_field);
+        envelope.push(tag(2, WIRE_LEN));
+        put_varint(&mut envelope, scope_metrics as u64);
+        envelope.extend_from_slice(self.scope_field);
+        // `reserve` is the largest the envelope can be (10-byte varints), so it fits.
+        let start = self.reserve.saturating_sub(envelope.len());
+        if let Some(slot) = self.metrics.get_mut(start..self.reserve) {
+            if slot.len() == envelope.len() {
+                slot.copy_from_slice(&envelope);
+            }
+        }
+        let body = std::mem::take(&mut self.metrics);
+        self.bodies.push(Bytes::from(body).slice(start..));
+        self.counts.push(self.request_points);
+        self.request_points = 0;
+        if more {
+            self.new_request_buffer();
+        }
+    }
+
+    fn finish(mut self) -> (Vec<Bytes>, Vec<usize>, Vec<u8>) {
+        self.flush_request(false);
+        (self.bodies, self.counts, self.chunk)
+    }
 }
 
 fn string_kv(key: String, value: String) -> KeyValue {
@@ -610,6 +701,9 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
     use crate::metrics::model::{Family, Sample};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric, number_data_point, Metric, NumberDataPoint,
+    };
     use std::time::Duration;
 
     fn at(secs: u64) -> SystemTime {
@@ -657,22 +751,23 @@ mod tests {
         f
     }
 
-    fn all_metrics(c: &Conversion) -> Vec<&Metric> {
-        c.requests
-            .iter()
-            .flat_map(|r| &r.resource_metrics)
-            .flat_map(|rm| &rm.scope_metrics)
-            .flat_map(|sm| &sm.metrics)
+    fn all_metrics(c: &Conversion) -> Vec<Metric> {
+        c.requests()
+            .expect("valid protobuf")
+            .into_iter()
+            .flat_map(|r| r.resource_metrics)
+            .flat_map(|rm| rm.scope_metrics)
+            .flat_map(|sm| sm.metrics)
             .collect()
     }
 
-    fn number_points<'a>(c: &'a Conversion, name: &str) -> Vec<&'a NumberDataPoint> {
+    fn number_points(c: &Conversion, name: &str) -> Vec<NumberDataPoint> {
         all_metrics(c)
             .into_iter()
             .filter(|m| m.name == name)
-            .flat_map(|m| match &m.data {
-                Some(metric::Data::Gauge(g)) => g.data_points.iter().collect::<Vec<_>>(),
-                Some(metric::Data::Sum(s)) => s.data_points.iter().collect(),
+            .flat_map(|m| match m.data {
+                Some(metric::Data::Gauge(g)) => g.data_points,
+                Some(metric::Data::Sum(s)) => s.data_points,
                 _ => vec![],
             })
             .collect()
@@ -693,7 +788,12 @@ mod tests {
         );
         let mut c = Converter::new(resource(), at(100), 1 << 20);
         let conv = c.convert(&snapshot(vec![gauge("g", &[("a", 1.0)])], 200));
-        let sm = &conv.requests[0].resource_metrics[0].scope_metrics[0];
+        let reqs = conv.requests().unwrap();
+        assert_eq!(
+            reqs[0].resource_metrics[0].resource.as_ref().unwrap(),
+            &resource()
+        );
+        let sm = &reqs[0].resource_metrics[0].scope_metrics[0];
         let scope = sm.scope.as_ref().unwrap();
         assert_eq!(scope.name, "loxone-exporter");
         assert_eq!(scope.version, env!("CARGO_PKG_VERSION"));
@@ -713,19 +813,19 @@ mod tests {
         let mut hist = Family::new("h_seconds", "hist help", MetricKind::Histogram);
         hist.samples.push(Sample {
             labels: LabelSet::new([("op", "x")]),
-            value: Value::Histogram(HistogramValue {
+            value: Value::Histogram(Box::new(HistogramValue {
                 buckets: vec![(0.1, 2), (1.0, 5), (10.0, 5)],
                 count: 9,
                 sum: 42.5,
-            }),
+            })),
         });
         let g = gauge("g", &[("kitchen", f64::NAN)]);
         let mut c = Converter::new(resource(), at(100), 1 << 20);
         let conv = c.convert(&snapshot(vec![g, counter, info, hist], 200));
-        assert_eq!(conv.requests.len(), 1);
+        assert_eq!(conv.bodies.len(), 1);
         assert_eq!(conv.total_points(), 4);
         let metrics = all_metrics(&conv);
-        let by_name = |n: &str| *metrics.iter().find(|m| m.name == n).unwrap();
+        let by_name = |n: &str| metrics.iter().find(|m| m.name == n).unwrap().clone();
 
         let m = by_name("g");
         assert_eq!(m.description, "gauge help");
@@ -889,15 +989,15 @@ mod tests {
         let mut c = Converter::new(resource(), at(100), limit);
         let conv = c.convert(&snapshot(families, 200));
         assert!(
-            conv.requests.len() > 5,
+            conv.bodies.len() > 5,
             "expected splitting, got {}",
-            conv.requests.len()
+            conv.bodies.len()
         );
-        for r in &conv.requests {
-            assert!(r.encoded_len() <= limit, "{} > {limit}", r.encoded_len());
+        for b in &conv.bodies {
+            assert!(b.len() <= limit, "{} > {limit}", b.len());
         }
         assert_eq!(conv.total_points(), 10_000);
-        assert_eq!(conv.points_per_request.len(), conv.requests.len());
+        assert_eq!(conv.points_per_request.len(), conv.bodies.len());
         // every point arrives exactly once, in order within a family
         for f in 0..5 {
             let pts = number_points(&conv, &format!("fam_{f}"));
@@ -907,7 +1007,13 @@ mod tests {
             }
         }
         // counts per request match the requests' contents
-        for (r, n) in conv.requests.iter().zip(&conv.points_per_request) {
+        for (r, n) in conv
+            .requests()
+            .unwrap()
+            .iter()
+            .zip(&conv.points_per_request)
+        {
+            assert_eq!(r.encoded_len(), r.encode_to_vec().len());
             let c: usize = r.resource_metrics[0].scope_metrics[0]
                 .metrics
                 .iter()
@@ -918,5 +1024,62 @@ mod tests {
                 .sum();
             assert_eq!(c, *n);
         }
+    }
+
+    #[test]
+    fn bytes_match_prost_encoding_of_the_decoded_request() {
+        // Re-encoding what prost decoded must give the same length; decoding both must give
+        // the same message: the hand-written encoder produces canonical protobuf.
+        let mut families = vec![gauge("g", &[("a", 1.5), ("b", -2.0)])];
+        let mut h = Family::new("h", "", MetricKind::Histogram);
+        h.samples.push(Sample {
+            labels: LabelSet::empty(),
+            value: Value::Histogram(Box::new(HistogramValue {
+                buckets: vec![(0.5, 1), (f64::INFINITY, 3)],
+                count: 3,
+                sum: 2.0,
+            })),
+        });
+        families.push(h);
+        let mut c = Converter::new(resource(), at(100), 1 << 20);
+        let conv = c.convert(&snapshot(families, 200));
+        let reqs = conv.requests().unwrap();
+        assert_eq!(reqs[0].encoded_len(), conv.bodies[0].len());
+        let again =
+            ExportMetricsServiceRequest::decode(reqs[0].encode_to_vec().as_slice()).unwrap();
+        assert_eq!(again, reqs[0]);
+        let hist = all_metrics(&conv)
+            .into_iter()
+            .find(|m| m.name == "h")
+            .unwrap();
+        let Some(metric::Data::Histogram(hd)) = hist.data else {
+            panic!("histogram")
+        };
+        // an explicit +Inf bucket is the overflow bucket
+        assert_eq!(hd.data_points[0].explicit_bounds, vec![0.5]);
+        assert_eq!(hd.data_points[0].bucket_counts, vec![1, 2]);
+        assert!(hist.description.is_empty());
+    }
+
+    #[test]
+    fn one_family_larger_than_the_limit_is_split_by_points() {
+        let mut fam = Family::new("big", "h", MetricKind::Counter);
+        for i in 0..5000 {
+            fam.samples.push(Sample::number(
+                LabelSet::new([("id", format!("series-{i:06}"))]),
+                i as f64,
+            ));
+        }
+        let limit = 16 * 1024;
+        let mut c = Converter::new(resource(), at(100), limit);
+        let conv = c.convert(&snapshot(vec![fam], 200));
+        assert!(conv.bodies.len() > 5);
+        assert!(conv.bodies.iter().all(|b| b.len() <= limit));
+        let pts = number_points(&conv, "big");
+        assert_eq!(pts.len(), 5000);
+        let metrics = all_metrics(&conv);
+        assert!(metrics
+            .iter()
+            .all(|m| matches!(&m.data, Some(metric::Data::Sum(s)) if s.is_monotonic)));
     }
 }

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -48,11 +48,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Where requests go: the real [`Transport`] (built lazily) or a test double.
 pub trait MetricsSink: Send {
-    /// Sends one request and classifies the answer.
-    fn send(
-        &mut self,
-        request: ExportMetricsServiceRequest,
-    ) -> impl Future<Output = ExportOutcome> + Send;
+    /// Sends one encoded `ExportMetricsServiceRequest` and classifies the answer.
+    fn send(&mut self, request: Bytes) -> impl Future<Output = ExportOutcome> + Send;
 }
 
 /// A [`Transport`] built on first use and rebuilt after a build failure, so a CA file that
@@ -73,7 +70,7 @@ impl LazyTransport {
 }
 
 impl MetricsSink for LazyTransport {
-    async fn send(&mut self, request: ExportMetricsServiceRequest) -> ExportOutcome {
+    async fn send(&mut self, request: Bytes) -> ExportOutcome {
         if self.transport.is_none() {
             match Transport::new(&self.config) {
                 Ok(t) => self.transport = Some(t),
@@ -251,7 +248,7 @@ impl<S: MetricsSink> ExportLoop<S> {
         let mut partial_message = None;
         let mut failure = None;
         for (request, points) in conversion
-            .requests
+            .bodies
             .into_iter()
             .zip(conversion.points_per_request.iter().copied())
         {
@@ -536,7 +533,13 @@ mod tests {
     }
 
     impl MetricsSink for FakeSink {
-        async fn send(&mut self, request: ExportMetricsServiceRequest) -> ExportOutcome {
+        async fn send(&mut self, request: Bytes) -> ExportOutcome {
+            use prost::Message;
+            let request =
+                opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::decode(
+                    request,
+                )
+                .expect("valid protobuf");
             let value = request.resource_metrics[0].scope_metrics[0]
                 .metrics
                 .iter()

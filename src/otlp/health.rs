@@ -181,7 +181,7 @@ impl Collector for OtlpHealthCollector {
         );
         duration.samples.push(Sample {
             labels: LabelSet::empty(),
-            value: Value::Histogram(hist),
+            value: Value::Histogram(Box::new(hist)),
         });
         out.push(duration);
         out.push(Family::single(

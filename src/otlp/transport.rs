@@ -2,7 +2,11 @@
 //! what to do next. The only I/O of the OTLP export.
 //!
 //! Implements `docs/otlp-and-prometheus.md` §3.2 (OTLP/HTTP) and §3.3 (OTLP/gRPC):
-//! - gRPC through tonic's generated `MetricsServiceClient`: header names lowercased into
+//! Requests arrive already encoded (see `convert`), so both transports send bytes: reqwest
+//! as the body, tonic through a pass-through codec on the `MetricsService/Export` method
+//! (what the generated `MetricsServiceClient` calls, minus its prost re-encoding).
+//!
+//! - gRPC: header names lowercased into
 //!   metadata keys (gRPC requires lowercase keys; the original failed every export on
 //!   `Authorization`), gzip via `send_compressed`, TLS with a CA file and optional client
 //!   certificate and key, the configured timeout as the request deadline;
@@ -22,12 +26,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
-};
+use bytes::{Buf, BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use prost::Message;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -108,7 +110,7 @@ pub struct Transport {
 
 enum Inner {
     Grpc {
-        client: MetricsServiceClient<Channel>,
+        client: tonic::client::Grpc<Channel>,
         metadata: MetadataMap,
     },
     Http {
@@ -167,8 +169,9 @@ impl Transport {
         })
     }
 
-    /// Sends one request within the configured timeout and classifies the answer.
-    pub async fn send(&mut self, request: ExportMetricsServiceRequest) -> ExportOutcome {
+    /// Sends one encoded `ExportMetricsServiceRequest` within the configured timeout and
+    /// classifies the answer. Needs a Tokio runtime (so does [`Transport::new`] for gRPC).
+    pub async fn send(&mut self, request: Bytes) -> ExportOutcome {
         let timeout = self.timeout;
         let fut = async {
             match &mut self.inner {
@@ -179,7 +182,7 @@ impl Transport {
                     if !timeout.is_zero() {
                         req.set_timeout(timeout);
                     }
-                    match client.export(req).await {
+                    match grpc_export(client, req).await {
                         Ok(resp) => classify_response(resp.into_inner()),
                         Err(status) => classify_grpc(&status),
                     }
@@ -189,7 +192,7 @@ impl Transport {
                     url,
                     headers,
                     gzip,
-                } => send_http(client, url, headers, *gzip, &request).await,
+                } => send_http(client, url, headers, *gzip, request).await,
             }
         };
         // A zero timeout means "no limit" (OTEL_EXPORTER_OTLP_TIMEOUT=0).
@@ -257,7 +260,7 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
             .tls_config(tls_config)
             .map_err(|e| TransportError::Client(e.to_string()))?;
     }
-    let mut client = MetricsServiceClient::new(ep.connect_lazy())
+    let mut client = tonic::client::Grpc::new(ep.connect_lazy())
         .max_decoding_message_size(MAX_RESPONSE_BYTES)
         .max_encoding_message_size(usize::MAX);
     if config.compression == OtlpCompression::Gzip {
@@ -334,15 +337,70 @@ fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
     })
 }
 
+/// The gRPC method the generated client calls.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+async fn grpc_export(
+    client: &mut tonic::client::Grpc<Channel>,
+    request: tonic::Request<Bytes>,
+) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+    client.unary(request, path, PassThroughCodec).await
+}
+
+/// Sends pre-encoded request bytes and decodes the response with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThroughCodec;
+
+impl Codec for PassThroughCodec {
+    type Encode = Bytes;
+    type Decode = ExportMetricsServiceResponse;
+    type Encoder = PassThroughCodec;
+    type Decoder = PassThroughCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PassThroughCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PassThroughCodec
+    }
+}
+
+impl Encoder for PassThroughCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for PassThroughCodec {
+    type Item = ExportMetricsServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        ExportMetricsServiceResponse::decode(bytes)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable response: {e}")))
+    }
+}
+
 async fn send_http(
     client: &reqwest::Client,
     url: &str,
     headers: &reqwest::header::HeaderMap,
     gzip: bool,
-    request: &ExportMetricsServiceRequest,
+    body: Bytes,
 ) -> ExportOutcome {
     use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
-    let body = request.encode_to_vec();
     let mut req = client
         .post(url)
         .headers(headers.clone())
@@ -352,7 +410,7 @@ async fn send_http(
         match gzip_bytes(&body) {
             Ok(b) => {
                 req = req.header(CONTENT_ENCODING, "gzip");
-                b
+                Bytes::from(b)
             }
             Err(e) => {
                 return ExportOutcome::Drop {

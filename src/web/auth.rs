@@ -9,7 +9,7 @@
 //! * checks run on the blocking pool one at a time (like the toolkit's mutex), so a flood of
 //!   wrong passwords costs one core at most.
 //!
-//! Does not build responses; [`super::server`] turns `false` into a 401.
+//! Does not build responses; the `server` module turns `false` into a 401.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

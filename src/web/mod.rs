@@ -4,7 +4,7 @@
 //! (otlp-and-prometheus.md §4.1; issue 6 "Exporter endpoint security").
 //!
 //! [`serve`] is the one entry point: without a web config it is plain `axum::serve`; with
-//! one it runs its own accept loop ([`server`]) that re-reads the files so certificates
+//! one it runs its own accept loop (the private `server` module) that re-reads the files so certificates
 //! rotate without a restart. [`validate_web_config`] lets startup fail early on a bad file.
 //!
 //! Owns: parsing ([`config`], pure), TLS setup ([`tls`]), credential checks ([`auth`]).

@@ -3,7 +3,7 @@
 //! `http/1.1`. Uses the `ring` provider explicitly (several providers are compiled into the
 //! binary, so rustls cannot pick a process default).
 //!
-//! Does not watch files; [`super::server`] decides when to rebuild.
+//! Does not watch files; the `server` module decides when to rebuild.
 
 use std::path::Path;
 use std::sync::Arc;

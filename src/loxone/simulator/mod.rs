@@ -5,7 +5,7 @@
 //! injection by flags ([`SimulatorOptions`]), in process ([`SimControl`]) or over HTTP
 //! (`POST /sim/...`, `GET /sim/stats`).
 //!
-//! Behaviours the doc marks [UNSURE] are options, not guesses baked in. Protocol encoding and
+//! Behaviours the doc marks \[UNSURE\] are options, not guesses baked in. Protocol encoding and
 //! crypto come from the sans-I/O modules (`header`, `events`, `envelope`, `crypto`); this
 //! module owns only the server behaviour. It is not the exporter's client.
 //!

@@ -1,5 +1,5 @@
 //! Command-line options of `loxone-exporter simulate` (also used in-process by tests and the
-//! `--demo` mode). Every behaviour the protocol doc tags [UNSURE] is a switch here, so clients
+//! `--demo` mode). Every behaviour the protocol doc tags \[UNSURE\] is a switch here, so clients
 //! can be exercised against each plausible Miniserver variant (protocol doc §8).
 //!
 //! Parsing helpers only; the behaviour lives in the sibling modules.
@@ -56,7 +56,7 @@ pub struct SimulatorOptions {
     #[arg(long, value_enum, default_value = "sha256")]
     pub hash_alg: HashAlgArg,
 
-    /// Also accept token hashes made with the other algorithm (protocol doc §4.2 [UNSURE]:
+    /// Also accept token hashes made with the other algorithm (protocol doc §4.2 \[UNSURE\]:
     /// LXC picks the algorithm by firmware version, others by `hashAlg`).
     #[arg(long)]
     pub token_hash_any_alg: bool,
@@ -97,7 +97,7 @@ pub struct SimulatorOptions {
 
     /// Echo encrypted commands as their cipher form `jdev/sys/enc/<base64>` (older firmware;
     /// URI-decoded, as PYLOX/loxwebsocket decode it) instead of the decrypted inner command
-    /// (protocol doc §2.2 [UNSURE]).
+    /// (protocol doc §2.2 \[UNSURE\]).
     #[arg(long)]
     pub echo_cipher: bool,
 

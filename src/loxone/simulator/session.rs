@@ -136,7 +136,7 @@ impl Session {
         }
         match crypto::decrypt_session_key(&self.shared.rsa, b64.trim()) {
             Ok(sk) => {
-                // LXC AES-decrypts the answer and uses it as a one-time key (§4.4 [UNSURE])
+                // LXC AES-decrypts the answer and uses it as a one-time key (§4.4 \[UNSURE\])
                 let key = self.shared.auth.lock().issue_key(now, &mut self.rng);
                 let value = crypto::aes_encrypt_b64(&sk, key.as_bytes());
                 self.session_key = Some(sk);
@@ -617,7 +617,7 @@ pub fn initial_tables(shared: &Shared) -> Vec<Action> {
                     last_update,
                     entries: (0..hours)
                         .map(|h| WeatherEntry {
-                            // [UNSURE] unit: Loxone-epoch seconds
+                            // \[UNSURE\] unit: Loxone-epoch seconds
                             timestamp: (last_update as i64 + h * 3600).min(i32::MAX as i64) as i32,
                             weather_type: 2,
                             wind_direction: 180,

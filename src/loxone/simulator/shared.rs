@@ -178,7 +178,7 @@ pub struct Counters {
     pub(crate) refused_connections: AtomicU64,
 }
 
-/// A snapshot of [`Counters`].
+/// A snapshot of the simulator's internal counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SimCounters {
     /// TCP connections accepted (HTTP and WebSocket).

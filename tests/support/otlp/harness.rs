@@ -109,11 +109,11 @@ impl Collector for TestCollector {
         );
         h.samples.push(Sample {
             labels: LabelSet::new([("op", "read")]),
-            value: Value::Histogram(HistogramValue {
+            value: Value::Histogram(Box::new(HistogramValue {
                 buckets: HIST_BUCKETS.to_vec(),
                 count: HIST_COUNT,
                 sum: HIST_SUM,
-            }),
+            })),
         });
         out.push(h);
         let mut i = Family::new("test_build_info", "Build information", MetricKind::Info);
