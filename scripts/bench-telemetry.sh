@@ -11,8 +11,8 @@
 #   - the exporter, OTLP metrics export on (10 s interval) in both modes, scraped once per
 #     second like Prometheus would; "off" = OTEL_TRACES_EXPORTER=none, "on" = the default
 #     (traces to the metrics collector, parent-based sampling ratio 1.0).
-# CPU = (utime + stime) of the exporter process over DURATION s after WARMUP s, from
-# /proc/PID/stat. Latency = wrk -t1 -c4 -d10s --latency on /metrics (each request is a
+# CPU = on-CPU time of the exporter's threads over DURATION s after WARMUP s, from
+# /proc/PID/task/*/schedstat. Latency = wrk -t1 -c4 -d10s --latency on /metrics (each request is a
 # traced scrape when traces are on). Modes alternate per round to spread machine noise.
 # Needs a release build (built if missing), rotel and wrk from scripts/install-test-deps.sh
 # (.test-env/env), python3 for free ports.
@@ -61,7 +61,9 @@ wait_port() {
     echo "nothing listens on $1" >&2
     return 1
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU time of all the process's threads in ns (schedstat: ns resolution, unlike the
+# 10 ms ticks of /proc/PID/stat)
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
 
 GRPC=$(free_port); HTTP=$(free_port); SIM=$(free_port)
 "$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$GRPC" --otlp-http-endpoint "127.0.0.1:$HTTP" \
@@ -72,7 +74,6 @@ PIDS+=($!)
 PIDS+=($!)
 wait_port "$GRPC"; wait_port "$HTTP"; wait_port "$SIM"
 
-HZ=$(getconf CLK_TCK)
 declare -A CPU LAT50 LAT99 RPS
 run_mode() { # mode round
     local mode=$1 round=$2 port pid t0 t1 c0 c1
@@ -96,11 +97,11 @@ run_mode() { # mode round
     # a Prometheus-like scrape once per second during the CPU window
     ( while sleep 1; do curl -sf -o /dev/null "http://127.0.0.1:$port/metrics" || true; done ) &
     local scraper=$!
-    c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+    c0=$(cpu_ns "$pid"); t0=$(date +%s.%N)
     sleep "$DURATION"
-    c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
+    c1=$(cpu_ns "$pid"); t1=$(date +%s.%N)
     kill "$scraper" 2>/dev/null; wait "$scraper" 2>/dev/null || true
-    CPU[$mode,$round]=$(awk -v c="$((c1 - c0))" -v hz="$HZ" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", 100*c/hz/(b-a)}')
+    CPU[$mode,$round]=$(awk -v c="$((c1 - c0))" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", 100*c/1e9/(b-a)}')
     "$WRK" -t1 -c4 -d"${LAT_SECONDS}s" --latency "http://127.0.0.1:$port/metrics" >"$WORK/wrk-$mode-$round.txt"
     LAT50[$mode,$round]=$(awk '$1=="50%"{print $2}' "$WORK/wrk-$mode-$round.txt")
     LAT99[$mode,$round]=$(awk '$1=="99%"{print $2}' "$WORK/wrk-$mode-$round.txt")
@@ -120,6 +121,6 @@ echo "spans received by the collector (all 'on' runs): ${spans:-0}"
 if [[ "${spans:-0}" == 0 ]]; then
     echo "WARNING: no spans arrived: is telemetry::init wired into main.rs?" >&2
 fi
-avg() { local m=$1 s=0; for r in $(seq "$ROUNDS"); do s=$(awk -v a="$s" -v b="${CPU[$m,$r]}" 'BEGIN{print a+b}'); done; awk -v s="$s" -v n="$ROUNDS" 'BEGIN{printf "%.2f", s/n}'; }
+avg() { local m=$1 s=0; for r in $(seq "$ROUNDS"); do s=$(awk -v a="$s" -v b="${CPU[$m,$r]}" 'BEGIN{print a+b}'); done; awk -v s="$s" -v n="$ROUNDS" 'BEGIN{printf "%.3f", s/n}'; }
 off=$(avg off); on=$(avg on)
 echo "mean cpu: off ${off} %  on ${on} %  overhead $(awk -v a="$off" -v b="$on" 'BEGIN{ if (a>0) printf "%+.1f", 100*(b-a)/a; else print "n/a"}') % (target <= +5 %)"

@@ -276,7 +276,12 @@ pub fn build(
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                // entering a span (every poll of an instrumented future, e.g. the
+                // session's receive loop) must stay a no-op for this layer: no busy/idle
+                // timings, no OpenTelemetry context attached per enter (parents come from
+                // the tracing span tree; propagation reads the span's context directly)
                 .with_tracked_inactivity(false)
+                .with_context_activation(false)
                 .with_threads(false)
                 .with_filter(Targets::new().with_target(TRACER_NAME.replace('-', "_"), Level::INFO))
                 .boxed(),
