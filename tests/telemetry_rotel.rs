@@ -465,6 +465,10 @@ fn export_with_retries_is_one_trace_and_its_requests_carry_traceparent() {
     metrics.interval = Duration::from_secs(60);
     metrics.timeout = Duration::from_secs(5);
     metrics.service_name = "loxone-selftest".into();
+    metrics.headers = vec![(
+        "Authorization".into(),
+        loxone_exporter::secret::Secret::new("Bearer hdr-s3cret-value"),
+    )];
     let env = env_of(vec![
         (
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -590,6 +594,16 @@ fn export_with_retries_is_one_trace_and_its_requests_carry_traceparent() {
         .expect("retry warning");
     assert_eq!(warn["trace_id"], export.trace_id.as_str());
     assert_eq!(warn["span_id"], attempts[0].id.as_str());
+    // the header reached the collector, but never a span or a log line
+    assert_eq!(
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.as_str().unwrap()),
+        Some("Bearer hdr-s3cret-value")
+    );
+    assert!(!rotel.text().contains("hdr-s3cret-value"));
+    assert!(!String::from_utf8_lossy(&logs.0.lock().unwrap()).contains("hdr-s3cret-value"));
     guard.shutdown(Duration::from_secs(1));
 }
 
