@@ -284,6 +284,15 @@ fn count_lines_with_prefix(body: &[u8], prefix: &str) -> usize {
 // ---------------------------------------------------------------------------------------
 // processes
 
+/// The exporter binary: `E2E_EXPORTER_BIN` (scripts/bench.sh passes a copy of the binary
+/// `cargo build --release` made, exactly what ships), else the one cargo built for this bench
+/// (release profile, but with dev-dependency features such as tokio's `test-util` unified in).
+fn exporter_bin() -> PathBuf {
+    std::env::var_os("E2E_EXPORTER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_loxone-exporter")))
+}
+
 /// The exporter process; killed on drop.
 struct Exporter {
     child: Child,
@@ -302,7 +311,7 @@ impl Exporter {
         );
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, config)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_loxone-exporter"))
+        let child = Command::new(exporter_bin())
             .arg("-c")
             .arg(&cfg_path)
             .stdin(Stdio::null())
@@ -827,6 +836,7 @@ fn main() -> Res<()> {
     let dir = tempfile::tempdir()?;
     let mut report = Report::default();
     let load_start = load_avg();
+    eprintln!("e2e: exporter binary {}", exporter_bin().display());
     if want("latency") {
         latency(&mut report, repeat)?;
     }
@@ -859,6 +869,7 @@ fn main() -> Res<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_avg()
     );
+    let _ = writeln!(md, "- exporter binary: {}", exporter_bin().display());
     for n in &report.notes {
         let _ = writeln!(md, "- {n}");
     }

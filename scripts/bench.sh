@@ -39,6 +39,14 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
 
 step "cargo build --release"
 cargo build --release
+# `cargo bench` rebuilds the binary with dev-dependency features unified in (tokio test-util)
+# and overwrites target/release/loxone-exporter: keep the shipped build for the e2e runs
+mkdir -p "$target/bench-bin"
+cp "$target/release/loxone-exporter" "$target/bench-bin/loxone-exporter"
+export E2E_EXPORTER_BIN="$target/bench-bin/loxone-exporter"
+
+# a failing benchmark does not stop the others; the script fails at the end
+failed=()
 
 criterion_benches=()
 e2e_benches=()
@@ -53,7 +61,7 @@ done
 if [ "${BENCH_CRITERION:-1}" != 0 ]; then
   for b in "${criterion_benches[@]}"; do
     step "cargo bench --bench $b"
-    cargo bench --bench "$b"
+    cargo bench --bench "$b" || failed+=("$b")
   done
 fi
 
@@ -61,7 +69,7 @@ if [ "${BENCH_E2E:-1}" != 0 ]; then
   rm -f "$e2e_md"
   for b in "${e2e_benches[@]}"; do
     step "cargo bench --bench $b -- $*"
-    E2E_OUT="$e2e_md.$b" cargo bench --bench "$b" -- "$@"
+    E2E_OUT="$e2e_md.$b" cargo bench --bench "$b" -- "$@" || failed+=("$b")
   done
 fi
 
@@ -88,6 +96,9 @@ criterion_target() {
   echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //' || echo '?'))"
   echo "- load average at start: $load_start; at end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')"
   echo "- command: scripts/bench.sh $*"
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "- FAILED (see the log above the summary): ${failed[*]}"
+  fi
   echo
   if [ "${BENCH_CRITERION:-1}" != 0 ]; then
     echo "## criterion (median, 95 % confidence interval)"
@@ -116,3 +127,7 @@ criterion_target() {
 
 step "summary ($summary)"
 cat "$summary"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "benchmarks failed: ${failed[*]}" >&2
+  exit 1
+fi
