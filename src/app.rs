@@ -62,15 +62,34 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// Control values and Miniserver health.
     pub store: Arc<StateStore>,
+    /// Scrape duration and errors.
+    pub self_health: Arc<SelfHealth>,
+    /// OTLP status, when export is enabled.
+    pub otlp_health: Option<OtlpHealth>,
 }
 
 impl App {
-    /// Builds registry and store for a configuration (no tasks started).
+    /// Builds the registry with every collector the daemon serves (state store,
+    /// self-health, process, self-telemetry, OTLP health when enabled); no tasks started.
     pub fn new(config: &Config) -> Result<Self, AppError> {
         let registry = Arc::new(Registry::new());
         let store = StateStore::new(&config.filters, config.include_text_values)?;
         registry.register(store.clone());
-        Ok(App { registry, store })
+        let self_health = Arc::new(SelfHealth::new());
+        registry.register(self_health.clone());
+        registry.register(Arc::new(ProcessMetrics::new()));
+        registry.register(telemetry::collector());
+        let otlp_health = config.opentelemetry.enabled.then(|| {
+            let health = OtlpHealth::new(ExportState::Idle);
+            registry.register(otlp::health_collector(health.clone()));
+            health
+        });
+        Ok(App {
+            registry,
+            store,
+            self_health,
+            otlp_health,
+        })
     }
 }
 
@@ -96,10 +115,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let app = App::new(&config)?;
-    let self_health = Arc::new(SelfHealth::new());
-    app.registry.register(self_health.clone());
-    app.registry.register(Arc::new(ProcessMetrics::new()));
-    app.registry.register(telemetry::collector());
     let tracker = TaskTracker::new();
 
     for ms in &config.miniservers {
@@ -115,10 +130,7 @@ pub async fn run(
     let listen_port = local.map_or(config.listen_port, |a| a.port());
 
     let otlp_cfg = config.opentelemetry.clone();
-    let (otlp_health, otlp_target) = if otlp_cfg.enabled {
-        let health = OtlpHealth::new(ExportState::Idle);
-        app.registry
-            .register(otlp::health_collector(health.clone()));
+    let otlp_target = if let Some(health) = &app.otlp_health {
         let proto = match otlp_cfg.protocol {
             OtlpProtocol::Grpc => "grpc",
             OtlpProtocol::HttpProtobuf => "http/protobuf",
@@ -133,9 +145,9 @@ pub async fn run(
             instance_id,
             shutdown.clone(),
         ));
-        (Some(health), Some(target))
+        Some(target)
     } else {
-        (None, None)
+        None
     };
 
     tracing::info!(
@@ -148,8 +160,8 @@ pub async fn run(
     let state = Arc::new(HttpState {
         registry: app.registry.clone(),
         store: app.store.clone(),
-        self_health,
-        otlp: otlp_health,
+        self_health: app.self_health.clone(),
+        otlp: app.otlp_health.clone(),
         otlp_target,
         telemetry_path: options.telemetry_path.clone(),
     });

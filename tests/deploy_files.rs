@@ -14,35 +14,45 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-/// Metric names the exporter serves (the lead may later read them from a real `/metrics`).
-const KNOWN_METRICS: &[&str] = &[
-    "loxone_control_value",
-    "loxone_control_info",
-    "loxone_miniserver_info",
-    "loxone_exporter_up",
-    "loxone_exporter_connected",
-    "loxone_exporter_last_update_timestamp_seconds",
-    "loxone_exporter_controls_discovered",
-    "loxone_exporter_controls_exported",
-    "loxone_exporter_scrape_duration_seconds",
-    "loxone_exporter_scrape_errors_total",
-    "loxone_exporter_build_info",
-    "loxone_exporter_miniserver_errors_total",
-    "loxone_otlp_export_status",
-    "loxone_otlp_last_success_timestamp_seconds",
-    "loxone_otlp_consecutive_failures",
-    "loxone_otlp_export_duration_seconds",
-    "loxone_otlp_exported_metrics_total",
-    "process_cpu_seconds_total",
-    "process_open_fds",
-    "process_max_fds",
-    "process_virtual_memory_bytes",
-    "process_resident_memory_bytes",
-    "process_start_time_seconds",
-    "process_threads",
-];
-/// Of those, the histograms (queried through `_bucket`, `_sum`, `_count`).
-const HISTOGRAMS: &[&str] = &["loxone_otlp_export_duration_seconds"];
+/// Metric names the exporter really serves: every family of the daemon's registry
+/// (`App::new` registers the same collectors `app::run` serves) with OTLP export enabled,
+/// after a real structure file and values were loaded, as exposed in the text format
+/// (histograms through `_bucket`, `_sum`, `_count`).
+fn served_metric_names() -> BTreeSet<String> {
+    use loxone_exporter::metrics::MetricKind;
+    let mut config = loxone_exporter::config::Config::with_miniserver(
+        loxone_exporter::config::MiniserverConfig::new("home", "127.0.0.1", "u", "p"),
+    );
+    config.include_text_values = true;
+    config.opentelemetry.enabled = true;
+    config.opentelemetry.endpoint = "http://127.0.0.1:4317".into();
+    let app = loxone_exporter::app::App::new(&config).expect("app");
+    let ms = app.store.add_miniserver("home");
+    let structure = loxone_exporter::loxone::structure::parse_structure(&common::read_fixture(
+        &common::structure_fixture("gen2-home-cz.json"),
+    ))
+    .expect("structure");
+    ms.load_structure(&structure);
+    let uuids: Vec<_> = structure
+        .all_controls()
+        .into_iter()
+        .flat_map(|c| c.states.iter().flat_map(|s| s.uuids.clone()))
+        .collect();
+    ms.apply_values(uuids.iter().map(|u| (*u, 1.0)));
+    ms.apply_texts(uuids.iter().map(|u| (*u, "x")));
+    ms.set_info(Default::default());
+    let mut names = BTreeSet::new();
+    for f in app.registry.snapshot().families {
+        if f.kind == MetricKind::Histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{}{suffix}", f.name));
+            }
+        } else {
+            names.insert(f.name.to_string());
+        }
+    }
+    names
+}
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(common::repo_root().join(rel))
@@ -564,11 +574,10 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 fn is_known_metric(name: &str) -> bool {
-    KNOWN_METRICS.contains(&name)
-        || HISTOGRAMS.iter().any(|h| {
-            name.strip_prefix(h)
-                .is_some_and(|suffix| ["_bucket", "_sum", "_count"].contains(&suffix))
-        })
+    thread_local! {
+        static SERVED: BTreeSet<String> = served_metric_names();
+    }
+    SERVED.with(|s| s.contains(name))
 }
 
 #[test]
