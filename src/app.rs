@@ -21,11 +21,11 @@ use crate::metrics::filter::FilterError;
 use crate::metrics::health::{ExportState, OtlpHealth};
 use crate::metrics::self_health::{ProcessMetrics, SelfHealth};
 use crate::metrics::{Registry, StateStore};
-use crate::{loxone, otlp, systemd, web};
+use crate::{loxone, otlp, systemd, telemetry, web};
 
 /// Time all tasks get to finish after the shutdown signal (the process must be gone
 /// within 2 s of SIGTERM).
-pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1700);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// Options that come from the command line rather than the config file.
 #[derive(Debug, Clone)]
@@ -99,6 +99,7 @@ pub async fn run(
     let self_health = Arc::new(SelfHealth::new());
     app.registry.register(self_health.clone());
     app.registry.register(Arc::new(ProcessMetrics::new()));
+    app.registry.register(telemetry::collector());
     let tracker = TaskTracker::new();
 
     for ms in &config.miniservers {

@@ -15,7 +15,7 @@ use loxone_exporter::app::{self, RunOptions};
 use loxone_exporter::cli::{Cli, Command};
 use loxone_exporter::config::{self, Config};
 use loxone_exporter::loxone::simulator;
-use loxone_exporter::{build_info, healthcheck, logging, web};
+use loxone_exporter::{build_info, healthcheck, logging, otlp, telemetry, web};
 
 fn config_error_exit(lines: impl IntoIterator<Item = String>) -> ExitCode {
     for l in lines {
@@ -119,8 +119,14 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 }
 
 fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
-    logging::init(config.log_level, config.log_format)?;
     let addr = SocketAddr::new(config.listen_address, config.listen_port);
+    let telemetry = telemetry::init(telemetry::TelemetryOptions {
+        log_level: config.log_level,
+        log_format: config.log_format,
+        otlp: &config.opentelemetry,
+        instance_id: format!("{}:{}", otlp::export::local_host_name(), addr.port()),
+        env: &env_lookup,
+    })?;
     let std_listener = bind(addr)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -164,9 +170,13 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::from)
     })?;
     // background tasks that ignored the grace period must not keep the process alive
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    telemetry.shutdown(TELEMETRY_FLUSH_BUDGET);
     Ok(())
 }
+
+/// Time the span pipeline gets to flush at exit (inside the 2 s shutdown budget).
+const TELEMETRY_FLUSH_BUDGET: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// Demo: one Miniserver named `demo` on a simulator started in-process (its port is filled
 /// in once the simulator is bound); listen settings and log flags from the command line.
