@@ -25,6 +25,8 @@ DURATION="${DURATION:-30}"
 WARMUP="${WARMUP:-5}"
 ROUNDS="${ROUNDS:-2}"
 LAT_SECONDS="${LAT_SECONDS:-10}"
+# extra variables for the "on" runs, e.g. ON_ENV="OTEL_TRACES_SAMPLER=always_off"
+ON_ENV="${ON_ENV:-}"
 
 for envfile in "$ROOT/.test-env/env" /work/main/.test-env/env; do
     if [[ -z "${LOXEXP_ROTEL:-}" && -f "$envfile" ]]; then
@@ -79,13 +81,17 @@ declare -A CPU LAT50 LAT99 RPS
 run_mode() { # mode round
     local mode=$1 round=$2 port pid t0 t1 c0 c1
     port=$(free_port)
-    local traces=none
-    [[ $mode == on ]] && traces=otlp
+    local traces=none extra=()
+    if [[ $mode == on ]]; then
+        traces=otlp
+        # shellcheck disable=SC2206
+        extra=($ON_ENV)
+    fi
     (cd "$WORK" && exec env -i PATH="$PATH" HOME="$WORK" \
         LOXONE_HOST=127.0.0.1 LOXONE_PORT="$SIM" LOXONE_USERNAME=bench LOXONE_PASSWORD=bench-pass \
         LOXONE_NAME=bench \
         OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$HTTP" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
-        OTEL_METRIC_EXPORT_INTERVAL=10000 OTEL_EXPORTER_OTLP_TIMEOUT=5000 OTEL_TRACES_EXPORTER="$traces" OTEL_BSP_SCHEDULE_DELAY=1000 \
+        OTEL_METRIC_EXPORT_INTERVAL=10000 OTEL_EXPORTER_OTLP_TIMEOUT=5000 OTEL_TRACES_EXPORTER="$traces" "${extra[@]}" \
         "$BIN" --web.listen-address "127.0.0.1:$port" --log.level warning \
         >"$WORK/exporter-$mode-$round.log" 2>&1) &
     pid=$!

@@ -282,6 +282,9 @@ pub fn build(
                 // the tracing span tree; propagation reads the span's context directly)
                 .with_tracked_inactivity(false)
                 .with_context_activation(false)
+                // span names say where: no code.* / target attributes to build and send
+                .with_location(false)
+                .with_target(false)
                 .with_threads(false)
                 .with_filter(Targets::new().with_target(TRACER_NAME.replace('-', "_"), Level::INFO))
                 .boxed(),
