@@ -143,7 +143,7 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .with_context(|| format!("cannot use listener on {addr}"))?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(signal_handler(shutdown.clone()));
         // the demo's simulated Miniserver lives as long as the daemon
         let _simulator = if demo {
             let sim = simulator::start(demo_simulator_options())
@@ -221,34 +221,43 @@ fn run_simulator(cli: &Cli, opts: simulator::SimulatorOptions) -> anyhow::Result
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(signal_handler(shutdown.clone()));
         simulator::run(opts, shutdown).await
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     Ok(())
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// Installs the SIGTERM and SIGINT handlers now (so a signal arriving right after start-up,
+/// e.g. just after systemd's READY=1, is never lost to the default action) and returns the
+/// future that cancels `shutdown` when one arrives.
+fn signal_handler(shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                shutdown.cancel();
-                return;
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+                        _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "signal received"),
+            shutdown.cancel();
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        }
     }
-    shutdown.cancel();
 }
