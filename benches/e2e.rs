@@ -23,7 +23,8 @@
 //! - The machine is shared: every scenario is repeated (`E2E_REPEAT`, default 3) and each run
 //!   is reported with the 1-minute load average at that time.
 //!
-//! Arguments (after `--`): scenario names `latency`, `rss`, `cpu` (default: all).
+//! Arguments (after `--`) or `E2E_SCENARIOS`: scenario names `latency`, `rss`, `cpu`
+//! (default: all).
 //! Environment: `E2E_REPEAT` (3), `E2E_LAT_SAMPLES` (1000), `E2E_CPU_SECS` (30),
 //! `E2E_RSS_STATES` (comma list, `10000,100000`), `E2E_OUT` (markdown output file).
 
@@ -816,10 +817,15 @@ fn main() -> Res<()> {
     if !std::env::args().any(|a| a == "--bench") {
         return self_check();
     }
-    let args: Vec<String> = std::env::args()
+    // scenarios as arguments (`cargo bench --bench e2e -- rss`) or in E2E_SCENARIOS
+    // (scripts/bench.sh runs every bench in one cargo invocation)
+    let mut args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    if let Ok(list) = std::env::var("E2E_SCENARIOS") {
+        args.extend(list.split_whitespace().map(str::to_string));
+    }
     let all = args.is_empty();
     let want = |name: &str| all || args.iter().any(|a| a == name);
     let repeat = env_num("E2E_REPEAT", 3.0).max(1.0) as usize;

@@ -11,6 +11,7 @@
 # Environment:
 #   BENCH_CRITERION=0       skip the criterion benchmarks
 #   BENCH_E2E=0             skip the end-to-end benchmarks
+#   (a failed benchmark does not stop the others; the script then exits 1 at the end)
 #   E2E_REPEAT=3            runs per end-to-end measurement (the spread is reported)
 #   E2E_LAT_SAMPLES=1000    latency samples per run
 #   E2E_CPU_SECS=30         CPU measurement window (at least 20 s)
@@ -45,8 +46,6 @@ mkdir -p "$target/bench-bin"
 cp "$target/release/loxone-exporter" "$target/bench-bin/loxone-exporter"
 export E2E_EXPORTER_BIN="$target/bench-bin/loxone-exporter"
 
-# a failing benchmark does not stop the others; the script fails at the end
-failed=()
 
 criterion_benches=()
 e2e_benches=()
@@ -57,20 +56,29 @@ for f in benches/*.rs; do
     *) criterion_benches+=("$name") ;;
   esac
 done
-
+selected=()
 if [ "${BENCH_CRITERION:-1}" != 0 ]; then
-  for b in "${criterion_benches[@]}"; do
-    step "cargo bench --bench $b"
-    cargo bench --bench "$b" || failed+=("$b")
-  done
+  for b in "${criterion_benches[@]}"; do selected+=(--bench "$b"); done
 fi
-
 if [ "${BENCH_E2E:-1}" != 0 ]; then
   rm -f "$e2e_md"
-  for b in "${e2e_benches[@]}"; do
-    step "cargo bench --bench $b -- $*"
-    E2E_OUT="$e2e_md.$b" cargo bench --bench "$b" -- "$@" || failed+=("$b")
-  done
+  for b in "${e2e_benches[@]}"; do selected+=(--bench "$b"); done
+fi
+export E2E_SCENARIOS="$*" E2E_OUT="$e2e_md"
+
+# One cargo invocation for all of them: each invocation may rebuild the crate (build.rs
+# stamps the build date), and a failing benchmark must not stop the others.
+log="$target/bench-log.txt"
+step "cargo bench --no-fail-fast ${selected[*]}"
+set +e
+cargo bench --no-fail-fast "${selected[@]}" 2>&1 | tee "$log"
+bench_rc=${PIPESTATUS[0]}
+set -e
+# cargo names each failed target: "error: bench failed, to rerun pass `--bench otlp`" or,
+# with several, "`--bench otlp`" in a list
+mapfile -t failed < <(grep -o -- '--bench [A-Za-z0-9_]*`' "$log" | sed 's/^--bench //; s/`$//' | sort -u)
+if [ "$bench_rc" != 0 ] && [ ${#failed[@]} -eq 0 ]; then
+  failed=("cargo bench exit $bench_rc")
 fi
 
 # ---- summary ------------------------------------------------------------------------------
@@ -119,7 +127,9 @@ criterion_target() {
     echo "## end-to-end (release binary + simulator)"
     echo
     for b in "${e2e_benches[@]}"; do
-      if [ -f "$e2e_md.$b" ]; then cat "$e2e_md.$b"; else echo "($b wrote no results)"; fi
+      echo "### $b"
+      echo
+      if [ -f "$e2e_md" ]; then cat "$e2e_md"; else echo "($b wrote no results)"; fi
       echo
     done
   fi
