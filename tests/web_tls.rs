@@ -739,3 +739,138 @@ async fn real_prometheus_scrapes_over_tls_with_basic_auth() {
     drop(prom);
     server.stop().await;
 }
+
+/// The real exporter binary (`--demo`, so real control series) behind `--web.config.file`:
+/// a real Prometheus scrapes it over TLS with basic auth and stores exactly the control
+/// series `/metrics` serves (label sets compared; values move with the simulator).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_prometheus_scrapes_the_exporter_binary_over_tls_with_basic_auth() {
+    let Some(prom_bin) = common::component(common::PROMETHEUS) else {
+        return;
+    };
+    let setup = Setup::new("");
+    let port = common::free_port();
+    let mut exporter = Command::new(common::exporter_bin())
+        .args([
+            "--demo",
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--web.config.file")
+        .arg(setup.web_yml())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start exporter");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut exporter);
+    let client = setup.client();
+    let url = format!("https://localhost:{port}/metrics");
+    let labels_only = |text: &str| -> BTreeSet<Vec<(String, String)>> {
+        exposition_series(text)
+            .into_iter()
+            .map(|(l, _)| l)
+            .filter(|l| {
+                l.iter()
+                    .any(|(k, v)| k == "__name__" && v == "loxone_control_value")
+            })
+            .map(|l| {
+                // Prometheus stores label values unescaped and drops empty labels
+                let mut l: Vec<(String, String)> = l
+                    .into_iter()
+                    .filter(|(k, v)| k != "__name__" && !v.is_empty())
+                    .map(|(k, v)| (k, unescape_label(&v)))
+                    .collect();
+                l.push(("__name__".into(), "loxone_control_value".into()));
+                l.sort();
+                l
+            })
+            .collect()
+    };
+    // wait until the exporter serves its control values
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let served = loop {
+        if let Ok(r) = client
+            .get(&url)
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                let set = labels_only(&r.text().await.unwrap_or_default());
+                if set.len() > 500 {
+                    break set;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exporter never served control values"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let unauth = client.get(&url).send().await.expect("request");
+    assert_eq!(unauth.status(), 401);
+
+    let ca_file = setup.dir.path().join("ca.crt");
+    let prom_yml = setup.dir.path().join("prometheus-exporter.yml");
+    std::fs::write(
+        &prom_yml,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n\
+             - job_name: lx\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  scheme: https\n  \
+               tls_config: {{ca_file: '{ca}', server_name: localhost}}\n  \
+               basic_auth: {{username: {USER}, password: '{PASSWORD}'}}\n  \
+               static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n",
+            ca = ca_file.display()
+        ),
+    )
+    .unwrap();
+    let prom = Prometheus::start(&prom_bin, &prom_yml);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = prom
+            .query(&http, r#"{job="lx",__name__="loxone_control_value"}"#)
+            .await;
+        let stored: BTreeSet<Vec<(String, String)>> =
+            stored_series(&stored).into_iter().map(|(l, _)| l).collect();
+        if stored == served {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus stored {} control series, /metrics serves {}; only stored: {:?}; only served: {:?}",
+            stored.len(),
+            served.len(),
+            stored.difference(&served).next(),
+            served.difference(&stored).next()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Undoes text-format label escaping (`\\`, `\"`, `\n`).
+fn unescape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
