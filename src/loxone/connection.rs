@@ -271,7 +271,8 @@ impl Endpoint {
             }
             let config = WebSocketConfig::default()
                 .max_message_size(Some(max_payload))
-                .max_frame_size(Some(max_payload));
+                .max_frame_size(Some(max_payload))
+                .read_buffer_size(16 * 1024);
             let (ws, _response) = tokio_tungstenite::client_async_with_config(
                 request,
                 RewriteTextFrames::new(io),

@@ -136,6 +136,7 @@ pub fn build_table(
         by_uuid: HashMap<LoxUuid, Vec<u32>>,
         seen: HashSet<Arc<LabelSet>>,
         interned: HashMap<String, Arc<str>>,
+        keys: [Arc<str>; 7],
     }
     impl Ctx<'_> {
         fn intern(&mut self, s: &str) -> Arc<str> {
@@ -190,14 +191,15 @@ pub fn build_table(
                         st.name.clone()
                     };
                     let state_l = self.intern(&state_name);
+                    let k = &self.keys;
                     let labels = LabelSet::new([
-                        ("miniserver", ms.clone()),
-                        ("name", name.clone()),
-                        ("room", room_l.clone()),
-                        ("category", cat_l.clone()),
-                        ("type", type_l.clone()),
-                        ("subcontrol", state_l),
-                        ("uuid", uuid_l.clone()),
+                        (k[0].clone(), ms.clone()),
+                        (k[1].clone(), name.clone()),
+                        (k[2].clone(), room_l.clone()),
+                        (k[3].clone(), cat_l.clone()),
+                        (k[4].clone(), type_l.clone()),
+                        (k[5].clone(), state_l),
+                        (k[6].clone(), uuid_l.clone()),
                     ]);
                     let duplicate = !self.seen.insert(labels.clone());
                     let slot_idx = self.table.slots.len() as u32;
@@ -229,6 +231,16 @@ pub fn build_table(
         by_uuid: HashMap::new(),
         seen: HashSet::new(),
         interned: HashMap::new(),
+        keys: [
+            "miniserver",
+            "name",
+            "room",
+            "category",
+            "type",
+            "subcontrol",
+            "uuid",
+        ]
+        .map(Arc::from),
     };
     for c in &structure.controls {
         ctx.visit(c, None, None, true);
