@@ -325,8 +325,8 @@ impl MiniserverState {
         let old = std::mem::take(&mut *live);
         let mut values = vec![None; table.slots.len()];
         let mut texts = vec![None; table.slots.len()];
-        for (uuid, &(start, len)) in &old.table.index {
-            let Some(&first) = old.table.targets.get(start as usize) else {
+        for uuid in old.table.index.keys() {
+            let Some(&first) = old.table.slots_for(uuid).first() else {
                 continue;
             };
             let v = old.values.get(first as usize).copied().flatten();
@@ -334,7 +334,6 @@ impl MiniserverState {
             if v.is_none() && t.is_none() {
                 continue;
             }
-            let _ = len;
             for &slot in table.slots_for(uuid) {
                 if let Some(x) = values.get_mut(slot as usize) {
                     *x = v;
