@@ -37,7 +37,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use rustc_hash::FxHashMap;
 
-use crate::metrics::model::{HistogramValue, LabelSet, MetricKind, Snapshot, Value};
+use crate::metrics::model::{HistogramValue, LabelSet, MetricKind, Sample, Snapshot, Value};
 
 /// Instrumentation scope name: this crate.
 pub const SCOPE_NAME: &str = env!("CARGO_PKG_NAME");
@@ -114,26 +114,43 @@ impl Conversion {
     }
 }
 
-/// A series key hashed by its rendered label text only (one string, FxHash), compared by
-/// pointer first: the state store hands out the same `Arc` for a series' whole life.
+/// A series key for the content index: hashed and compared by the label names and values
+/// (pointer equality first, as a shortcut).
 #[derive(Clone)]
 struct SeriesKey(Arc<LabelSet>);
 
 impl Hash for SeriesKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.rendered().hash(state);
+        for (k, v) in self.0.pairs() {
+            let (k, v): (&str, &str) = (k, v);
+            k.hash(state);
+            v.hash(state);
+        }
     }
 }
 
 impl PartialEq for SeriesKey {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0.pairs() == other.0.pairs()
+        Arc::ptr_eq(&self.0, &other.0)
+            || self
+                .0
+                .pairs()
+                .into_iter()
+                .map(|(k, v)| -> (&str, &str) { (k, v) })
+                .eq(other
+                    .0
+                    .pairs()
+                    .into_iter()
+                    .map(|(k, v)| -> (&str, &str) { (k, v) }))
     }
 }
 
 impl Eq for SeriesKey {}
 
 struct SeriesState {
+    /// The label set this series was last seen with. Holding the `Arc` keeps its address
+    /// from being reused, so pointer equality with a sample's labels proves identity.
+    labels: Arc<LabelSet>,
     start_ns: u64,
     /// Generation of the last conversion that contained this series.
     seen: u64,
@@ -141,11 +158,93 @@ struct SeriesState {
     attributes: Box<[u8]>,
 }
 
+/// Marks a position in [`FamilyState::order`] that names no series.
+const NO_SERIES: u32 = u32::MAX;
+
 struct FamilyState {
     help: Arc<str>,
     kind: MetricKind,
     seen: u64,
-    series: FxHashMap<SeriesKey, SeriesState>,
+    /// Every tracked series (live, or ended and not yet acknowledged).
+    series: Vec<SeriesState>,
+    /// Content index into `series`: finds a series whose label set was rebuilt (a structure
+    /// reload creates new `Arc`s for the same labels) so its start time survives.
+    by_labels: FxHashMap<SeriesKey, u32>,
+    /// Index into `series` of each sample of the previous conversion, by position. The
+    /// store hands out the same `Arc` for a series across snapshots and keeps sample order,
+    /// so in the steady state sample `i` is `series[order[i]]` (checked by pointer): no
+    /// hashing, and `series` is walked in memory order.
+    order: Vec<u32>,
+}
+
+impl FamilyState {
+    /// The index of the series for `labels`, creating it (started at `start_ns`) if new.
+    /// `position` is the sample's index in its family.
+    fn series_index(
+        &mut self,
+        position: usize,
+        labels: &Arc<LabelSet>,
+        start_ns: u64,
+        attr_tag: u32,
+    ) -> u32 {
+        if let Some(&i) = self.order.get(position) {
+            if let Some(s) = self.series.get(i as usize) {
+                if Arc::ptr_eq(&s.labels, labels) {
+                    return i;
+                }
+            }
+        }
+        let key = SeriesKey(labels.clone());
+        if let Some(&index) = self.by_labels.get(&key) {
+            if let Some(s) = self.series.get_mut(index as usize) {
+                if !Arc::ptr_eq(&s.labels, labels) {
+                    // Same content, new Arc (a structure reload): keep the start time, hold
+                    // the new Arc (pointer check, and the old one can be freed).
+                    s.labels = labels.clone();
+                    self.by_labels.remove(&key);
+                    self.by_labels.insert(key, index);
+                }
+            }
+            return index;
+        }
+        let Ok(index) = u32::try_from(self.series.len()) else {
+            return NO_SERIES;
+        };
+        self.series.push(SeriesState {
+            labels: labels.clone(),
+            start_ns,
+            seen: 0,
+            attributes: encode_attributes(labels, attr_tag),
+        });
+        self.by_labels.insert(key, index);
+        index
+    }
+
+    /// Drops series last seen before `generation`, keeping indices consistent.
+    fn forget_older_than(&mut self, generation: u64) {
+        if self.series.iter().all(|s| s.seen >= generation) {
+            return;
+        }
+        let mut remap = Vec::with_capacity(self.series.len());
+        let mut next = 0u32;
+        for s in &self.series {
+            if s.seen >= generation {
+                remap.push(next);
+                next += 1;
+            } else {
+                remap.push(NO_SERIES);
+            }
+        }
+        self.series.retain(|s| s.seen >= generation);
+        let new_index = |i: u32| remap.get(i as usize).copied().unwrap_or(NO_SERIES);
+        self.by_labels.retain(|_, i| {
+            *i = new_index(*i);
+            *i != NO_SERIES
+        });
+        for i in &mut self.order {
+            *i = new_index(*i);
+        }
+    }
 }
 
 /// Converts snapshots, remembering per-series start times, encoded attributes, and which
@@ -165,10 +264,12 @@ pub struct Converter {
     process_start_ns: u64,
     generation: u64,
     families: FxHashMap<Arc<str>, FamilyState>,
-    /// Scratch for one metric's points, kept between conversions.
-    chunk: Vec<u8>,
+    /// Scratch for one family's point list, kept between conversions.
+    points_scratch: Vec<PointRef>,
     /// Capacity to reserve for a request body (the largest body seen so far).
     body_hint: usize,
+    /// The previous family's `order` vector, reused for the next family.
+    order_scratch: Vec<u32>,
 }
 
 impl Converter {
@@ -191,8 +292,9 @@ impl Converter {
             process_start_ns: unix_nanos(process_start),
             generation: 0,
             families: FxHashMap::default(),
-            chunk: Vec::new(),
+            points_scratch: Vec::new(),
             body_hint: 64 * 1024,
+            order_scratch: Vec::new(),
         }
     }
 
@@ -206,7 +308,7 @@ impl Converter {
     /// every conversion, so a failed export does not lose the end-of-series signal.
     pub fn acknowledge(&mut self, generation: u64) {
         self.families.retain(|_, fam| {
-            fam.series.retain(|_, s| s.seen >= generation);
+            fam.forget_older_than(generation);
             fam.seen >= generation || !fam.series.is_empty()
         });
     }
@@ -222,8 +324,7 @@ impl Converter {
         // Fixed per-request overhead: the two envelopes' tags and (at most 10-byte) length
         // prefixes, the resource and the scope.
         let overhead = 2 * 11 + self.resource_field.len() + self.scope_field.len();
-        let mut chunk = std::mem::take(&mut self.chunk);
-        chunk.clear();
+        let mut points = std::mem::take(&mut self.points_scratch);
         let mut packer = Packer {
             budget: self.max_request_bytes.saturating_sub(overhead).max(1),
             reserve: overhead,
@@ -236,8 +337,6 @@ impl Converter {
             counts: Vec::new(),
             metrics: Vec::new(),
             request_points: 0,
-            chunk,
-            chunk_points: 0,
         };
         packer.new_request_buffer();
         let mut stale_points = 0usize;
@@ -252,12 +351,16 @@ impl Converter {
                     help: Arc::from(&*family.help),
                     kind: family.kind,
                     seen: 0,
-                    series: FxHashMap::default(),
+                    series: Vec::new(),
+                    by_labels: FxHashMap::default(),
+                    order: Vec::new(),
                 });
             if state.kind != family.kind {
                 // A family changed type: its old series cannot be ended meaningfully
                 // under the new type; start over.
                 state.series.clear();
+                state.by_labels.clear();
+                state.order.clear();
                 state.kind = family.kind;
             }
             state.seen = gen;
@@ -265,46 +368,57 @@ impl Converter {
                 state.help = Arc::from(&*family.help);
             }
             let shape = MetricShape::new(name, &family.help, family.kind);
-            packer.begin_metric();
 
+            // Pass 1: find every sample's series (mark it seen) and list the points.
+            points.clear();
             let mut seen_now = 0usize;
             let attr_tag = attributes_tag(family.kind);
-            for sample in &family.samples {
-                let key = SeriesKey(sample.labels.clone());
-                let series = state.series.entry(key).or_insert_with(|| SeriesState {
-                    start_ns: new_series_start,
-                    seen: 0,
-                    attributes: encode_attributes(&sample.labels, attr_tag),
-                });
+            let mut order = std::mem::take(&mut self.order_scratch);
+            order.clear();
+            order.reserve(family.samples.len());
+            for (position, sample) in family.samples.iter().enumerate() {
+                let index =
+                    state.series_index(position, &sample.labels, new_series_start, attr_tag);
+                order.push(index);
+                let Some(series) = state.series.get_mut(index as usize) else {
+                    continue;
+                };
                 if series.seen != gen {
                     series.seen = gen;
                     seen_now += 1;
                 }
-                let start = if family.kind == MetricKind::Gauge {
-                    0
-                } else {
-                    series.start_ns
+                let fits = match &sample.value {
+                    Value::Histogram(_) => family.kind == MetricKind::Histogram,
+                    Value::Number(_) => family.kind != MetricKind::Histogram,
                 };
-                match (&sample.value, family.kind) {
-                    (Value::Histogram(h), MetricKind::Histogram) => packer
-                        .push_point(&shape, |buf| {
-                            histogram_point(buf, &series.attributes, start, now_ns, Some(h))
-                        }),
-                    (Value::Number(v), kind) if kind != MetricKind::Histogram => packer
-                        .push_point(&shape, |buf| {
-                            number_point(buf, &series.attributes, start, now_ns, Some(*v))
-                        }),
-                    // A value that does not fit the family's kind is skipped.
-                    _ => {}
+                // A value that does not fit the family's kind is skipped.
+                if fits {
+                    points.push(PointRef::Live {
+                        sample: position,
+                        series: index,
+                    });
                 }
             }
+            self.order_scratch = std::mem::replace(&mut state.order, order);
             if seen_now < state.series.len() {
-                for series in state.series.values().filter(|s| s.seen < gen) {
-                    push_stale(&mut packer, &shape, family.kind, series, now_ns);
-                    stale_points += 1;
+                for (index, series) in state.series.iter().enumerate() {
+                    if series.seen < gen {
+                        points.push(PointRef::Stale {
+                            series: u32::try_from(index).unwrap_or(NO_SERIES),
+                        });
+                        stale_points += 1;
+                    }
                 }
             }
-            packer.end_metric(&shape);
+
+            // Pass 2: encode them, straight into the request buffers.
+            let source = PointSource {
+                kind: family.kind,
+                series: &state.series,
+                samples: &family.samples,
+                now_ns,
+            };
+            packer.pack(&shape, &points, &source);
         }
 
         // Families that vanished entirely: end all their series.
@@ -313,16 +427,23 @@ impl Converter {
                 continue;
             }
             let shape = MetricShape::new(name, &state.help, state.kind);
-            packer.begin_metric();
-            for series in state.series.values() {
-                push_stale(&mut packer, &shape, state.kind, series, now_ns);
-                stale_points += 1;
-            }
-            packer.end_metric(&shape);
+            points.clear();
+            points.extend((0..state.series.len()).map(|i| PointRef::Stale {
+                series: u32::try_from(i).unwrap_or(NO_SERIES),
+            }));
+            stale_points += points.len();
+            let source = PointSource {
+                kind: state.kind,
+                series: &state.series,
+                samples: &[],
+                now_ns,
+            };
+            packer.pack(&shape, &points, &source);
         }
 
-        let (bodies, points_per_request, chunk) = packer.finish();
-        self.chunk = chunk;
+        let (bodies, points_per_request) = packer.finish();
+        points.clear();
+        self.points_scratch = points;
         if let Some(largest) = bodies.iter().map(Bytes::len).max() {
             self.body_hint = self.body_hint.max(largest + 64);
         }
@@ -335,26 +456,71 @@ impl Converter {
     }
 }
 
-fn push_stale(
-    packer: &mut Packer<'_>,
-    shape: &MetricShape,
+/// One data point to encode: a sample of the snapshot, or the end-of-series marker of a
+/// tracked series that is missing from it.
+#[derive(Clone, Copy)]
+enum PointRef {
+    /// `samples[sample]`, whose series is `series[series]`.
+    Live { sample: usize, series: u32 },
+    /// NoRecordedValue marker for `series[series]`.
+    Stale { series: u32 },
+}
+
+/// What a family's [`PointRef`]s refer to.
+struct PointSource<'a> {
     kind: MetricKind,
-    series: &SeriesState,
+    series: &'a [SeriesState],
+    samples: &'a [Sample],
     now_ns: u64,
-) {
-    let start = if kind == MetricKind::Gauge {
-        0
-    } else {
-        series.start_ns
-    };
-    if kind == MetricKind::Histogram {
-        packer.push_point(shape, |buf| {
-            histogram_point(buf, &series.attributes, start, now_ns, None)
-        });
-    } else {
-        packer.push_point(shape, |buf| {
-            number_point(buf, &series.attributes, start, now_ns, None)
-        });
+}
+
+impl PointSource<'_> {
+    /// The series, the start time to send (none for gauges) and the value (`None`: stale).
+    fn resolve(&self, point: PointRef) -> Option<(&SeriesState, u64, Option<&Value>)> {
+        let (series, value) = match point {
+            PointRef::Live { sample, series } => (series, Some(&self.samples.get(sample)?.value)),
+            PointRef::Stale { series } => (series, None),
+        };
+        let series = self.series.get(series as usize)?;
+        let start = if self.kind == MetricKind::Gauge {
+            0
+        } else {
+            series.start_ns
+        };
+        Some((series, start, value))
+    }
+
+    /// Encoded length of the point's message (without its tag and length prefix).
+    fn body_len(&self, point: PointRef) -> usize {
+        let Some((series, start, value)) = self.resolve(point) else {
+            return 0;
+        };
+        match value {
+            Some(Value::Histogram(h)) => histogram_point_len(&series.attributes, start, Some(h)),
+            Some(Value::Number(_)) => number_point_len(&series.attributes, start, true),
+            None if self.kind == MetricKind::Histogram => {
+                histogram_point_len(&series.attributes, start, None)
+            }
+            None => number_point_len(&series.attributes, start, false),
+        }
+    }
+
+    /// Writes the point's message (exactly [`PointSource::body_len`] bytes).
+    fn write(&self, point: PointRef, buf: &mut Vec<u8>) {
+        let Some((series, start, value)) = self.resolve(point) else {
+            return;
+        };
+        let now = self.now_ns;
+        match value {
+            Some(Value::Histogram(h)) => {
+                histogram_point(buf, &series.attributes, start, now, Some(h))
+            }
+            Some(Value::Number(v)) => number_point(buf, &series.attributes, start, now, Some(*v)),
+            None if self.kind == MetricKind::Histogram => {
+                histogram_point(buf, &series.attributes, start, now, None)
+            }
+            None => number_point(buf, &series.attributes, start, now, None),
+        }
     }
 }
 
@@ -410,6 +576,38 @@ fn put_len_prefixed(buf: &mut Vec<u8>, field: u8, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
+/// Encoded length of what [`number_point`] writes; `has_value: false` is a stale marker.
+fn number_point_len(attributes: &[u8], start_ns: u64, has_value: bool) -> usize {
+    let start = if start_ns != 0 { 9 } else { 0 };
+    // time (9), then value (9) or flags (tag + 1-byte varint)
+    attributes.len() + start + 9 + if has_value { 9 } else { 2 }
+}
+
+/// The finite bounds of a histogram: an explicit +Inf bucket is the implicit overflow bucket.
+fn finite_buckets(h: &HistogramValue) -> impl Iterator<Item = &(f64, u64)> + Clone {
+    h.buckets
+        .iter()
+        .filter(|(b, _)| !(b.is_infinite() && *b > 0.0))
+}
+
+/// Encoded length of what [`histogram_point`] writes.
+fn histogram_point_len(attributes: &[u8], start_ns: u64, value: Option<&HistogramValue>) -> usize {
+    let start = if start_ns != 0 { 9 } else { 0 };
+    let fixed = attributes.len() + start + 9;
+    let Some(h) = value else {
+        return fixed + 2;
+    };
+    let n = finite_buckets(h).count();
+    let count = if h.count != 0 { 9 } else { 0 };
+    let counts = 8 * (n + 1);
+    let bounds = if n > 0 {
+        1 + varint_len(8 * n) + 8 * n
+    } else {
+        0
+    };
+    fixed + count + 9 + 1 + varint_len(counts) + counts + bounds
+}
+
 /// NumberDataPoint: attributes (7), start (2), time (3), as_double (4), flags (8).
 /// `None` is an end-of-series marker: no value, NoRecordedValue flag.
 fn number_point(
@@ -458,11 +656,7 @@ fn histogram_point(
         put_fixed64(buf, 4, h.count);
     }
     put_double(buf, 5, h.sum);
-    // An explicit +Inf bucket is the implicit overflow bucket; skip it.
-    let finite = h
-        .buckets
-        .iter()
-        .filter(|(b, _)| !(b.is_infinite() && *b > 0.0));
+    let finite = finite_buckets(h);
     let n = finite.clone().count();
     buf.push(tag(6, WIRE_LEN));
     put_varint(buf, 8 * (n as u64 + 1));
@@ -539,7 +733,8 @@ impl MetricShape {
     }
 }
 
-/// Packs framed points into Metric chunks and chunks into requests within the budget.
+/// Packs points into Metric chunks and chunks into requests within the budget. Every point's
+/// length is known before it is written, so each byte is written once, in place.
 struct Packer<'a> {
     /// Bytes available for the framed metrics of one request.
     budget: usize,
@@ -555,9 +750,11 @@ struct Packer<'a> {
     /// `reserve` bytes, then the framed metrics (ScopeMetrics field 2) of the current request.
     metrics: Vec<u8>,
     request_points: usize,
-    /// Framed points (data message field 1) of the current metric chunk.
-    chunk: Vec<u8>,
-    chunk_points: usize,
+}
+
+/// Size of a point framed as field 1 of its data message.
+fn framed(body_len: usize) -> usize {
+    1 + varint_len(body_len) + body_len
 }
 
 impl Packer<'_> {
@@ -571,74 +768,60 @@ impl Packer<'_> {
         self.metrics.len() - self.reserve
     }
 
-    fn begin_metric(&mut self) {
-        self.chunk.clear();
-        self.chunk_points = 0;
+    /// Adds one metric's points: as few Metric chunks as the budget allows, a chunk closed
+    /// (and the request flushed) when the next point would not fit. A point larger than
+    /// the budget goes alone into a request of its own.
+    fn pack(&mut self, shape: &MetricShape, points: &[PointRef], source: &PointSource<'_>) {
+        let mut start = 0;
+        let mut chunk_bytes = 0;
+        for (i, &point) in points.iter().enumerate() {
+            let size = framed(source.body_len(point));
+            if self.metrics_len() + shape.framed_len(chunk_bytes + size) > self.budget {
+                if i > start {
+                    self.write_chunk(shape, &points[start..i], chunk_bytes, source);
+                }
+                if self.metrics_len() > 0
+                    && self.metrics_len() + shape.framed_len(size) > self.budget
+                {
+                    self.flush_request(true);
+                }
+                start = i;
+                chunk_bytes = 0;
+            }
+            chunk_bytes += size;
+        }
+        if points.len() > start {
+            self.write_chunk(shape, &points[start..], chunk_bytes, source);
+        }
     }
 
-    /// Encodes one point (body written by `write`) and adds it, closing the current chunk
-    /// and request first when it would not fit.
-    fn push_point(&mut self, shape: &MetricShape, write: impl FnOnce(&mut Vec<u8>)) {
-        // Write the point framed, reserving the largest length prefix a point can need
-        // (points are far below 2 MiB), then shift it into place.
-        let at = self.chunk.len();
-        self.chunk.push(tag(1, WIRE_LEN));
-        self.chunk.extend_from_slice(&[0; 3]);
-        write(&mut self.chunk);
-        let body_len = self.chunk.len() - at - 4;
-        let prefix = varint_len(body_len);
-        let mut lenbuf = Vec::with_capacity(3);
-        put_varint(&mut lenbuf, body_len as u64);
-        if prefix <= 3 {
-            self.chunk[at + 1..at + 1 + prefix].copy_from_slice(&lenbuf);
-            self.chunk.copy_within(at + 4.., at + 1 + prefix);
-            self.chunk.truncate(at + 1 + prefix + body_len);
-        } else {
-            // A huge point (> 2 MiB of attributes): rebuild it with a longer prefix.
-            let body = self.chunk.split_off(at + 4);
-            self.chunk.truncate(at + 1);
-            self.chunk.extend_from_slice(&lenbuf);
-            self.chunk.extend_from_slice(&body);
-        }
-        let framed_point = self.chunk.len() - at;
-
-        if self.metrics_len() + shape.framed_len(self.chunk.len()) > self.budget {
-            let point = self.chunk[at..].to_vec();
-            self.chunk.truncate(at);
-            if self.chunk_points > 0 {
-                self.emit_chunk(shape);
-            }
-            if self.metrics_len() > 0
-                && self.metrics_len() + shape.framed_len(framed_point) > self.budget
-            {
-                self.flush_request(true);
-            }
-            self.chunk.clear();
-            self.chunk.extend_from_slice(&point);
-        }
-        self.chunk_points += 1;
-    }
-
-    /// Appends the current chunk as a Metric to the current request.
-    fn emit_chunk(&mut self, shape: &MetricShape) {
-        let data = self.chunk.len() + shape.trailer.len();
+    /// Appends a Metric holding `points` (`points_len` bytes framed) to the current request.
+    fn write_chunk(
+        &mut self,
+        shape: &MetricShape,
+        points: &[PointRef],
+        points_len: usize,
+        source: &PointSource<'_>,
+    ) {
+        let data = points_len + shape.trailer.len();
         let metric = shape.header.len() + 1 + varint_len(data) + data;
-        self.metrics.push(tag(2, WIRE_LEN));
-        put_varint(&mut self.metrics, metric as u64);
-        self.metrics.extend_from_slice(&shape.header);
-        self.metrics.push(tag(shape.data_field, WIRE_LEN));
-        put_varint(&mut self.metrics, data as u64);
-        self.metrics.extend_from_slice(&self.chunk);
-        self.metrics.extend_from_slice(&shape.trailer);
-        self.request_points += self.chunk_points;
-        self.chunk.clear();
-        self.chunk_points = 0;
-    }
-
-    fn end_metric(&mut self, shape: &MetricShape) {
-        if self.chunk_points > 0 {
-            self.emit_chunk(shape);
+        let buf = &mut self.metrics;
+        buf.reserve(1 + varint_len(metric) + metric);
+        buf.push(tag(2, WIRE_LEN));
+        put_varint(buf, metric as u64);
+        buf.extend_from_slice(&shape.header);
+        buf.push(tag(shape.data_field, WIRE_LEN));
+        put_varint(buf, data as u64);
+        for &point in points {
+            let body_len = source.body_len(point);
+            buf.push(tag(1, WIRE_LEN));
+            put_varint(buf, body_len as u64);
+            let before = buf.len();
+            source.write(point, buf);
+            debug_assert_eq!(buf.len() - before, body_len, "point length mismatch");
         }
+        buf.extend_from_slice(&shape.trailer);
+        self.request_points += points.len();
     }
 
     /// Wraps the current metrics into ExportMetricsServiceRequest → ResourceMetrics →
@@ -674,9 +857,9 @@ impl Packer<'_> {
         }
     }
 
-    fn finish(mut self) -> (Vec<Bytes>, Vec<usize>, Vec<u8>) {
+    fn finish(mut self) -> (Vec<Bytes>, Vec<usize>) {
         self.flush_request(false);
-        (self.bodies, self.counts, self.chunk)
+        (self.bodies, self.counts)
     }
 }
 
@@ -921,6 +1104,90 @@ mod tests {
         assert_eq!(start_of(&second, "b"), 230_000_000_000);
         let third = c.convert(&snapshot(vec![counter(&["a", "b"])], 260));
         assert_eq!(start_of(&third, "b"), 230_000_000_000);
+    }
+
+    #[test]
+    fn series_identity_survives_reorder_reload_and_removal() {
+        // The store reuses label-set Arcs across snapshots; a reload makes new Arcs with
+        // the same content. Start times follow the content, whatever the sample order.
+        let labels: Vec<Arc<LabelSet>> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| LabelSet::new([("s", *s)]))
+            .collect();
+        let counter = |sets: &[Arc<LabelSet>]| {
+            let mut f = Family::new("c_total", "h", MetricKind::Counter);
+            for l in sets {
+                f.samples.push(Sample::number(l.clone(), 1.0));
+            }
+            f
+        };
+        let starts = |conv: &Conversion| {
+            let mut v: Vec<(String, u64, u32)> = number_points(conv, "c_total")
+                .into_iter()
+                .map(|p| {
+                    (
+                        attr_map(&p.attributes)[0].1.clone(),
+                        p.start_time_unix_nano,
+                        p.flags,
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let mut c = Converter::new(resource(), at(100), 1 << 20);
+        let conv = c.convert(&snapshot(vec![counter(&labels[..2])], 200));
+        c.acknowledge(conv.generation);
+        let s = |n: &str, t: u64, f: u32| (n.to_string(), t * 1_000_000_000, f);
+        // "c" and "d" appear in front, in a different order
+        let order = [
+            labels[3].clone(),
+            labels[1].clone(),
+            labels[2].clone(),
+            labels[0].clone(),
+        ];
+        let conv = c.convert(&snapshot(vec![counter(&order)], 230));
+        c.acknowledge(conv.generation);
+        assert_eq!(
+            starts(&conv),
+            vec![
+                s("a", 100, 0),
+                s("b", 100, 0),
+                s("c", 230, 0),
+                s("d", 230, 0)
+            ]
+        );
+        // "b" vanishes and is forgotten after the acknowledgement; the others keep theirs
+        let conv = c.convert(&snapshot(
+            vec![counter(&[
+                order[0].clone(),
+                order[2].clone(),
+                order[3].clone(),
+            ])],
+            260,
+        ));
+        assert_eq!(conv.stale_points, 1);
+        c.acknowledge(conv.generation);
+        assert_eq!(c.tracked_series(), 3);
+        // a reload: new Arcs, same content; "b" comes back as a new series
+        let reloaded: Vec<Arc<LabelSet>> = ["b", "a", "d", "c"]
+            .iter()
+            .map(|s| LabelSet::new([("s", *s)]))
+            .collect();
+        for t in [290, 320] {
+            let conv = c.convert(&snapshot(vec![counter(&reloaded)], t));
+            c.acknowledge(conv.generation);
+            assert_eq!(
+                starts(&conv),
+                vec![
+                    s("a", 100, 0),
+                    s("b", 290, 0),
+                    s("c", 230, 0),
+                    s("d", 230, 0)
+                ]
+            );
+        }
+        assert_eq!(c.tracked_series(), 4);
     }
 
     #[test]
