@@ -121,8 +121,7 @@ struct SeriesKey(Arc<LabelSet>);
 
 impl Hash for SeriesKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        for (k, v) in self.0.pairs() {
-            let (k, v): (&str, &str) = (k, v);
+        for (k, v) in label_texts(&self.0) {
             k.hash(state);
             v.hash(state);
         }
@@ -131,18 +130,14 @@ impl Hash for SeriesKey {
 
 impl PartialEq for SeriesKey {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-            || self
-                .0
-                .pairs()
-                .into_iter()
-                .map(|(k, v)| -> (&str, &str) { (k, v) })
-                .eq(other
-                    .0
-                    .pairs()
-                    .into_iter()
-                    .map(|(k, v)| -> (&str, &str) { (k, v) }))
+        Arc::ptr_eq(&self.0, &other.0) || label_texts(&self.0).eq(label_texts(&other.0))
     }
+}
+
+/// The label names and values as text (`IntoIterator`, so this works whether `pairs()` is a
+/// slice or an iterator).
+fn label_texts(labels: &LabelSet) -> impl Iterator<Item = (&str, &str)> + '_ {
+    IntoIterator::into_iter(labels.pairs()).map(|(k, v)| -> (&str, &str) { (k, v) })
 }
 
 impl Eq for SeriesKey {}
