@@ -114,20 +114,20 @@ impl Conversion {
     }
 }
 
-/// A series key hashed by its rendered label text only (one string, FxHash), compared by
-/// pointer first: the state store hands out the same `Arc` for a series' whole life.
+/// A series key hashed by its label pairs (FxHash), compared by pointer first: the state
+/// store hands out the same `Arc` for a series' whole life.
 #[derive(Clone)]
 struct SeriesKey(Arc<LabelSet>);
 
 impl Hash for SeriesKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.rendered().hash(state);
+        self.0.hash(state);
     }
 }
 
 impl PartialEq for SeriesKey {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0.pairs() == other.0.pairs()
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
     }
 }
 
