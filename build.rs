@@ -18,8 +18,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
+    watch_git_head();
 
     let version = env_nonempty("LOXONE_EXPORTER_VERSION")
         .unwrap_or_else(|| std::env::var("CARGO_PKG_VERSION").unwrap_or_default());
@@ -44,6 +43,30 @@ fn main() {
     println!("cargo:rustc-env=LOXONE_EXPORTER_BUILD_COMMIT={commit}");
     println!("cargo:rustc-env=LOXONE_EXPORTER_BUILD_DATE={build_date}");
     println!("cargo:rustc-env=LOXONE_EXPORTER_BUILD_RUSTC={rustc_version}");
+}
+
+/// Re-runs this script when the checked-out commit changes. HEAD lives in the worktree's git
+/// dir, branch refs in the common dir (shared by `git worktree`s). Only existing paths are
+/// named: cargo treats a missing one as always changed, which would re-stamp the build date
+/// and rebuild the crate on every build (tarball builds, worktrees).
+fn watch_git_head() {
+    let mut watched = false;
+    let mut watch = |path: std::path::PathBuf| {
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+            watched = true;
+        }
+    };
+    if let Some(dir) = run("git", &["rev-parse", "--git-dir"]) {
+        watch(std::path::Path::new(&dir).join("HEAD"));
+    }
+    if let Some(dir) = run("git", &["rev-parse", "--git-common-dir"]) {
+        watch(std::path::Path::new(&dir).join("refs/heads"));
+        watch(std::path::Path::new(&dir).join("packed-refs"));
+    }
+    if !watched {
+        println!("cargo:rerun-if-changed=build.rs");
+    }
 }
 
 fn env_nonempty(name: &str) -> Option<String> {

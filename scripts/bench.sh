@@ -94,6 +94,12 @@ criterion_target() {
   case "$1" in
     render_metrics/snapshot_and_text/10000) echo "≤ 2 ms (issue 2)" ;;
     render_metrics/snapshot_and_text/100000) echo "≤ 25 ms (issue 2)" ;;
+    otlp_convert_encode/10000) echo "≤ 3 ms (issue 5)" ;;
+    otlp_convert_encode/100000) echo "≤ 30 ms (issue 5)" ;;
+    otlp_export_rotel_10k/*) echo "≤ 20 ms (issue 5)" ;;
+    value_table/parse/1000) echo "≤ 50 µs = 20 M entries/s (issue 3)" ;;
+    value_table/parse/100000) echo "≤ 5 ms = 20 M entries/s (issue 3)" ;;
+    structure/parse/5MiB) echo "≤ 50 ms (issue 3)" ;;
     *) echo "–" ;;
   esac
 }

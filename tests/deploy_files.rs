@@ -6,10 +6,12 @@
 //! Prometheus.
 
 mod common;
+#[path = "support/prometheus.rs"]
+mod prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
@@ -670,19 +672,6 @@ fn dashboard_is_valid_and_queries_only_served_metrics() {
 
 // ---------------------------------------------------------------- dashboard vs real Prometheus
 
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Substitutes the dashboard's variables the way Grafana would for "All".
 fn substitute(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
@@ -704,56 +693,21 @@ fn every_dashboard_query_parses_in_a_real_prometheus() {
         "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
     )
     .unwrap();
-    let port = common::free_port();
-    let child = Command::new(bin)
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let prom = Prometheus {
-        child,
-        port,
-        _dir: dir,
-    };
+    let prom = prometheus::Prometheus::start(&bin, &cfg);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{}", prom.port);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = http.get(format!("{base}/-/ready")).send().await;
-            if ready.map(|r| r.status().is_success()).unwrap_or(false) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "prometheus not ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        prom.wait_ready(&http, Duration::from_secs(20)).await;
         for (title, expr) in dashboard_queries(&dashboard()) {
             let q = substitute(&expr);
             assert!(!q.contains('$'), "{title}: unsubstituted variable in {q}");
-            let enc = percent_encoding::utf8_percent_encode(&q, percent_encoding::NON_ALPHANUMERIC);
-            let body = http
-                .get(format!("{base}/api/v1/query?query={enc}"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let v: Json = serde_json::from_str(&body).unwrap();
+            let v = prom.query(&http, &q).await;
             assert_eq!(
                 v["status"], "success",
-                "{title}: Prometheus rejects {q}: {body}"
+                "{title}: Prometheus rejects {q}: {v}"
             );
         }
     });

@@ -5,11 +5,13 @@
 //! trusting only the test CA.
 
 mod common;
+#[path = "support/prometheus.rs"]
+mod prometheus;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
@@ -22,6 +24,8 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use tokio_util::sync::CancellationToken;
+
+use prometheus::Prometheus;
 
 const USER: &str = "prometheus";
 const PASSWORD: &str = "s3cret-Pa55word";
@@ -547,58 +551,6 @@ async fn serve_fails_early_on_a_bad_file() {
 }
 
 // ---------------------------------------------------------------- real Prometheus
-
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    fn start(bin: &Path, config: &Path) -> Prometheus {
-        let data = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let log = std::fs::File::create(data.path().join("prometheus.log")).unwrap();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                data.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
-        Prometheus {
-            child,
-            port,
-            _data: data,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._data.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    async fn query(&self, client: &reqwest::Client, q: &str) -> serde_json::Value {
-        let q = percent_encoding::utf8_percent_encode(q, percent_encoding::NON_ALPHANUMERIC);
-        let url = format!("http://127.0.0.1:{}/api/v1/query?query={q}", self.port);
-        match client.get(url).send().await {
-            Ok(r) => serde_json::from_str(&r.text().await.unwrap_or_default())
-                .unwrap_or(serde_json::Value::Null),
-            Err(_) => serde_json::Value::Null,
-        }
-    }
-}
 
 /// (sorted labels without job/instance, value) for each sample line of an exposition.
 fn exposition_series(text: &str) -> BTreeSet<(Vec<(String, String)>, String)> {

@@ -24,7 +24,7 @@ use super::connection::{ConnectError, Endpoint, WsConnection};
 use super::crypto::{parse_public_key, CryptoError};
 use super::envelope::{parse_api_key_value, parse_ll, EnvelopeError};
 use super::header::DEFAULT_MAX_PAYLOAD;
-use super::session::{run_session, Carry, Prelude, SessionEnd, SessionOutcome};
+use super::session::{run_session_in, Carry, Prelude, SessionEnd, SessionOutcome};
 use crate::backoff::Backoff;
 use crate::config::MiniserverConfig;
 use crate::metrics::store::MiniserverState;
@@ -270,10 +270,18 @@ pub async fn run_miniserver_with(
                     tls_hint_given = true;
                     info!(miniserver = %name, "the Miniserver offers TLS; set use_encryption to connect with wss://");
                 }
-                let outcome = run_session(
-                    &mut conn, &prelude, &mut carry, &config, &options, &state, &shutdown,
+                // not `.instrument(session_span)`: that would enter and leave the span for
+                // every received message; the session enters it where it matters
+                let outcome = run_session_in(
+                    &session_span,
+                    &mut conn,
+                    &prelude,
+                    &mut carry,
+                    &config,
+                    &options,
+                    &state,
+                    &shutdown,
                 )
-                .instrument(session_span.clone())
                 .await;
                 state.set_connected(false);
                 if outcome.authenticated {

@@ -232,7 +232,8 @@ pub struct SessionStats {
 }
 
 /// Runs one session on an open transport until it ends. `carry` holds the token and
-/// structure identity between sessions.
+/// structure identity between sessions. Self-telemetry spans are children of the span
+/// current when it is first polled (see [`run_session_in`]).
 pub async fn run_session<T: Transport>(
     transport: &mut T,
     prelude: &Prelude,
@@ -242,7 +243,30 @@ pub async fn run_session<T: Transport>(
     state: &Arc<MiniserverState>,
     shutdown: &CancellationToken,
 ) -> SessionOutcome {
+    let span = tracing::Span::current();
+    run_session_in(
+        &span, transport, prelude, carry, config, options, state, shutdown,
+    )
+    .await
+}
+
+/// [`run_session`] inside `span`: the hand-shake, token commands and shutdown run in it,
+/// but the receive loop does not enter it for every message (entering and leaving a span
+/// on each poll was a measurable part of the CPU per event table); the few things the
+/// loop logs or sends besides tables are still done inside it.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_session_in<T: Transport>(
+    span: &tracing::Span,
+    transport: &mut T,
+    prelude: &Prelude,
+    carry: &mut Carry,
+    config: &MiniserverConfig,
+    options: &ClientOptions,
+    state: &Arc<MiniserverState>,
+    shutdown: &CancellationToken,
+) -> SessionOutcome {
     let mut session = Session {
+        span: span.clone(),
         transport,
         framer: Framer::new(options.max_payload),
         cipher: None,
@@ -274,6 +298,7 @@ pub async fn run_session<T: Transport>(
 }
 
 struct Session<'a, T> {
+    span: tracing::Span,
     transport: &'a mut T,
     framer: Framer,
     cipher: Option<CommandCipher>,
@@ -318,15 +343,16 @@ pub fn miniserver_type_name(t: Option<i64>) -> String {
 
 impl<T: Transport> Session<'_, T> {
     async fn run(&mut self, carry: &mut Carry, shutdown: &CancellationToken) -> SessionEnd {
+        let span = self.span.clone();
         let setup = tokio::select! {
             biased;
             _ = shutdown.cancelled() => None,
-            r = self.setup(carry) => Some(r),
+            r = self.setup(carry).instrument(span.clone()) => Some(r),
         };
         match setup {
             None => {
                 // Mid-handshake: nothing to kill reliably; just close.
-                self.close_bounded().await;
+                self.close_bounded().instrument(span).await;
                 SessionEnd::Shutdown
             }
             Some(Err(end)) => end,
@@ -399,6 +425,7 @@ impl<T: Transport> Session<'_, T> {
     fn malformed(&mut self, e: &dyn std::fmt::Display) {
         self.stats.malformed += 1;
         self.state.record_error("protocol");
+        let _in_session = self.span.enter();
         if self.stats.malformed == 1 {
             warn!(miniserver = %self.config.name, error = %e, "malformed message ignored (further ones this session logged at debug)");
         } else {
@@ -825,56 +852,75 @@ impl<T: Transport> Session<'_, T> {
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut refresh_at = self.next_refresh(carry);
 
+        // Everything the loop waits on besides the socket lives across iterations: building a
+        // cancellation waiter and two timers for every message (and dropping them again) cost
+        // more than handling a small event table. The liveness timer is not moved per
+        // message either: when it fires, it is re-armed from the time of the last message,
+        // and only a deadline that really passed ends the session.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let liveness = sleep_until(self.liveness_deadline());
+        tokio::pin!(liveness);
+        let far_future = || Instant::now() + Duration::from_secs(86_400 * 365);
+        let refresh = sleep_until(refresh_at.unwrap_or_else(far_future));
+        tokio::pin!(refresh);
+
         enum Event {
             Shutdown,
             Keepalive,
             Refresh,
-            Silent,
+            LivenessCheck,
             Received(Result<Received, TransportError>),
         }
 
         loop {
-            let deadline = self.liveness_deadline();
-            let refresh = async move {
-                match refresh_at {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Event::Shutdown,
-                r = timeout_at(deadline, self.transport.recv()) => match r {
-                    Ok(r) => Event::Received(r),
-                    Err(_) => Event::Silent,
-                },
+                _ = &mut cancelled => Event::Shutdown,
+                r = self.transport.recv() => Event::Received(r),
+                _ = &mut liveness => Event::LivenessCheck,
                 _ = keepalive.tick() => Event::Keepalive,
-                _ = refresh => Event::Refresh,
+                _ = &mut refresh, if refresh_at.is_some() => Event::Refresh,
             };
             match event {
                 Event::Shutdown => {
-                    self.kill_token(carry).await;
-                    self.close_bounded().await;
+                    let span = self.span.clone();
+                    async {
+                        self.kill_token(carry).await;
+                        self.close_bounded().await;
+                    }
+                    .instrument(span)
+                    .await;
                     return SessionEnd::Shutdown;
                 }
-                Event::Silent => {
-                    return SessionEnd::Silent {
-                        after: self.options.liveness_timeout,
+                Event::LivenessCheck => {
+                    let deadline = self.liveness_deadline();
+                    if deadline <= Instant::now() {
+                        return SessionEnd::Silent {
+                            after: self.options.liveness_timeout,
+                        };
                     }
+                    liveness.as_mut().reset(deadline);
                 }
                 Event::Keepalive => {
                     if let Err(end) = self.send(KEEPALIVE.to_owned()).await {
                         return end;
                     }
                 }
-                Event::Refresh => match self.refresh_token(carry).await {
-                    Ok(true) => refresh_at = self.next_refresh(carry),
-                    Ok(false) => {
-                        carry.token = None;
-                        refresh_at = None;
+                Event::Refresh => {
+                    let span = self.span.clone();
+                    match self.refresh_token(carry).instrument(span).await {
+                        Ok(true) => refresh_at = self.next_refresh(carry),
+                        Ok(false) => {
+                            carry.token = None;
+                            refresh_at = None;
+                        }
+                        Err(end) => return end,
                     }
-                    Err(end) => return end,
-                },
+                    refresh
+                        .as_mut()
+                        .reset(refresh_at.unwrap_or_else(far_future));
+                }
                 Event::Received(Err(e)) => return SessionEnd::Failed(e.into()),
                 Event::Received(Ok(r)) => match self.on_received(r) {
                     Ok(Some(_unsolicited_text)) => self.stats.unsolicited += 1,
