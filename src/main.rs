@@ -37,6 +37,7 @@ fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    loxone_exporter::alloc::configure();
     let cli = Cli::parse();
     if cli.version {
         print!("{}", build_info::version_text());

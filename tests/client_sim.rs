@@ -121,7 +121,7 @@ impl Client {
                     .iter()
                     .filter(|s| s.labels.get("miniserver") == Some(self.state.name()))
                     .filter_map(|s| match s.value {
-                        Value::Number(v) => Some((s.labels.rendered().to_string(), v)),
+                        Value::Number(v) => Some((s.labels.to_text(), v)),
                         _ => None,
                     })
                     .collect()

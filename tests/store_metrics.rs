@@ -51,7 +51,6 @@ fn values_of(
                     let labels = s
                         .labels
                         .pairs()
-                        .iter()
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                         .collect();
                     let v = match s.value {

@@ -756,6 +756,10 @@ impl<T: Transport> Session<'_, T> {
             })
             .await
             .map_err(|_| SessionError::StructureTask)?;
+            // give the download's and parse's freed memory back (off the async workers)
+            drop(tokio::task::spawn_blocking(
+                crate::alloc::release_free_memory,
+            ));
             let (ms_info, controls, last_modified) = parsed?;
             carry.ms_info = Some(ms_info);
             carry.structure_downloads += 1;

@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
 use super::filter::{ControlFacts, Filter, FilterError};
-use super::model::{Family, LabelSet, MetricKind, Sample};
+use super::model::{Family, LabelGroup, LabelSet, LabelValue, MetricKind, Sample};
 use super::registry::Collector;
 use crate::config::FilterConfig;
 use crate::loxone::structure::{Control, Structure};
@@ -136,6 +136,7 @@ pub fn build_table(
         by_uuid: HashMap<LoxUuid, Vec<u32>>,
         seen: HashSet<Arc<LabelSet>>,
         interned: HashMap<String, Arc<str>>,
+        interned_values: HashMap<String, Arc<LabelValue>>,
         keys: [Arc<str>; 7],
     }
     impl Ctx<'_> {
@@ -146,6 +147,64 @@ pub fn build_table(
             let a: Arc<str> = Arc::from(s);
             self.interned.insert(s.to_string(), a.clone());
             a
+        }
+
+        fn intern_value(&mut self, s: &str) -> Arc<LabelValue> {
+            if let Some(a) = self.interned_values.get(s) {
+                return a.clone();
+            }
+            let a = LabelValue::new(s);
+            self.interned_values.insert(s.to_string(), a.clone());
+            a
+        }
+
+        /// One slot per (state, UUID) of `c`; the control's labels are shared by its
+        /// slots, each adds its `subcontrol`.
+        fn add_slots(
+            &mut self,
+            c: &Control,
+            control_idx: u32,
+            room_name: Option<String>,
+            cat_name: Option<String>,
+            exported: bool,
+            text_only: bool,
+        ) {
+            let name = self.intern(&c.name);
+            let room_l = self.intern(room_name.as_deref().unwrap_or(""));
+            let cat_l = self.intern(cat_name.as_deref().unwrap_or(""));
+            let type_l = self.intern(&c.control_type);
+            let uuid_l = self.intern(&c.uuid_action);
+            let [k_ms, k_name, k_room, k_cat, k_type, k_sub, k_uuid] = self.keys.clone();
+            let group = LabelGroup::new(
+                [
+                    (k_ms, self.miniserver.clone()),
+                    (k_name, name),
+                    (k_room, room_l),
+                    (k_cat, cat_l),
+                    (k_type, type_l),
+                ],
+                k_sub,
+                [(k_uuid, uuid_l)],
+            );
+            for st in &c.states {
+                for (i, uuid) in st.uuids.iter().enumerate() {
+                    let state_l = if st.uuids.len() > 1 {
+                        self.intern_value(&format!("{}[{i}]", st.name))
+                    } else {
+                        self.intern_value(&st.name)
+                    };
+                    let labels = LabelSet::in_group(&group, state_l);
+                    let duplicate = !self.seen.insert(labels.clone());
+                    let slot_idx = self.table.slots.len() as u32;
+                    self.table.slots.push(Slot {
+                        labels,
+                        control: control_idx,
+                        numeric_export: exported && !text_only && !duplicate,
+                        text_export: exported && text_only && !duplicate,
+                    });
+                    self.by_uuid.entry(*uuid).or_default().push(slot_idx);
+                }
+            }
         }
 
         fn visit(&mut self, c: &Control, room: Option<&str>, cat: Option<&str>, parent_ok: bool) {
@@ -177,40 +236,8 @@ pub fn build_table(
             if exported && text_only {
                 self.table.exported_text_only.push(control_idx);
             }
-            let ms = self.miniserver.clone();
-            let name = self.intern(&c.name);
-            let room_l = self.intern(room_name.as_deref().unwrap_or(""));
-            let cat_l = self.intern(cat_name.as_deref().unwrap_or(""));
-            let type_l = self.intern(&c.control_type);
-            let uuid_l = self.intern(&c.uuid_action);
-            for st in &c.states {
-                for (i, uuid) in st.uuids.iter().enumerate() {
-                    let state_name = if st.uuids.len() > 1 {
-                        format!("{}[{i}]", st.name)
-                    } else {
-                        st.name.clone()
-                    };
-                    let state_l = self.intern(&state_name);
-                    let k = &self.keys;
-                    let labels = LabelSet::new([
-                        (k[0].clone(), ms.clone()),
-                        (k[1].clone(), name.clone()),
-                        (k[2].clone(), room_l.clone()),
-                        (k[3].clone(), cat_l.clone()),
-                        (k[4].clone(), type_l.clone()),
-                        (k[5].clone(), state_l),
-                        (k[6].clone(), uuid_l.clone()),
-                    ]);
-                    let duplicate = !self.seen.insert(labels.clone());
-                    let slot_idx = self.table.slots.len() as u32;
-                    self.table.slots.push(Slot {
-                        labels,
-                        control: control_idx,
-                        numeric_export: exported && !text_only && !duplicate,
-                        text_export: exported && text_only && !duplicate,
-                    });
-                    self.by_uuid.entry(*uuid).or_default().push(slot_idx);
-                }
+            if !c.states.is_empty() {
+                self.add_slots(c, control_idx, room_name, cat_name, exported, text_only);
             }
             let child_ok = allowed && !text_only;
             for sc in &c.sub_controls {
@@ -231,6 +258,7 @@ pub fn build_table(
         by_uuid: HashMap::new(),
         seen: HashSet::new(),
         interned: HashMap::new(),
+        interned_values: HashMap::new(),
         keys: [
             "miniserver",
             "name",
@@ -246,8 +274,14 @@ pub fn build_table(
         ctx.visit(c, None, None, true);
     }
     let mut table = ctx.table;
+    // the table lives until the next structure load: no spare capacity
+    table.slots.shrink_to_fit();
+    table.exported_text_only.shrink_to_fit();
     table.controls_discovered = table.control_count;
     table.index.reserve(ctx.by_uuid.len());
+    table
+        .targets
+        .reserve_exact(ctx.by_uuid.values().map(Vec::len).sum());
     for (uuid, slots) in ctx.by_uuid {
         let start = table.targets.len() as u32;
         table.targets.extend_from_slice(&slots);
@@ -262,7 +296,8 @@ struct Live {
     table: Arc<Table>,
     /// Numeric value per slot; `None` until the first value event.
     values: Vec<Option<f64>>,
-    /// Text value per slot; `None` until the first text event.
+    /// Text value per slot; `None` until the first text event. Empty without
+    /// `include_text_values`.
     texts: Vec<Option<Arc<str>>>,
     /// Unix seconds of the last value table, 0.0 before.
     last_update: f64,
@@ -324,7 +359,13 @@ impl MiniserverState {
         let mut live = self.live.lock();
         let old = std::mem::take(&mut *live);
         let mut values = vec![None; table.slots.len()];
-        let mut texts = vec![None; table.slots.len()];
+        // text values are only ever exported with include_text_values: without it no
+        // per-slot text is kept at all (16 bytes per series)
+        let mut texts = if self.include_text_values {
+            vec![None; table.slots.len()]
+        } else {
+            Vec::new()
+        };
         for uuid in old.table.index.keys() {
             let Some(&first) = old.table.slots_for(uuid).first() else {
                 continue;
@@ -586,11 +627,10 @@ impl Collector for StateStore {
                 if self.include_text_values {
                     for (slot, text) in t.slots.iter().zip(&live.texts) {
                         if let (true, Some(text)) = (slot.text_export, text) {
-                            let mut pairs: Vec<(Arc<str>, Arc<str>)> = slot.labels.pairs().to_vec();
-                            pairs.push((Arc::from("value"), text.clone()));
-                            infos
-                                .samples
-                                .push(Sample::number(LabelSet::new(pairs), 1.0));
+                            infos.samples.push(Sample::number(
+                                slot.labels.with_label("value", text.clone()),
+                                1.0,
+                            ));
                         }
                     }
                 }

@@ -5,7 +5,7 @@
 //! [`LabelSet`](super::model::LabelSet), so encoding is string appends and float
 //! formatting only. No timestamps are written (exporter convention).
 
-use super::model::{escape_help, write_float, Family, Snapshot, Value};
+use super::model::{escape_help, write_float, Family, LabelSet, Snapshot, Value};
 
 /// Content type of the output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -30,7 +30,7 @@ fn estimate_len(snapshot: &Snapshot) -> usize {
         .iter()
         .map(|f| {
             128 + f.samples.first().map_or(0, |s| {
-                (f.name.len() + s.labels.rendered().len() + 24) * f.samples.len()
+                (f.name.len() + s.labels.text_len() + 24) * f.samples.len()
             })
         })
         .sum()
@@ -47,7 +47,7 @@ fn encode_family(fam: &Family, out: &mut String) {
     out.push_str(fam.kind.text_type());
     out.push('\n');
     for s in &fam.samples {
-        let labels = s.labels.rendered();
+        let labels = &*s.labels;
         match &s.value {
             Value::Number(v) => line(out, &fam.name, "", labels, None, *v),
             Value::Histogram(h) => {
@@ -71,12 +71,12 @@ fn encode_family(fam: &Family, out: &mut String) {
     }
 }
 
-fn line(out: &mut String, name: &str, suffix: &str, labels: &str, le: Option<&str>, v: f64) {
+fn line(out: &mut String, name: &str, suffix: &str, labels: &LabelSet, le: Option<&str>, v: f64) {
     out.push_str(name);
     out.push_str(suffix);
     if !labels.is_empty() || le.is_some() {
         out.push('{');
-        out.push_str(labels);
+        labels.write_text(out);
         if let Some(le) = le {
             if !labels.is_empty() {
                 out.push(',');
@@ -95,7 +95,7 @@ fn line(out: &mut String, name: &str, suffix: &str, labels: &str, le: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::model::{HistogramValue, LabelSet, MetricKind, Sample};
+    use crate::metrics::model::{HistogramValue, MetricKind, Sample};
     use std::time::SystemTime;
 
     #[test]

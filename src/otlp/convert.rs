@@ -114,30 +114,21 @@ impl Conversion {
     }
 }
 
-/// A series key for the content index: hashed and compared by the label names and values
-/// (pointer equality first, as a shortcut).
+/// A series key hashed by its label pairs (FxHash), compared by pointer first: the state
+/// store hands out the same `Arc` for a series' whole life.
 #[derive(Clone)]
 struct SeriesKey(Arc<LabelSet>);
 
 impl Hash for SeriesKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        for (k, v) in label_texts(&self.0) {
-            k.hash(state);
-            v.hash(state);
-        }
+        self.0.hash(state);
     }
 }
 
 impl PartialEq for SeriesKey {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || label_texts(&self.0).eq(label_texts(&other.0))
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
     }
-}
-
-/// The label names and values as text (`IntoIterator`, so this works whether `pairs()` is a
-/// slice or an iterator).
-fn label_texts(labels: &LabelSet) -> impl Iterator<Item = (&str, &str)> + '_ {
-    IntoIterator::into_iter(labels.pairs()).map(|(k, v)| -> (&str, &str) { (k, v) })
 }
 
 impl Eq for SeriesKey {}
