@@ -2,7 +2,7 @@
 //!
 //! One `# HELP` and `# TYPE` per family, then its samples; histograms expand to `_bucket`
 //! (with `le`, ending in `+Inf`), `_sum` and `_count`. Label text comes pre-escaped from
-//! [`LabelSet`](super::model::LabelSet), so encoding is string appends and float
+//! [`LabelSet`], so encoding is string appends and float
 //! formatting only. No timestamps are written (exporter convention).
 
 use super::model::{escape_help, write_float, Family, LabelSet, Snapshot, Value};
