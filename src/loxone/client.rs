@@ -1,4 +1,4 @@
-//! The per-Miniserver task: reconnect loop around [`run_session_in`](super::session::run_session_in) (issue 4 "Session";
+//! The per-Miniserver task: reconnect loop around [`run_session_in`] (issue 4 "Session";
 //! protocol doc §5.4; original-exporter §9 defects 8, 9, 16).
 //!
 //! Each attempt fetches `jdev/cfg/apiKey` and `jdev/sys/getPublicKey` over HTTP (async, with
