@@ -10,7 +10,7 @@ mod prometheus;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -552,6 +552,22 @@ async fn serve_fails_early_on_a_bad_file() {
 
 // ---------------------------------------------------------------- real Prometheus
 
+/// Start of a prometheus.yml that scrapes every second; scrape jobs follow.
+const PROMETHEUS_GLOBAL: &str =
+    "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n";
+
+/// One prometheus.yml scrape job: HTTPS against `target`, trusting the test CA in
+/// `ca_file`, basic auth as [`USER`] with `password`.
+fn tls_scrape_job(name: &str, ca_file: &Path, password: &str, target: &str) -> String {
+    format!(
+        "- job_name: {name}\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  scheme: https\n  \
+           tls_config: {{ca_file: '{ca}', server_name: localhost}}\n  \
+           basic_auth: {{username: {USER}, password: '{password}'}}\n  \
+           static_configs: [{{targets: ['{target}']}}]\n",
+        ca = ca_file.display()
+    )
+}
+
 /// (sorted labels without job/instance, value) for each sample line of an exposition.
 fn exposition_series(text: &str) -> BTreeSet<(Vec<(String, String)>, String)> {
     text.lines()
@@ -607,17 +623,9 @@ async fn real_prometheus_scrapes_over_tls_with_basic_auth() {
     std::fs::write(
         &prom_yml,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n\
-             - job_name: lx\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  scheme: https\n  \
-               tls_config: {{ca_file: '{ca}', server_name: localhost}}\n  \
-               basic_auth: {{username: {USER}, password: '{PASSWORD}'}}\n  \
-               static_configs: [{{targets: ['{target}']}}]\n\
-             - job_name: lx_wrong_password\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  scheme: https\n  \
-               tls_config: {{ca_file: '{ca}', server_name: localhost}}\n  \
-               basic_auth: {{username: {USER}, password: 'not-the-password'}}\n  \
-               static_configs: [{{targets: ['{target}']}}]\n",
-            ca = ca_file.display()
+            "{PROMETHEUS_GLOBAL}{}{}",
+            tls_scrape_job("lx", &ca_file, PASSWORD, &target),
+            tls_scrape_job("lx_wrong_password", &ca_file, "not-the-password", &target)
         ),
     )
     .unwrap();
@@ -775,13 +783,8 @@ async fn real_prometheus_scrapes_the_exporter_binary_over_tls_with_basic_auth() 
     std::fs::write(
         &prom_yml,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n\
-             - job_name: lx\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  scheme: https\n  \
-               tls_config: {{ca_file: '{ca}', server_name: localhost}}\n  \
-               basic_auth: {{username: {USER}, password: '{PASSWORD}'}}\n  \
-               static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n",
-            ca = ca_file.display()
+            "{PROMETHEUS_GLOBAL}{}",
+            tls_scrape_job("lx", &ca_file, PASSWORD, &format!("127.0.0.1:{port}"))
         ),
     )
     .unwrap();
