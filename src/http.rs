@@ -44,6 +44,9 @@ pub struct HttpState {
     pub otlp_target: Option<(String, String)>,
     /// Path of the metrics endpoint.
     pub telemetry_path: String,
+    /// Uncompressed size of the last `/metrics` body: decides where the next one is
+    /// rendered (start at 0: the first renders inline).
+    pub last_body_len: AtomicUsize,
 }
 
 /// Builds the router.
@@ -113,11 +116,11 @@ async fn render_metrics(
 ) -> Response {
     let gzip = accepts_gzip(&headers);
     let started = Instant::now();
-    let rendered = if LAST_BODY_LEN.load(Ordering::Relaxed) <= INLINE_RENDER_MAX_BYTES {
-        Ok(render_body(&state.registry, gzip))
+    let rendered = if state.last_body_len.load(Ordering::Relaxed) <= INLINE_RENDER_MAX_BYTES {
+        Ok(render_body(&state, gzip))
     } else {
         let st = state.clone();
-        tokio::task::spawn_blocking(move || render_body(&st.registry, gzip)).await
+        tokio::task::spawn_blocking(move || render_body(&st, gzip)).await
     };
     state
         .self_health
@@ -168,15 +171,11 @@ async fn render_metrics(
 /// latency. Larger registries still render on the blocking pool.
 const INLINE_RENDER_MAX_BYTES: usize = 512 * 1024;
 
-/// Uncompressed size of the last `/metrics` body (decides where the next one is rendered;
-/// the first one renders inline).
-static LAST_BODY_LEN: AtomicUsize = AtomicUsize::new(0);
-
-/// Snapshot, text format, optional gzip.
-fn render_body(registry: &Registry, gzip: bool) -> std::io::Result<Vec<u8>> {
-    let snapshot = registry.snapshot();
+/// Snapshot, text format, optional gzip; remembers the body's size for the next scrape.
+fn render_body(state: &HttpState, gzip: bool) -> std::io::Result<Vec<u8>> {
+    let snapshot = state.registry.snapshot();
     let body = text::encode_to_string(&snapshot);
-    LAST_BODY_LEN.store(body.len(), Ordering::Relaxed);
+    state.last_body_len.store(body.len(), Ordering::Relaxed);
     if gzip {
         let mut enc = flate2::write::GzEncoder::new(
             Vec::with_capacity(body.len() / 8),
