@@ -4,11 +4,11 @@
 //!
 //! Never blocking: a finished span goes into a bounded queue with `try_send` semantics; a
 //! full queue drops the span and counts it. Exports run on the SDK's batch thread, which
-//! also drives their network I/O on a private current-thread Tokio runtime ([`OnRuntime`]:
+//! also drives their network I/O on a private current-thread Tokio runtime (`OnRuntime`:
 //! no I/O thread of its own), so a slow or dead collector costs the daemon's runtime
-//! nothing. Exports are not retried: a batch
-//! that fails is dropped and counted (the next batch is the next chance), and the first
-//! failure after a success is logged once at `warn` (recovery at `info`).
+//! nothing. Exports are not retried: a batch that fails is dropped and counted (the next
+//! batch is the next chance), and the first failure after a success is logged once at
+//! `warn` (recovery at `info`).
 //!
 //! Does not: decide the settings (see `settings`), format logs (see `json`).
 
