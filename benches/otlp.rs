@@ -79,7 +79,8 @@ fn convert_and_encode(c: &mut Criterion) {
     group.sample_size(20);
     for series in [10_000usize, 100_000] {
         let snap = registry(series).snapshot();
-        let mut conv = converter(3 * 1024 * 1024);
+        // configured as the export loop does (split for concurrent requests)
+        let mut conv = converter(3 * 1024 * 1024).split_into(CONCURRENT_REQUESTS);
         // steady state: every series already known
         let first = conv.convert(&snap);
         conv.acknowledge(first.generation);

@@ -258,9 +258,10 @@ pub struct Converter {
     process_start_ns: u64,
     generation: u64,
     families: FxHashMap<Arc<str>, FamilyState>,
-    /// Scratch for one family's point list, kept between conversions.
+    /// Scratch for the point lists of all families, kept between conversions.
     points_scratch: Vec<PointRef>,
-    /// Capacity to reserve for a request body (the largest body seen so far).
+    /// Capacity to reserve for the buffer holding all request bodies (the largest total
+    /// seen so far).
     body_hint: usize,
     /// The previous family's `order` vector, reused for the next family.
     order_scratch: Vec<u32>,
@@ -490,12 +491,13 @@ impl Converter {
         let mut packer = Packer {
             budget,
             reserve: overhead,
-            body_hint: self.body_hint.min(budget.saturating_add(overhead)),
+            body_hint: self.body_hint,
             resource_field: &self.resource_field,
             scope_field: &self.scope_field,
-            bodies: Vec::new(),
+            ranges: Vec::new(),
             counts: Vec::new(),
             metrics: Vec::new(),
+            request_start: 0,
             request_points: 0,
         };
         packer.new_request_buffer();
@@ -526,9 +528,8 @@ impl Converter {
         let (bodies, points_per_request) = packer.finish();
         points.clear();
         self.points_scratch = points;
-        if let Some(largest) = bodies.iter().map(Bytes::len).max() {
-            self.body_hint = self.body_hint.max(largest + 64);
-        }
+        let total: usize = bodies.iter().map(Bytes::len).sum();
+        self.body_hint = self.body_hint.max(total + bodies.len() * overhead + 64);
         Conversion {
             bodies,
             points_per_request,
@@ -834,14 +835,20 @@ struct Packer<'a> {
     /// Bytes kept free at the start of `metrics` for the envelope, written last, so the
     /// body needs no copy.
     reserve: usize,
-    /// Capacity to allocate for a request buffer.
+    /// Capacity to allocate for the buffer of all requests.
     body_hint: usize,
     resource_field: &'a [u8],
     scope_field: &'a [u8],
-    bodies: Vec<Bytes>,
+    /// Where each finished request lies in `metrics`.
+    ranges: Vec<std::ops::Range<usize>>,
     counts: Vec<usize>,
-    /// `reserve` bytes, then the framed metrics (ScopeMetrics field 2) of the current request.
+    /// Every request, one after the other: for each, `reserve` bytes, then its framed
+    /// metrics (ScopeMetrics field 2). One buffer for all: separate buffers for the parts
+    /// of a split export made glibc return and re-fault their pages on every conversion
+    /// (convert of 10k series 0.63 → 1.56 ms).
     metrics: Vec<u8>,
+    /// Start of the current request in `metrics`.
+    request_start: usize,
     request_points: usize,
 }
 
@@ -852,13 +859,16 @@ fn framed(body_len: usize) -> usize {
 
 impl Packer<'_> {
     fn new_request_buffer(&mut self) {
-        self.metrics = Vec::with_capacity(self.body_hint.max(self.reserve + 1024));
-        self.metrics.resize(self.reserve, 0);
+        if self.metrics.capacity() == 0 {
+            self.metrics = Vec::with_capacity(self.body_hint.max(self.reserve + 1024));
+        }
+        self.request_start = self.metrics.len();
+        self.metrics.resize(self.request_start + self.reserve, 0);
     }
 
     /// Bytes of framed metrics in the current request.
     fn metrics_len(&self) -> usize {
-        self.metrics.len() - self.reserve
+        self.metrics.len() - self.request_start - self.reserve
     }
 
     /// Adds one metric's points: as few Metric chunks as the budget allows, a chunk closed
@@ -935,14 +945,14 @@ impl Packer<'_> {
         put_varint(&mut envelope, scope_metrics as u64);
         envelope.extend_from_slice(self.scope_field);
         // `reserve` is the largest the envelope can be (10-byte varints), so it fits.
-        let start = self.reserve.saturating_sub(envelope.len());
-        if let Some(slot) = self.metrics.get_mut(start..self.reserve) {
+        let metrics_start = self.request_start + self.reserve;
+        let start = metrics_start.saturating_sub(envelope.len());
+        if let Some(slot) = self.metrics.get_mut(start..metrics_start) {
             if slot.len() == envelope.len() {
                 slot.copy_from_slice(&envelope);
             }
         }
-        let body = std::mem::take(&mut self.metrics);
-        self.bodies.push(Bytes::from(body).slice(start..));
+        self.ranges.push(start..self.metrics.len());
         self.counts.push(self.request_points);
         self.request_points = 0;
         if more {
@@ -952,7 +962,9 @@ impl Packer<'_> {
 
     fn finish(mut self) -> (Vec<Bytes>, Vec<usize>) {
         self.flush_request(false);
-        (self.bodies, self.counts)
+        let all = Bytes::from(std::mem::take(&mut self.metrics));
+        let bodies = self.ranges.iter().map(|r| all.slice(r.clone())).collect();
+        (bodies, self.counts)
     }
 }
 
