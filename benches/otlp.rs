@@ -14,6 +14,7 @@ use loxone_exporter::config::{OtlpConfig, OtlpProtocol};
 use loxone_exporter::metrics::model::{Family, LabelSet, MetricKind, Sample};
 use loxone_exporter::metrics::{Collector, Registry};
 use loxone_exporter::otlp::convert::{build_resource, Converter, ResourceInfo};
+use loxone_exporter::otlp::export::{send_requests, CONCURRENT_REQUESTS};
 use loxone_exporter::otlp::transport::{ExportOutcome, Transport};
 
 /// Loxone-like series: a value gauge with five labels, label sets built once (as the state
@@ -78,7 +79,8 @@ fn convert_and_encode(c: &mut Criterion) {
     group.sample_size(20);
     for series in [10_000usize, 100_000] {
         let snap = registry(series).snapshot();
-        let mut conv = converter(3 * 1024 * 1024);
+        // configured as the export loop does (split for concurrent requests)
+        let mut conv = converter(3 * 1024 * 1024).split_into(CONCURRENT_REQUESTS);
         // steady state: every series already known
         let first = conv.convert(&snap);
         conv.acknowledge(first.generation);
@@ -179,19 +181,23 @@ fn export_to_rotel(c: &mut Criterion) {
             ..OtlpConfig::default()
         };
         // tonic's lazy channel spawns its worker: build inside the runtime
-        let mut transport = {
+        let transport = {
             let _guard = rt.enter();
             Transport::new(&config).expect("transport")
         };
-        let mut conv = converter(config.max_request_bytes);
+        // as the export loop does: split for concurrent requests, sent together
+        let mut conv = converter(config.max_request_bytes).split_into(CONCURRENT_REQUESTS);
         group.bench_function(name, |b| {
             b.iter(|| {
                 rt.block_on(async {
                     let conversion = conv.convert(&reg.snapshot());
-                    for r in conversion.bodies {
-                        let outcome = transport.send(r).await;
-                        assert_eq!(outcome, ExportOutcome::Sent);
-                    }
+                    let requests = conversion
+                        .bodies
+                        .into_iter()
+                        .zip(conversion.points_per_request.iter().copied());
+                    let tally = send_requests(&transport, requests, CONCURRENT_REQUESTS).await;
+                    assert_eq!(tally.outcome, ExportOutcome::Sent);
+                    assert_eq!(tally.accepted_points, 10_000);
                     conv.acknowledge(conversion.generation);
                 })
             })

@@ -92,7 +92,7 @@ fn config(
 }
 
 async fn send(config: &OtlpConfig, instance: &str) -> ExportOutcome {
-    let mut t = Transport::new(config).expect("transport");
+    let t = Transport::new(config).expect("transport");
     t.send(request(instance)).await
 }
 

@@ -46,17 +46,30 @@ pub const BACKOFF_JITTER: f64 = 0.1;
 /// Shortest interval accepted (guards against a busy loop on a zero interval).
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Requests of one export sent at the same time, at most: a snapshot bigger than
+/// [`MIN_PART_BYTES`](crate::otlp::convert::MIN_PART_BYTES) is split into this many requests of similar size, so the collector
+/// decodes them in parallel (decoding is most of an export's cost: about 20 ms of a
+/// collector's CPU for 10k series). Exports themselves never overlap.
+pub const CONCURRENT_REQUESTS: usize = 2;
+
 /// Where requests go: the real [`Transport`] (built lazily) or a test double.
-pub trait MetricsSink: Send {
-    /// Sends one encoded `ExportMetricsServiceRequest` and classifies the answer.
-    fn send(&mut self, request: Bytes) -> impl Future<Output = ExportOutcome> + Send;
+pub trait MetricsSink: Send + Sync {
+    /// Sends one encoded `ExportMetricsServiceRequest` and classifies the answer. The parts
+    /// of one export may be sent concurrently.
+    fn send(&self, request: Bytes) -> impl Future<Output = ExportOutcome> + Send;
+}
+
+impl MetricsSink for Transport {
+    fn send(&self, request: Bytes) -> impl Future<Output = ExportOutcome> + Send {
+        Transport::send(self, request)
+    }
 }
 
 /// A [`Transport`] built on first use and rebuilt after a build failure, so a CA file that
 /// appears later, or a collector that is down at start, is picked up without a restart.
 pub struct LazyTransport {
     config: OtlpConfig,
-    transport: Option<Transport>,
+    transport: tokio::sync::OnceCell<Transport>,
 }
 
 impl LazyTransport {
@@ -64,35 +77,119 @@ impl LazyTransport {
     pub fn new(config: OtlpConfig) -> Self {
         LazyTransport {
             config,
-            transport: None,
+            transport: tokio::sync::OnceCell::new(),
         }
     }
 }
 
 impl MetricsSink for LazyTransport {
-    async fn send(&mut self, request: Bytes) -> ExportOutcome {
-        if self.transport.is_none() {
-            match Transport::new(&self.config) {
-                Ok(t) => self.transport = Some(t),
-                Err(e) => {
-                    let secrets: Vec<&str> = self
-                        .config
-                        .headers
-                        .iter()
-                        .map(|(_, v)| v.expose())
-                        .collect();
-                    return ExportOutcome::Drop {
-                        reason: sanitize(&e.to_string(), &secrets),
-                    };
+    async fn send(&self, request: Bytes) -> ExportOutcome {
+        // A failed build leaves the cell empty: the next send tries again.
+        let built = self
+            .transport
+            .get_or_try_init(|| async { Transport::new(&self.config) })
+            .await;
+        match built {
+            Ok(t) => t.send(request).await,
+            Err(e) => {
+                let secrets: Vec<&str> = self
+                    .config
+                    .headers
+                    .iter()
+                    .map(|(_, v)| v.expose())
+                    .collect();
+                ExportOutcome::Drop {
+                    reason: sanitize(&e.to_string(), &secrets),
                 }
             }
         }
-        match &mut self.transport {
-            Some(t) => t.send(request).await,
-            None => ExportOutcome::Drop {
-                reason: "OTLP transport unavailable".into(),
-            },
+    }
+}
+
+/// What the requests of one export attempt achieved together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendTally {
+    /// Data points in requests the collector accepted (in full or partially).
+    pub accepted_points: u64,
+    /// Data points the collector rejected in partially successful requests.
+    pub rejected_points: i64,
+    /// The outcome of the attempt: the worst of the requests' outcomes (drop, then retry
+    /// with the longest server delay, then partial success, then sent).
+    pub outcome: ExportOutcome,
+}
+
+/// Sends `requests` (with the data points each holds) through `sink`, up to `concurrency`
+/// at a time, in order. After the first failure no further request is started (those in
+/// flight finish); the attempt's outcome is the worst of the answers, see [`SendTally`].
+pub async fn send_requests<S: MetricsSink>(
+    sink: &S,
+    requests: impl IntoIterator<Item = (Bytes, usize)>,
+    concurrency: usize,
+) -> SendTally {
+    use futures_util::stream::{FuturesUnordered, StreamExt as _};
+    let mut tally = SendTally {
+        accepted_points: 0,
+        rejected_points: 0,
+        outcome: ExportOutcome::Sent,
+    };
+    let mut pending = requests.into_iter();
+    let mut in_flight = FuturesUnordered::new();
+    let send =
+        |(request, points): (Bytes, usize)| async move { (sink.send(request).await, points) };
+    loop {
+        let failed = matches!(
+            tally.outcome,
+            ExportOutcome::Retry { .. } | ExportOutcome::Drop { .. }
+        );
+        while !failed && in_flight.len() < concurrency.max(1) {
+            match pending.next() {
+                Some(request) => in_flight.push(send(request)),
+                None => break,
+            }
         }
+        let Some((outcome, points)) = in_flight.next().await else {
+            break;
+        };
+        match &outcome {
+            ExportOutcome::Sent => tally.accepted_points += points as u64,
+            ExportOutcome::PartialSuccess { rejected, .. } => {
+                tally.accepted_points += points as u64;
+                tally.rejected_points += (*rejected).max(0);
+            }
+            ExportOutcome::Retry { .. } | ExportOutcome::Drop { .. } => {}
+        }
+        tally.outcome = worse(
+            std::mem::replace(&mut tally.outcome, ExportOutcome::Sent),
+            outcome,
+        );
+    }
+    tally
+}
+
+/// The worse of two outcomes of one attempt: drop over retry over partial success over
+/// sent. Of two retries the one with the longer server delay wins (both hints are floors);
+/// of two partial successes the rejected counts add up.
+fn worse(a: ExportOutcome, b: ExportOutcome) -> ExportOutcome {
+    use ExportOutcome::{Drop, PartialSuccess, Retry, Sent};
+    match (a, b) {
+        (d @ Drop { .. }, _) | (_, d @ Drop { .. }) => d,
+        (Retry { after: a1, reason }, Retry { after: a2, .. }) if a1 >= a2 => {
+            Retry { after: a1, reason }
+        }
+        (Retry { .. }, r @ Retry { .. }) => r,
+        (r @ Retry { .. }, _) | (_, r @ Retry { .. }) => r,
+        (
+            PartialSuccess { rejected: r1, .. },
+            PartialSuccess {
+                rejected: r2,
+                message,
+            },
+        ) => PartialSuccess {
+            rejected: r1.max(0) + r2.max(0),
+            message,
+        },
+        (p @ PartialSuccess { .. }, Sent) | (Sent, p @ PartialSuccess { .. }) => p,
+        (Sent, Sent) => Sent,
     }
 }
 
@@ -236,35 +333,20 @@ impl<S: MetricsSink> ExportLoop<S> {
         tracing::debug!(state = ?self.health.get().state, "final OTLP export done");
     }
 
-    /// One export attempt: fresh snapshot, convert, send every request in order; stops at
-    /// the first failure.
+    /// One export attempt: fresh snapshot, convert, send the requests (up to
+    /// [`CONCURRENT_REQUESTS`] at a time); no new request starts after a failure.
     async fn attempt(&mut self) -> ExportOutcome {
         self.set_state(ExportState::Exporting);
         let started = Instant::now();
         let snapshot = self.registry.snapshot();
         let conversion = self.converter.convert(&snapshot);
-        let mut accepted_points = 0u64;
-        let mut rejected_total = 0i64;
-        let mut partial_message = None;
-        let mut failure = None;
-        for (request, points) in conversion
+        let requests = conversion
             .bodies
             .into_iter()
-            .zip(conversion.points_per_request.iter().copied())
-        {
-            match self.sink.send(request).await {
-                ExportOutcome::Sent => accepted_points += points as u64,
-                ExportOutcome::PartialSuccess { rejected, message } => {
-                    accepted_points += points as u64;
-                    rejected_total += rejected.max(0);
-                    partial_message = Some(message);
-                }
-                other => {
-                    failure = Some(other);
-                    break;
-                }
-            }
-        }
+            .zip(conversion.points_per_request.iter().copied());
+        let tally = send_requests(&self.sink, requests, CONCURRENT_REQUESTS).await;
+        let accepted_points = tally.accepted_points;
+        let rejected_total = tally.rejected_points;
         let elapsed = started.elapsed().as_secs_f64();
         let rejected = u64::try_from(rejected_total).unwrap_or(0);
         self.stats.observe_duration(elapsed);
@@ -273,16 +355,19 @@ impl<S: MetricsSink> ExportLoop<S> {
         self.stats.add_rejected(rejected);
         self.health
             .update(|s| s.last_duration_seconds = Some(elapsed));
-        if let Some(f) = failure {
-            return f;
-        }
-        self.converter.acknowledge(conversion.generation);
-        match partial_message {
-            Some(message) => ExportOutcome::PartialSuccess {
-                rejected: rejected_total,
-                message,
-            },
-            None => ExportOutcome::Sent,
+        match tally.outcome {
+            ExportOutcome::Sent => {
+                self.converter.acknowledge(conversion.generation);
+                ExportOutcome::Sent
+            }
+            ExportOutcome::PartialSuccess { message, .. } => {
+                self.converter.acknowledge(conversion.generation);
+                ExportOutcome::PartialSuccess {
+                    rejected: rejected_total,
+                    message,
+                }
+            }
+            failure => failure,
         }
     }
 
@@ -446,7 +531,8 @@ pub async fn run_export_loop_with_stats(
         resource,
         process_start_time(SystemTime::now()),
         config.max_request_bytes,
-    );
+    )
+    .split_into(CONCURRENT_REQUESTS);
     tracing::info!(endpoint = %config.endpoint, protocol = ?config.protocol, interval = ?config.interval, "OTLP export starting");
     let interval = config.interval;
     let timeout = config.timeout;
@@ -533,7 +619,7 @@ mod tests {
     }
 
     impl MetricsSink for FakeSink {
-        async fn send(&mut self, request: Bytes) -> ExportOutcome {
+        async fn send(&self, request: Bytes) -> ExportOutcome {
             use prost::Message;
             let request =
                 opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::decode(
@@ -802,6 +888,103 @@ mod tests {
         let st = h.health.get();
         assert_eq!(st.state, ExportState::Retrying);
         assert!(st.last_error.unwrap().contains("timed out"));
+    }
+
+    /// Answers each request by its first byte (the test's request id), records the ids
+    /// sent and the most requests in flight at once.
+    #[derive(Default)]
+    struct ById {
+        outcomes: Vec<ExportOutcome>,
+        state: Mutex<(Vec<u8>, usize, usize)>,
+    }
+
+    impl MetricsSink for ById {
+        async fn send(&self, request: Bytes) -> ExportOutcome {
+            let id = request.first().copied().unwrap_or(0);
+            {
+                let mut s = self.state.lock();
+                s.0.push(id);
+                s.1 += 1;
+                s.2 = s.2.max(s.1);
+            }
+            // let the other requests start before answering
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(u64::from(id) + 1)).await;
+            self.state.lock().1 -= 1;
+            self.outcomes
+                .get(usize::from(id))
+                .cloned()
+                .unwrap_or(ExportOutcome::Sent)
+        }
+    }
+
+    fn requests(n: u8) -> Vec<(Bytes, usize)> {
+        (0..n).map(|i| (Bytes::from(vec![i]), 10)).collect()
+    }
+
+    fn retry_after(secs: u64) -> ExportOutcome {
+        ExportOutcome::Retry {
+            after: Some(Duration::from_secs(secs)),
+            reason: format!("HTTP 503 after {secs}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_requests_runs_parts_concurrently_and_sums_them() {
+        let partial = |rejected| ExportOutcome::PartialSuccess {
+            rejected,
+            message: "bad".into(),
+        };
+        let sink = ById {
+            outcomes: vec![ExportOutcome::Sent, partial(2), partial(3)],
+            ..Default::default()
+        };
+        let tally = send_requests(&sink, requests(4), 2).await;
+        assert_eq!(tally.accepted_points, 40);
+        assert_eq!(tally.rejected_points, 5);
+        assert!(matches!(
+            tally.outcome,
+            ExportOutcome::PartialSuccess { rejected: 5, .. }
+        ));
+        let s = sink.state.lock();
+        assert_eq!(s.0, vec![0, 1, 2, 3]);
+        assert_eq!(s.2, 2, "at most two in flight, and two were");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_requests_stops_starting_after_a_failure_and_keeps_the_worst() {
+        // 0 fails retryably (hint 5 s), 1 (in flight with it) with a longer hint: no
+        // further request starts, the longer hint wins
+        let sink = ById {
+            outcomes: vec![retry_after(5), retry_after(30)],
+            ..Default::default()
+        };
+        let tally = send_requests(&sink, requests(4), 2).await;
+        assert_eq!(sink.state.lock().0, vec![0, 1]);
+        assert_eq!(tally.accepted_points, 0);
+        assert_eq!(tally.outcome, retry_after(30));
+        // a non-retryable failure beats a retry; the successful parts are counted
+        let drop = ExportOutcome::Drop {
+            reason: "HTTP 400".into(),
+        };
+        let sink = ById {
+            outcomes: vec![ExportOutcome::Sent, retry_after(1), drop.clone()],
+            ..Default::default()
+        };
+        let tally = send_requests(&sink, requests(5), 3).await;
+        // 3 starts when 0 succeeds, before 1 fails; 4 never starts
+        assert_eq!(sink.state.lock().0, vec![0, 1, 2, 3]);
+        assert_eq!(tally.accepted_points, 20);
+        assert_eq!(tally.outcome, drop);
+        // one at a time: nothing after the first failure is sent
+        let sink = ById {
+            outcomes: vec![ExportOutcome::Sent, retry_after(1)],
+            ..Default::default()
+        };
+        let tally = send_requests(&sink, requests(4), 1).await;
+        assert_eq!(sink.state.lock().0, vec![0, 1]);
+        assert_eq!(sink.state.lock().2, 1);
+        assert_eq!(tally.outcome, retry_after(1));
     }
 
     #[tokio::test]

@@ -9,7 +9,9 @@
 //! - gRPC: header names lowercased into
 //!   metadata keys (gRPC requires lowercase keys; the original failed every export on
 //!   `Authorization`), gzip via `send_compressed`, TLS with a CA file and optional client
-//!   certificate and key, the configured timeout as the request deadline;
+//!   certificate and key, the configured timeout as the request deadline; one HTTP/2
+//!   connection per concurrent request of an export (used in turn), so a collector decodes
+//!   the parts in parallel;
 //! - HTTP/protobuf through reqwest: POST to the configured endpoint (configuration already
 //!   appended `/v1/metrics`), `Content-Type: application/x-protobuf`, optional
 //!   `Content-Encoding: gzip`, the same TLS options and timeout.
@@ -40,6 +42,8 @@ use crate::secret::MASK;
 pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(600);
 /// Largest response body read (spec §3.2: bigger responses are a non-retryable error).
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// HTTP/2 connections a gRPC transport opens, one per concurrent request of an export.
+const GRPC_CONNECTIONS: usize = crate::otlp::export::CONCURRENT_REQUESTS;
 /// Longest error text kept.
 const MAX_REASON_CHARS: usize = 300;
 
@@ -110,7 +114,9 @@ pub struct Transport {
 
 enum Inner {
     Grpc {
-        client: tonic::client::Grpc<Channel>,
+        /// One client per HTTP/2 connection, used in turn (see [`grpc`]).
+        clients: Vec<tonic::client::Grpc<Channel>>,
+        next: std::sync::atomic::AtomicUsize,
         metadata: MetadataMap,
     },
     Http {
@@ -171,18 +177,32 @@ impl Transport {
 
     /// Sends one encoded `ExportMetricsServiceRequest` within the configured timeout and
     /// classifies the answer. Needs a Tokio runtime (so does [`Transport::new`] for gRPC).
-    pub async fn send(&mut self, request: Bytes) -> ExportOutcome {
+    /// Several sends may run concurrently: gRPC multiplexes them on one HTTP/2 connection,
+    /// HTTP uses one pooled connection each.
+    pub async fn send(&self, request: Bytes) -> ExportOutcome {
         let timeout = self.timeout;
         let fut = async {
-            match &mut self.inner {
-                Inner::Grpc { client, metadata } => {
+            match &self.inner {
+                Inner::Grpc {
+                    clients,
+                    next,
+                    metadata,
+                } => {
+                    let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(client) = clients.get(turn % clients.len().max(1)) else {
+                        return ExportOutcome::Drop {
+                            reason: "no gRPC channel".into(),
+                        };
+                    };
+                    // A handle on the shared channel: `unary` needs `&mut`.
+                    let mut client = client.clone();
                     let mut req = tonic::Request::new(request);
                     *req.metadata_mut() = metadata.clone();
                     crate::telemetry::inject_grpc(req.metadata_mut());
                     if !timeout.is_zero() {
                         req.set_timeout(timeout);
                     }
-                    match grpc_export(client, req).await {
+                    match grpc_export(&mut client, req).await {
                         Ok(resp) => classify_response(resp.into_inner()),
                         Err(status) => classify_grpc(&status),
                     }
@@ -260,12 +280,21 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
             .tls_config(tls_config)
             .map_err(|e| TransportError::Client(e.to_string()))?;
     }
-    let mut client = tonic::client::Grpc::new(ep.connect_lazy())
-        .max_decoding_message_size(MAX_RESPONSE_BYTES)
-        .max_encoding_message_size(usize::MAX);
-    if config.compression == OtlpCompression::Gzip {
-        client = client.send_compressed(CompressionEncoding::Gzip);
-    }
+    // One connection per concurrent request: on a shared HTTP/2 connection the parts of
+    // an export queue behind each other in the collector's connection flow-control window
+    // (rotel: 1 MiB) and its single connection task, and are not decoded in parallel.
+    let clients = (0..GRPC_CONNECTIONS)
+        .map(|_| {
+            let client = tonic::client::Grpc::new(ep.connect_lazy())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                .max_encoding_message_size(usize::MAX);
+            if config.compression == OtlpCompression::Gzip {
+                client.send_compressed(CompressionEncoding::Gzip)
+            } else {
+                client
+            }
+        })
+        .collect();
     let mut metadata = MetadataMap::new();
     for (name, value) in &config.headers {
         let lower = name.trim().to_ascii_lowercase();
@@ -281,7 +310,11 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
             })?;
         metadata.append(key, value);
     }
-    Ok(Inner::Grpc { client, metadata })
+    Ok(Inner::Grpc {
+        clients,
+        next: std::sync::atomic::AtomicUsize::new(0),
+        metadata,
+    })
 }
 
 fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
