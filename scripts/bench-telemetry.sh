@@ -14,7 +14,8 @@
 # CPU = on-CPU time of the exporter's threads over DURATION s after WARMUP s, from
 # /proc/PID/task/*/schedstat, as % of one core and in ms; also in clock ticks (utime+stime of
 # /proc/PID/stat, which includes threads that exited in the window, 10 ms resolution) and the
-# part spent on the self-telemetry threads (`otel-export` runtime, SDK batch processor).
+# part spent on the self-telemetry threads (the SDK batch processor, which also drives the
+# span export's I/O; binaries before telperf2 also had an `otel-export` runtime thread).
 # The base CPU at 1k events/s is small (a few ms per second), so use DURATION=60 ROUNDS=3 or
 # more and compare ms, not only %. Latency = wrk -t1 -c4 -d10s --latency on /metrics (each request is a
 # traced scrape when traces are on). Modes alternate per round to spread machine noise.
@@ -71,8 +72,8 @@ wait_port() {
 # CPU time of all the process's threads in ns (schedstat: ns resolution, unlike the
 # 10 ms ticks of /proc/PID/stat)
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
-# the same, only for the self-telemetry threads (names as in src/telemetry/pipeline.rs and the
-# SDK's "OpenTelemetry.Traces.BatchProcessor", cut to 15 characters by the kernel)
+# the same, only for the self-telemetry threads (the SDK's "OpenTelemetry.Traces.BatchProcessor",
+# cut to 15 characters by the kernel; `otel-export` for older binaries)
 telemetry_ns() {
     local t s=0 n
     for t in /proc/"$1"/task/*; do

@@ -57,7 +57,7 @@
 //! # Failure behaviour
 //!
 //! Finished spans wait in a bounded queue; when it is full they are dropped. Exports run
-//! on the SDK's batch thread with their I/O on a private one-thread runtime and are not
+//! on the SDK's batch thread (which also drives their I/O: no extra thread) and are not
 //! retried: when the collector is down a batch is dropped. Both are counted in
 //! `loxone_exporter_telemetry_spans_dropped_total{reason="queue_full"|"export_failed"}`
 //! ([`collector`]); the first failure is logged once at `warn`, the recovery at `info`.
@@ -157,10 +157,9 @@ impl TelemetryGuard {
 
     fn stop(&mut self, budget: Duration) {
         if let Some(p) = self.pipeline.take() {
+            // an export still waiting for a dead collector after `budget` goes on in the
+            // background until its own timeout (the process usually exits first)
             let _ = p.provider.shutdown_with_timeout(budget);
-            if let Some(rt) = p.runtime {
-                rt.shutdown_background();
-            }
         }
     }
 }
