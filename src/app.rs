@@ -167,7 +167,7 @@ pub async fn run(
         otlp: app.otlp_health.clone(),
         otlp_target,
         telemetry_path: options.telemetry_path.clone(),
-        last_body_len: Default::default(),
+        render: Default::default(),
     });
     let router = http::router(state);
     let server = tracker.spawn(web::serve(

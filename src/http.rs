@@ -44,9 +44,33 @@ pub struct HttpState {
     pub otlp_target: Option<(String, String)>,
     /// Path of the metrics endpoint.
     pub telemetry_path: String,
-    /// Uncompressed size of the last `/metrics` body: decides where the next one is
-    /// rendered (start at 0: the first renders inline).
-    pub last_body_len: AtomicUsize,
+    /// What this router keeps between scrapes (the last body's size, a render buffer);
+    /// start with `Default::default()`.
+    pub render: RenderMemory,
+}
+
+/// What one router remembers from its last `/metrics` render: the uncompressed body size,
+/// which decides where the next one is rendered (0 at start: the first renders inline), and
+/// the buffer the next body is written into.
+#[derive(Debug, Default)]
+pub struct RenderMemory {
+    last_body_len: AtomicUsize,
+    buffer: Arc<parking_lot::Mutex<String>>,
+}
+
+impl RenderMemory {
+    /// Uncompressed size of the last rendered body (0 before the first scrape).
+    pub fn last_body_len(&self) -> usize {
+        self.last_body_len.load(Ordering::Relaxed)
+    }
+
+    /// The kept buffer, emptied (a new one when none is kept or another scrape holds it:
+    /// concurrent scrapes simply allocate).
+    fn take_buffer(&self) -> String {
+        let mut buf = std::mem::take(&mut *self.buffer.lock());
+        buf.clear();
+        buf
+    }
 }
 
 /// Builds the router.
@@ -116,7 +140,7 @@ async fn render_metrics(
 ) -> Response {
     let gzip = accepts_gzip(&headers);
     let started = Instant::now();
-    let rendered = if state.last_body_len.load(Ordering::Relaxed) <= INLINE_RENDER_MAX_BYTES {
+    let rendered = if state.render.last_body_len() <= INLINE_RENDER_MAX_BYTES {
         Ok(render_body(&state, gzip))
     } else {
         let st = state.clone();
@@ -172,27 +196,30 @@ async fn render_metrics(
 const INLINE_RENDER_MAX_BYTES: usize = 512 * 1024;
 
 /// Snapshot, text format, optional gzip; remembers the body's size for the next scrape.
-/// The text is written into the reused render buffer ([`RENDER_BUFFER`]); a plain body
+/// The text is written into the router's kept buffer ([`RenderMemory`]); a plain body
 /// hands that buffer to the response and gets it back when hyper has sent it.
 fn render_body(state: &HttpState, gzip: bool) -> std::io::Result<Bytes> {
     let snapshot = state.registry.snapshot();
-    let mut body = take_render_buffer();
+    let mut body = state.render.take_buffer();
     // the last body's size plus slack: one allocation even when no buffer was kept
-    let last_len = state.last_body_len.load(Ordering::Relaxed);
+    let last_len = state.render.last_body_len();
     body.reserve(last_len + last_len / 16);
     text::encode(&snapshot, &mut body);
     drop(snapshot);
-    state.last_body_len.store(body.len(), Ordering::Relaxed);
+    state.render.last_body_len.store(body.len(), Ordering::Relaxed);
     if gzip {
         let mut enc = flate2::write::GzEncoder::new(
             Vec::with_capacity(body.len() / 8),
             flate2::Compression::fast(),
         );
         let compressed = enc.write_all(body.as_bytes()).and_then(|_| enc.finish());
-        return_render_buffer(body);
+        return_render_buffer(&state.render.buffer, body);
         compressed.map(Bytes::from)
     } else {
-        Ok(Bytes::from_owner(PooledBody(body)))
+        Ok(Bytes::from_owner(PooledBody {
+            text: body,
+            home: state.render.buffer.clone(),
+        }))
     }
 }
 
@@ -204,37 +231,33 @@ fn render_body(state: &HttpState, gzip: bool) -> std::io::Result<Bytes> {
 /// resident memory between scrapes.
 const RENDER_BUFFER_KEEP_MAX: usize = 512 * 1024;
 
-/// The one kept render buffer (empty when none is kept or another scrape holds it).
-/// Process-wide like the allocator it stands in for: concurrent scrapes simply allocate.
-static RENDER_BUFFER: parking_lot::Mutex<String> = parking_lot::Mutex::new(String::new());
-
-fn take_render_buffer() -> String {
-    let mut buf = std::mem::take(&mut *RENDER_BUFFER.lock());
-    buf.clear();
-    buf
-}
-
-fn return_render_buffer(buf: String) {
+/// Keeps `buf` in `home` for the next scrape when it is small enough and bigger than the
+/// buffer kept there.
+fn return_render_buffer(home: &parking_lot::Mutex<String>, buf: String) {
     if buf.capacity() <= RENDER_BUFFER_KEEP_MAX {
-        let mut kept = RENDER_BUFFER.lock();
+        let mut kept = home.lock();
         if buf.capacity() > kept.capacity() {
             *kept = buf;
         }
     }
 }
 
-/// A rendered body; its buffer goes back to [`RENDER_BUFFER`] when the response is dropped.
-struct PooledBody(String);
+/// A rendered body; its buffer goes back to its router's [`RenderMemory`] when the
+/// response is dropped.
+struct PooledBody {
+    text: String,
+    home: Arc<parking_lot::Mutex<String>>,
+}
 
 impl AsRef<[u8]> for PooledBody {
     fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.text.as_bytes()
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        return_render_buffer(std::mem::take(&mut self.0));
+        return_render_buffer(&self.home, std::mem::take(&mut self.text));
     }
 }
 
@@ -433,7 +456,7 @@ mod tests {
             otlp: None,
             otlp_target: None,
             telemetry_path: DEFAULT_TELEMETRY_PATH.into(),
-            last_body_len: AtomicUsize::new(0),
+            render: RenderMemory::default(),
         };
         // big, then small (into the kept, larger buffer), then big again, gzip in between
         for n in [3000, 2, 3000, 5] {
@@ -441,7 +464,7 @@ mod tests {
             let want = text::encode_to_string(&registry.snapshot());
             let got = render_body(&state, false).unwrap();
             assert_eq!(&got[..], want.as_bytes(), "{n} series");
-            assert_eq!(state.last_body_len.load(Ordering::Relaxed), want.len());
+            assert_eq!(state.render.last_body_len(), want.len());
             let gz = render_body(&state, true).unwrap();
             let mut plain = String::new();
             std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain)

@@ -615,7 +615,7 @@ fn http_state(registry: Arc<Registry>) -> Arc<loxone_exporter::http::HttpState> 
         otlp: None,
         otlp_target: None,
         telemetry_path: "/metrics".into(),
-        last_body_len: Default::default(),
+        render: Default::default(),
     })
 }
 

@@ -177,8 +177,8 @@ impl Transport {
 
     /// Sends one encoded `ExportMetricsServiceRequest` within the configured timeout and
     /// classifies the answer. Needs a Tokio runtime (so does [`Transport::new`] for gRPC).
-    /// Several sends may run concurrently: gRPC multiplexes them on one HTTP/2 connection,
-    /// HTTP uses one pooled connection each.
+    /// Several sends may run concurrently: gRPC takes its connections in turn (one per
+    /// concurrent request of an export), HTTP uses one pooled connection each.
     pub async fn send(&self, request: Bytes) -> ExportOutcome {
         let timeout = self.timeout;
         let fut = async {
