@@ -206,7 +206,10 @@ fn render_body(state: &HttpState, gzip: bool) -> std::io::Result<Bytes> {
     body.reserve(last_len + last_len / 16);
     text::encode(&snapshot, &mut body);
     drop(snapshot);
-    state.render.last_body_len.store(body.len(), Ordering::Relaxed);
+    state
+        .render
+        .last_body_len
+        .store(body.len(), Ordering::Relaxed);
     if gzip {
         let mut enc = flate2::write::GzEncoder::new(
             Vec::with_capacity(body.len() / 8),
