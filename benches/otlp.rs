@@ -1,8 +1,10 @@
 //! OTLP benchmarks: snapshot → requests conversion plus protobuf encoding at 10k and 100k
 //! series (targets ≤ 3 ms and ≤ 30 ms), and one full export of 10k series to a real rotel
 //! receiver over gRPC and HTTP (target ≤ 20 ms end to end: snapshot, convert, encode, send,
-//! answer). The export benchmark needs rotel (`LOXEXP_ROTEL`, set by sourcing
-//! `.test-env/env`); without it that group is skipped with a note.
+//! answer), both back to back and paced (an idle pause before each timed export, as the
+//! export loop's interval gives the collector). The export benchmark needs rotel
+//! (`LOXEXP_ROTEL`, set by sourcing `.test-env/env`); without it that group is skipped with
+//! a note.
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -123,6 +125,11 @@ fn rotel_path() -> Option<String> {
         .filter(|p| std::path::Path::new(p).exists())
 }
 
+/// Pause before each paced export: longer than rotel's 200 ms batch timeout, so the
+/// collector's work on the previous export is done (the export loop's interval is 30 s by
+/// default, 10 ms at the least).
+const EXPORT_PAUSE: Duration = Duration::from_millis(300);
+
 fn export_to_rotel(c: &mut Criterion) {
     let Some(rotel) = rotel_path() else {
         eprintln!(
@@ -161,7 +168,10 @@ fn export_to_rotel(c: &mut Criterion) {
         .expect("runtime");
     let reg = registry(10_000);
     let mut group = c.benchmark_group("otlp_export_rotel_10k");
-    group.sample_size(30);
+    group.sample_size(20);
+    // the paced variants sleep between exports: keep their wall time bounded
+    group.measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_secs(1));
     for (name, protocol, endpoint) in [
         (
             "grpc",
@@ -187,19 +197,34 @@ fn export_to_rotel(c: &mut Criterion) {
         };
         // as the export loop does: split for concurrent requests, sent together
         let mut conv = converter(config.max_request_bytes).split_into(CONCURRENT_REQUESTS);
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let conversion = conv.convert(&reg.snapshot());
-                    let requests = conversion
-                        .bodies
-                        .into_iter()
-                        .zip(conversion.points_per_request.iter().copied());
-                    let tally = send_requests(&transport, requests, CONCURRENT_REQUESTS).await;
-                    assert_eq!(tally.outcome, ExportOutcome::Sent);
-                    assert_eq!(tally.accepted_points, 10_000);
-                    conv.acknowledge(conversion.generation);
-                })
+        let mut export = || {
+            rt.block_on(async {
+                let conversion = conv.convert(&reg.snapshot());
+                let requests = conversion
+                    .bodies
+                    .into_iter()
+                    .zip(conversion.points_per_request.iter().copied());
+                let tally = send_requests(&transport, requests, CONCURRENT_REQUESTS).await;
+                assert_eq!(tally.outcome, ExportOutcome::Sent);
+                assert_eq!(tally.accepted_points, 10_000);
+                conv.acknowledge(conversion.generation);
+            })
+        };
+        // back to back: each export also competes with the collector's deferred work on
+        // the previous one (rotel batches for 200 ms, then hands the batch to its exporter)
+        group.bench_function(name, |b| b.iter(&mut export));
+        // paced like the export loop (one export per interval): the collector has finished
+        // the previous export's work; the timed part is the same whole export
+        group.bench_function(format!("{name}_paced"), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    std::thread::sleep(EXPORT_PAUSE);
+                    let started = Instant::now();
+                    export();
+                    timed += started.elapsed();
+                }
+                timed
             })
         });
     }
