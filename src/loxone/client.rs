@@ -1,4 +1,4 @@
-//! The per-Miniserver task: reconnect loop around [`run_session_in`] (issue 4 "Session";
+//! The per-Miniserver task: reconnect loop around [`run_session`] (issue 4 "Session";
 //! protocol doc §5.4; original-exporter §9 defects 8, 9, 16).
 //!
 //! Each attempt fetches `jdev/cfg/apiKey` and `jdev/sys/getPublicKey` over HTTP (async, with
@@ -24,7 +24,7 @@ use super::connection::{ConnectError, Endpoint, WsConnection};
 use super::crypto::{parse_public_key, CryptoError};
 use super::envelope::{parse_api_key_value, parse_ll, EnvelopeError};
 use super::header::DEFAULT_MAX_PAYLOAD;
-use super::session::{run_session_in, Carry, Prelude, SessionEnd, SessionOutcome};
+use super::session::{run_session, Carry, Prelude, SessionEnd, SessionOutcome};
 use crate::backoff::Backoff;
 use crate::config::MiniserverConfig;
 use crate::metrics::store::MiniserverState;
@@ -272,7 +272,7 @@ pub async fn run_miniserver_with(
                 }
                 // not `.instrument(session_span)`: that would enter and leave the span for
                 // every received message; the session enters it where it matters
-                let outcome = run_session_in(
+                let outcome = run_session(
                     &session_span,
                     &mut conn,
                     &prelude,

@@ -231,31 +231,14 @@ pub struct SessionStats {
     pub unsolicited: u64,
 }
 
-/// Runs one session on an open transport until it ends. `carry` holds the token and
-/// structure identity between sessions. Self-telemetry spans are children of the span
-/// current when it is first polled (see [`run_session_in`]).
-pub async fn run_session<T: Transport>(
-    transport: &mut T,
-    prelude: &Prelude,
-    carry: &mut Carry,
-    config: &MiniserverConfig,
-    options: &ClientOptions,
-    state: &Arc<MiniserverState>,
-    shutdown: &CancellationToken,
-) -> SessionOutcome {
-    let span = tracing::Span::current();
-    run_session_in(
-        &span, transport, prelude, carry, config, options, state, shutdown,
-    )
-    .await
-}
-
-/// [`run_session`] inside `span`: the hand-shake, token commands and shutdown run in it,
-/// but the receive loop does not enter it for every message (entering and leaving a span
-/// on each poll was a measurable part of the CPU per event table); the few things the
-/// loop logs or sends besides tables are still done inside it.
+/// Runs one session on an open transport until it ends, inside `span`. `carry` holds the
+/// token and structure identity between sessions. The hand-shake, token commands and
+/// shutdown run in `span` (self-telemetry spans are its children), but the receive loop
+/// does not enter it for every message (entering and leaving a span on each poll was a
+/// measurable part of the CPU per event table); the few things the loop logs or sends
+/// besides tables are still done inside it.
 #[allow(clippy::too_many_arguments)]
-pub async fn run_session_in<T: Transport>(
+pub async fn run_session<T: Transport>(
     span: &tracing::Span,
     transport: &mut T,
     prelude: &Prelude,
@@ -1035,6 +1018,7 @@ mod tests {
             let task = tokio::spawn(async move {
                 let mut carry = carry;
                 let outcome = run_session(
+                    &tracing::Span::current(),
                     &mut transport,
                     &prelude,
                     &mut carry,
@@ -1375,6 +1359,7 @@ mod tests {
         }
         let mut carry = Carry::default();
         let outcome = run_session(
+            &tracing::Span::current(),
             &mut Mute,
             &rig.prelude,
             &mut carry,
