@@ -343,11 +343,9 @@ impl Converter {
         points.clear();
         let mut plan: Vec<PlannedMetric> = Vec::with_capacity(snapshot.families.len());
         let mut stale_points = 0usize;
-        // Encoded size of all metrics and of the largest point: only needed to split.
+        // Encoded sizes: only needed to split.
         let measure = self.parts > 1;
-        let mut metrics_bytes = 0usize;
-        let mut largest_metric_overhead = 0usize;
-        let mut largest_point = 0usize;
+        let mut sizes = EncodedSizes::default();
 
         // Pass 1, every family: find every sample's series (mark it seen) and list the
         // points.
@@ -428,10 +426,7 @@ impl Converter {
                     samples: &family.samples,
                     now_ns,
                 };
-                let (bytes, largest) = measure_points(points.get(range.clone()), &source);
-                metrics_bytes += shape.framed_len(bytes);
-                largest_metric_overhead = largest_metric_overhead.max(shape.framed_len(0));
-                largest_point = largest_point.max(largest);
+                sizes.add_metric(&shape, points.get(range.clone()), &source);
             }
             plan.push(PlannedMetric {
                 name: key,
@@ -460,10 +455,7 @@ impl Converter {
                     samples: &[],
                     now_ns,
                 };
-                let (bytes, largest) = measure_points(points.get(range.clone()), &source);
-                metrics_bytes += shape.framed_len(bytes);
-                largest_metric_overhead = largest_metric_overhead.max(shape.framed_len(0));
-                largest_point = largest_point.max(largest);
+                sizes.add_metric(&shape, points.get(range.clone()), &source);
             }
             plan.push(PlannedMetric {
                 name: name.clone(),
@@ -477,9 +469,10 @@ impl Converter {
         // room for one more point and metric header than an exact split, because requests
         // are cut at point boundaries and a metric split in two repeats its header.
         let limit = self.max_request_bytes.saturating_sub(overhead).max(1);
-        let budget = if measure && metrics_bytes + overhead > MIN_PART_BYTES {
-            let share =
-                metrics_bytes.div_ceil(self.parts) + largest_point + largest_metric_overhead;
+        let budget = if measure && sizes.metrics_bytes + overhead > MIN_PART_BYTES {
+            let share = sizes.metrics_bytes.div_ceil(self.parts)
+                + sizes.largest_point
+                + sizes.largest_metric_overhead;
             share
                 .max(MIN_PART_BYTES.saturating_sub(overhead))
                 .min(limit)
@@ -539,15 +532,35 @@ impl Converter {
     }
 }
 
-/// Encoded size of `points` framed in their data message, and the largest of them.
-fn measure_points(points: Option<&[PointRef]>, source: &PointSource<'_>) -> (usize, usize) {
-    points
-        .unwrap_or_default()
-        .iter()
-        .fold((0, 0), |(sum, largest), &point| {
+/// Encoded sizes of a conversion's metrics, gathered in pass 1 when splitting: what an even
+/// share of the requests must hold.
+#[derive(Default)]
+struct EncodedSizes {
+    /// All metrics, each framed with its header.
+    metrics_bytes: usize,
+    /// The largest metric header (a metric split across requests repeats it).
+    largest_metric_overhead: usize,
+    /// The largest framed point (requests are cut at point boundaries).
+    largest_point: usize,
+}
+
+impl EncodedSizes {
+    /// Adds one metric: `points` framed in their data message, under `shape`'s header.
+    fn add_metric(
+        &mut self,
+        shape: &MetricShape,
+        points: Option<&[PointRef]>,
+        source: &PointSource<'_>,
+    ) {
+        let mut bytes = 0;
+        for &point in points.unwrap_or_default() {
             let size = framed(source.body_len(point));
-            (sum + size, largest.max(size))
-        })
+            bytes += size;
+            self.largest_point = self.largest_point.max(size);
+        }
+        self.metrics_bytes += shape.framed_len(bytes);
+        self.largest_metric_overhead = self.largest_metric_overhead.max(shape.framed_len(0));
+    }
 }
 
 /// One data point to encode: a sample of the snapshot, or the end-of-series marker of a
