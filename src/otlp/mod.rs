@@ -7,6 +7,7 @@
 //! - [`transport`]: the only I/O, gRPC (tonic) and HTTP/protobuf (reqwest), classifying every
 //!   answer by the next move ([`transport::ExportOutcome`]);
 //! - [`export`]: the schedule and retry state machine, feeding [`crate::metrics::health::OtlpHealth`];
+//! - [`quickack`]: the gRPC transport's TCP connector, acknowledging the collector's writes at once;
 //! - [`health`]: the five `loxone_otlp_*` health families (plus two counters) as a collector.
 //!
 //! Configuration loading is not here: callers pass a ready [`crate::config::OtlpConfig`].
@@ -14,6 +15,7 @@
 pub mod convert;
 pub mod export;
 pub mod health;
+pub mod quickack;
 pub mod transport;
 
 pub use export::run_export_loop;

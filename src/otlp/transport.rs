@@ -11,7 +11,7 @@
 //!   `Authorization`), gzip via `send_compressed`, TLS with a CA file and optional client
 //!   certificate and key, the configured timeout as the request deadline; one HTTP/2
 //!   connection per concurrent request of an export (used in turn), so a collector decodes
-//!   the parts in parallel;
+//!   the parts in parallel; TCP through [`crate::otlp::quickack`];
 //! - HTTP/protobuf through reqwest: POST to the configured endpoint (configuration already
 //!   appended `/v1/metrics`), `Content-Type: application/x-protobuf`, optional
 //!   `Content-Encoding: gzip`, the same TLS options and timeout.
@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes};
+use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -36,6 +37,7 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
+use crate::otlp::quickack::QuickAckConnector;
 use crate::secret::MASK;
 
 /// Longest server hint (Retry-After, RetryInfo) we honour; longer ones are capped.
@@ -283,9 +285,15 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
     // One connection per concurrent request: on a shared HTTP/2 connection the parts of
     // an export queue behind each other in the collector's connection flow-control window
     // (rotel: 1 MiB) and its single connection task, and are not decoded in parallel.
+    // What `connect_lazy` would use, acknowledging the collector's writes at once
+    // (see `quickack`); tonic adds TLS and the connect timeout on top.
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let tcp = QuickAckConnector::new(http);
     let clients = (0..GRPC_CONNECTIONS)
         .map(|_| {
-            let client = tonic::client::Grpc::new(ep.connect_lazy())
+            let client = tonic::client::Grpc::new(ep.connect_with_connector_lazy(tcp.clone()))
                 .max_decoding_message_size(MAX_RESPONSE_BYTES)
                 .max_encoding_message_size(usize::MAX);
             if config.compression == OtlpCompression::Gzip {
