@@ -25,6 +25,8 @@
 //!   (`taskset`, 2 CPUs or more). On a 2-core machine the back-to-back poller and the 10k
 //!   events/s generator otherwise take CPU time from the exporter that a real Miniserver,
 //!   being other hardware, never takes; the sample stays the same upper bound.
+//! - Beside each latency run a probe thread sleeps 1 ms at a time and records how late it
+//!   wakes: the machine's own wake-up delay, which every sample contains several times over.
 //! - The machine is shared: every scenario is repeated (`E2E_REPEAT`, default 3) and each run
 //!   is reported with the 1-minute load average at that time.
 //!
@@ -549,9 +551,47 @@ struct LatencyRun {
     lower_p99: f64,
     cycle_p50_ms: f64,
     cycle_p99_ms: f64,
+    /// The machine's own wake-up delay meanwhile (see [`WakeJitterProbe`]).
+    jitter_p99_ms: f64,
+    jitter_max_ms: f64,
     rate: f64,
     load: String,
     series: usize,
+}
+
+/// Measures how late a sleeping thread wakes on this machine while the latency run goes
+/// on: a thread asks for 1 ms sleeps and records how much longer each took. Every sample
+/// of the latency run contains such wake-ups (the exporter's reader, its HTTP worker, the
+/// poller), so a tail here is the machine's (a busy CPU, a descheduled virtual CPU), not
+/// the exporter's. 1000 wake-ups a second cost the probe well under 1 % of a core.
+struct WakeJitterProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+}
+
+impl WakeJitterProbe {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut late_ms = Vec::with_capacity(60_000);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                std::thread::sleep(Duration::from_millis(1));
+                late_ms.push((t.elapsed().as_secs_f64() - 1e-3) * 1e3);
+            }
+            late_ms
+        });
+        WakeJitterProbe { stop, thread }
+    }
+
+    /// Sorted lateness samples, in ms.
+    fn finish(self) -> Vec<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut late = self.thread.join().unwrap_or_default();
+        late.sort_by(f64::total_cmp);
+        late
+    }
 }
 
 /// Where the latency run's processes run.
@@ -641,6 +681,7 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
     std::thread::sleep(Duration::from_secs(1));
     let ev0 = ctl.counters().value_events_sent;
     let t_start = Instant::now();
+    let probe = WakeJitterProbe::start();
 
     let mut lat = Vec::with_capacity(samples);
     let mut lower = Vec::with_capacity(samples);
@@ -681,6 +722,7 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
         }
     }
     let secs = t_start.elapsed().as_secs_f64();
+    let jitter = probe.finish();
     let rate = (ctl.counters().value_events_sent - ev0) as f64 / secs;
     let load = load_avg();
     drop(exporter);
@@ -698,6 +740,8 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
         lower_p99: percentile(&lower, 99.0),
         cycle_p50_ms: percentile(&cycles, 50.0),
         cycle_p99_ms: percentile(&cycles, 99.0),
+        jitter_p99_ms: percentile(&jitter, 99.0),
+        jitter_max_ms: jitter.last().copied().unwrap_or(f64::NAN),
         rate,
         load,
         series,
@@ -728,12 +772,12 @@ fn latency(report: &mut Report, repeat: usize) -> Res<()> {
         for run in 0..repeat {
             let r = latency_run(samples, Duration::from_millis(tick_ms), placement)?;
             eprintln!(
-                "latency tick={tick_ms}ms{place} run {run}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (lower bounds p50 {:.3}, p99 {:.3}), n {}, timeouts {}, poll cycle p50 {:.3} ms p99 {:.3} ms, background {:.0} ev/s, {} series, load {}",
-                r.p50, r.p99, r.max, r.lower_p50, r.lower_p99, r.n, r.timeouts, r.cycle_p50_ms, r.cycle_p99_ms, r.rate, r.series, r.load
+                "latency tick={tick_ms}ms{place} run {run}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (lower bounds p50 {:.3}, p99 {:.3}), n {}, timeouts {}, poll cycle p50 {:.3} ms p99 {:.3} ms, machine wake-up lateness p99 {:.3} ms max {:.3} ms, background {:.0} ev/s, {} series, load {}",
+                r.p50, r.p99, r.max, r.lower_p50, r.lower_p99, r.n, r.timeouts, r.cycle_p50_ms, r.cycle_p99_ms, r.jitter_p99_ms, r.jitter_max_ms, r.rate, r.series, r.load
             );
             let _ = write!(
                 detail,
-                "{}run {run}: n={} timeouts={} max={:.2} ms, lower bound p50/p99 {:.3}/{:.3} ms, poll cycle p50/p99 {:.3}/{:.3} ms, bg {:.0} ev/s, load {}",
+                "{}run {run}: n={} timeouts={} max={:.2} ms, lower bound p50/p99 {:.3}/{:.3} ms, poll cycle p50/p99 {:.3}/{:.3} ms, wake-up lateness p99/max {:.3}/{:.2} ms, bg {:.0} ev/s, load {}",
                 if run > 0 { "; " } else { "" },
                 r.n,
                 r.timeouts,
@@ -742,6 +786,8 @@ fn latency(report: &mut Report, repeat: usize) -> Res<()> {
                 r.lower_p99,
                 r.cycle_p50_ms,
                 r.cycle_p99_ms,
+                r.jitter_p99_ms,
+                r.jitter_max_ms,
                 r.rate,
                 r.load
             );

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, OtlpProtocol};
 use crate::http::{self, HttpState};
+use crate::loxone::wake_pacer::WakePacer;
 use crate::metrics::filter::FilterError;
 use crate::metrics::health::{ExportState, OtlpHealth};
 use crate::metrics::self_health::{ProcessMetrics, SelfHealth};
@@ -216,9 +217,14 @@ where
     // shared so that the clients can still run here when the thread cannot be started
     let handed_over = Arc::new(parking_lot::Mutex::new(Some(clients)));
     // I/O and timers only: the signal/process driver would add work to every park
+    let pacer = Arc::new(WakePacer::new());
+    let (on_park, on_unpark) = (pacer.clone(), pacer);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        // under a flood of small tables, one wake-up per few ms (see `wake_pacer`)
+        .on_thread_park(move || on_park.park_hook())
+        .on_thread_unpark(move || on_unpark.unpark_hook())
         .build();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let spawned = match runtime {

@@ -16,6 +16,7 @@ pub mod client_text_frames;
 pub mod connection;
 pub mod framer;
 pub mod session;
+pub mod wake_pacer;
 
 #[cfg(test)]
 mod client_fake;
