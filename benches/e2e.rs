@@ -836,9 +836,13 @@ fn rss(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
         let mut detail = String::new();
         for run in 0..repeat {
             let sim = Sim::start(Some(&path), 100.0, Duration::from_millis(100))?;
+            let started = Instant::now();
             let mut exporter = Exporter::spawn(sim.addr())?;
             let mut http = HttpClient::new(exporter.addr);
             let series = exporter.wait_ready(&mut http, Duration::from_secs(300))?;
+            // process start → every series on /metrics: log-in, structure download and
+            // parse, initial tables (upper bound: readiness is polled every 200 ms)
+            let ready_s = started.elapsed().as_secs_f64();
             for _ in 0..3 {
                 http.get("/metrics")?;
                 std::thread::sleep(Duration::from_millis(300));
@@ -849,14 +853,14 @@ fn rss(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
             let hwm = proc_status_kb(pid, "VmHWM").unwrap_or(0);
             let load = load_avg();
             eprintln!(
-                "rss {states} states run {run}: VmRSS {:.1} MB (anon {:.1} MB, peak VmHWM {:.1} MB), {series} series, structure {file_mb:.1} MB, load {load}",
+                "rss {states} states run {run}: VmRSS {:.1} MB (anon {:.1} MB, peak VmHWM {:.1} MB), {series} series, structure {file_mb:.1} MB, ready after {ready_s:.2} s, load {load}",
                 kb as f64 / 1024.0,
                 anon_kb as f64 / 1024.0,
                 hwm as f64 / 1024.0
             );
             let _ = write!(
                 detail,
-                "{}run {run}: anon {:.1} MB, VmHWM {:.1} MB, {series} series, load {load}",
+                "{}run {run}: anon {:.1} MB, VmHWM {:.1} MB, {series} series, ready after {ready_s:.1} s, load {load}",
                 if run > 0 { "; " } else { "" },
                 anon_kb as f64 / 1024.0,
                 hwm as f64 / 1024.0
