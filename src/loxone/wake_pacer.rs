@@ -5,7 +5,7 @@
 //! Why: most of the CPU a small table costs is the wake-up itself (kernel `epoll_wait`
 //! return, context switch, runtime bookkeeping: about 35 µs on a small VM), not parsing or
 //! storing its values. A Miniserver sending 1000 one-event tables a second kept the exporter
-//! at about 3 % of a core; paced, the same flood costs 1.7–1.8 %.
+//! at about 3 % of a core; paced, the same flood costs 1.7–2.1 %.
 //!
 //! How: the client thread's runtime calls [`WakePacer::before_park`] just before it blocks
 //! for new events and [`WakePacer::unparked`] when it resumes. When the last
