@@ -30,9 +30,19 @@ pub struct QuickAckConnector {
 }
 
 impl QuickAckConnector {
-    /// Wraps a configured HTTP connector (timeouts, keepalive, `TCP_NODELAY`).
-    pub fn new(http: HttpConnector) -> Self {
+    /// Connects as tonic's own connector would, with `TCP_NODELAY` (the connect timeout is
+    /// tonic's, layered on top).
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
         QuickAckConnector { http }
+    }
+}
+
+impl Default for QuickAckConnector {
+    fn default() -> Self {
+        QuickAckConnector::new()
     }
 }
 
@@ -128,7 +138,7 @@ mod tests {
             peer.write_all(b"window update").await.unwrap();
             peer
         });
-        let mut connector = QuickAckConnector::new(HttpConnector::new());
+        let mut connector = QuickAckConnector::new();
         let uri: Uri = format!("http://{addr}").parse().unwrap();
         let mut stream = std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await

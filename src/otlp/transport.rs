@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes};
-use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -263,9 +262,10 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
         Some(rest) if tls => format!("https://{rest}"),
         _ => config.endpoint.clone(),
     };
-    let mut ep = Endpoint::from_shared(endpoint)
-        .map_err(|e| TransportError::Endpoint(e.to_string()))?
-        .tcp_nodelay(true);
+    // TCP options are the connector's (`QuickAckConnector`): with a custom connector
+    // tonic ignores the endpoint's
+    let mut ep =
+        Endpoint::from_shared(endpoint).map_err(|e| TransportError::Endpoint(e.to_string()))?;
     if !config.timeout.is_zero() {
         ep = ep.timeout(config.timeout).connect_timeout(config.timeout);
     }
@@ -285,12 +285,8 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
     // One connection per concurrent request: on a shared HTTP/2 connection the parts of
     // an export queue behind each other in the collector's connection flow-control window
     // (rotel: 1 MiB) and its single connection task, and are not decoded in parallel.
-    // What `connect_lazy` would use, acknowledging the collector's writes at once
-    // (see `quickack`); tonic adds TLS and the connect timeout on top.
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let tcp = QuickAckConnector::new(http);
+    // tonic adds TLS and the connect timeout on top of the TCP connector.
+    let tcp = QuickAckConnector::new();
     let clients = (0..GRPC_CONNECTIONS)
         .map(|_| {
             let client = tonic::client::Grpc::new(ep.connect_with_connector_lazy(tcp.clone()))
