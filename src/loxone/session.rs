@@ -393,6 +393,8 @@ impl<T: Transport> Session<'_, T> {
             Received::Closed { code, reason } => Err(SessionEnd::Closed { code, reason }),
             Received::Message(msg) => {
                 self.last_rx = Instant::now();
+                // feeds the client thread's flood test (no-op cost elsewhere)
+                super::wake_pacer::count_message();
                 match self.framer.push(msg) {
                     Ok(None) => Ok(None),
                     Ok(Some(pm)) => self.dispatch(pm),
