@@ -14,11 +14,10 @@ mod harness;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use harness::{eventually, wait_port, CaptureSink, Proc, TestCollector};
+use harness::{eventually, CaptureSink, Rotel, TestCollector};
 use loxone_exporter::config::{
     FilterConfig, LogFormat, LogLevel, MiniserverConfig, OtlpConfig, OtlpProtocol,
 };
@@ -40,74 +39,14 @@ const PASSWORD: &str = "pa ss/wörd";
 // ---------------------------------------------------------------------------------------
 // rotel with the traces dump
 
-struct RotelTraces {
-    grpc_port: u16,
-    http_port: u16,
-    log: std::path::PathBuf,
-    _proc: Proc,
+/// The spans rotel printed so far (started with `--debug-log traces`).
+fn printed_spans(rotel: &Rotel) -> Vec<DumpSpan> {
+    parse_spans(&rotel.text())
 }
 
-impl RotelTraces {
-    fn start(rotel: &Path, dir: &Path) -> RotelTraces {
-        let grpc_port = common::free_port();
-        let http_port = common::free_port();
-        let log = dir.join(format!("rotel-{grpc_port}.log"));
-        let out = std::fs::File::create(&log).expect("rotel log");
-        let err = out.try_clone().expect("clone log");
-        let child = Command::new(rotel)
-            .args([
-                "start",
-                "--otlp-grpc-endpoint",
-                &format!("127.0.0.1:{grpc_port}"),
-                "--otlp-http-endpoint",
-                &format!("127.0.0.1:{http_port}"),
-                "--debug-log",
-                "traces",
-                "--debug-log-verbosity",
-                "detailed",
-                "--exporter",
-                "blackhole",
-            ])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn rotel");
-        let proc = Proc(child);
-        wait_port(grpc_port, "rotel gRPC");
-        wait_port(http_port, "rotel HTTP");
-        RotelTraces {
-            grpc_port,
-            http_port,
-            log,
-            _proc: proc,
-        }
-    }
-
-    fn text(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
-    }
-
-    fn spans(&self) -> Vec<DumpSpan> {
-        parse_spans(&self.text())
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for n in chars.by_ref() {
-                if n.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// rotel printing every span that arrives.
+fn start_rotel_traces(rotel: &Path, dir: &Path) -> Rotel {
+    Rotel::start_dumping(rotel, dir, common::free_port, "traces", "detailed")
 }
 
 /// One span from rotel's dump, with the resource it arrived under.
@@ -359,7 +298,7 @@ fn session_spans_arrive_with_resource_and_structure_and_logs_carry_their_ids() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let rotel = RotelTraces::start(&rotel_bin, dir.path());
+    let rotel = start_rotel_traces(&rotel_bin, dir.path());
     let otlp = resource_config();
     let env = env_of(vec![
         (
@@ -381,7 +320,7 @@ fn session_spans_arrive_with_resource_and_structure_and_logs_carry_their_ids() {
         Duration::from_secs(15),
         "session spans at rotel",
         || {
-            let s = rotel.spans();
+            let s = printed_spans(&rotel);
             (!by_name(&s, "miniserver.session").is_empty()
                 && !by_name(&s, "miniserver.structure").is_empty())
             .then_some(s)
@@ -455,7 +394,7 @@ fn export_with_retries_is_one_trace_and_its_requests_carry_traceparent() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let rotel = RotelTraces::start(&rotel_bin, dir.path());
+    let rotel = start_rotel_traces(&rotel_bin, dir.path());
     // the metrics collector is down at first: nothing listens on this port yet
     let sink_port = common::free_port();
     let mut metrics = harness::otlp_config(
@@ -522,7 +461,7 @@ fn export_with_retries_is_one_trace_and_its_requests_carry_traceparent() {
         Duration::from_secs(15),
         "export spans at rotel",
         || {
-            let s = rotel.spans();
+            let s = printed_spans(&rotel);
             by_name(&s, "otlp.export")
                 .iter()
                 .any(|e| !e.attributes.contains_key("otlp.final_export"))
@@ -646,7 +585,7 @@ fn a_scrape_with_traceparent_continues_the_callers_trace() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let rotel = RotelTraces::start(&rotel_bin, dir.path());
+    let rotel = start_rotel_traces(&rotel_bin, dir.path());
     let env = env_of(vec![
         (
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -670,14 +609,14 @@ fn a_scrape_with_traceparent_continues_the_callers_trace() {
         Duration::from_secs(15),
         "scrape spans at rotel",
         || {
-            let s = rotel.spans();
+            let s = printed_spans(&rotel);
             (by_name(&s, "http.scrape").len() >= 2).then_some(s)
         },
     ));
     // give a wrongly sampled third span the chance to arrive before counting
     std::thread::sleep(Duration::from_millis(700));
     let spans = {
-        let later = rotel.spans();
+        let later = printed_spans(&rotel);
         if later.len() > spans.len() {
             later
         } else {

@@ -165,7 +165,8 @@ pub fn otlp_config(endpoint: &str, protocol: OtlpProtocol) -> OtlpConfig {
 // ---------------------------------------------------------------------------------------
 // rotel
 
-/// rotel as an OTLP receiver printing what arrives.
+/// rotel as an OTLP receiver printing what arrives (metrics, or traces with
+/// [`Rotel::start_dumping`]).
 pub struct Rotel {
     /// OTLP/gRPC port.
     pub grpc_port: u16,
@@ -188,6 +189,18 @@ impl Rotel {
         free_port: impl Fn() -> u16,
         verbosity: &str,
     ) -> Rotel {
+        Rotel::start_dumping(rotel, dir, free_port, "metrics", verbosity)
+    }
+
+    /// Starts rotel printing what arrives of one signal (`--debug-log metrics|traces`) at
+    /// the given verbosity.
+    pub fn start_dumping(
+        rotel: &Path,
+        dir: &Path,
+        free_port: impl Fn() -> u16,
+        signal: &str,
+        verbosity: &str,
+    ) -> Rotel {
         let grpc_port = free_port();
         let http_port = free_port();
         let log = dir.join(format!("rotel-{grpc_port}.log"));
@@ -201,7 +214,7 @@ impl Rotel {
                 "--otlp-http-endpoint",
                 &format!("127.0.0.1:{http_port}"),
                 "--debug-log",
-                "metrics",
+                signal,
                 "--debug-log-verbosity",
                 verbosity,
                 "--exporter",
@@ -223,10 +236,15 @@ impl Rotel {
         }
     }
 
+    /// Everything rotel printed so far, without terminal colour codes.
+    pub fn text(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
     /// Sum of `metrics=N` (data points) over rotel's `basic` log lines.
     pub fn received_points(&self) -> u64 {
-        let text = strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default());
-        text.lines()
+        self.text()
+            .lines()
             .filter(|l| l.contains("Received metrics"))
             .filter_map(|l| {
                 let i = l.find(" metrics=")?;
