@@ -216,9 +216,9 @@ where
 {
     // shared so that the clients can still run here when the thread cannot be started
     let handed_over = Arc::new(parking_lot::Mutex::new(Some(clients)));
-    // I/O and timers only: the signal/process driver would add work to every park
     let pacer = Arc::new(WakePacer::new());
     let (on_park, on_unpark) = (pacer.clone(), pacer);
+    // I/O and timers only: the signal/process driver would add work to every park
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

@@ -284,7 +284,7 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
     }
     // One connection per concurrent request: on a shared HTTP/2 connection the parts of
     // an export queue behind each other in the collector's connection flow-control window
-    // (rotel: 1 MiB) and its single connection task, and are not decoded in parallel.
+    // (rotel: 1 MiB) and its single connection task, and cannot be decoded in parallel.
     // tonic adds TLS and the connect timeout on top of the TCP connector.
     let tcp = QuickAckConnector::new();
     let clients = (0..GRPC_CONNECTIONS)
