@@ -25,4 +25,5 @@ pub mod otlp;
 pub mod secret;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls_provider;
 pub mod web;

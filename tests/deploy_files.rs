@@ -699,6 +699,7 @@ fn every_dashboard_query_parses_in_a_real_prometheus() {
         .build()
         .unwrap();
     rt.block_on(async {
+        loxone_exporter::tls_provider::install();
         let http = reqwest::Client::new();
         prom.wait_ready(&http, Duration::from_secs(20)).await;
         for (title, expr) in dashboard_queries(&dashboard()) {

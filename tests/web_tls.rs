@@ -199,7 +199,14 @@ impl Setup {
     }
 }
 
+/// A reqwest client with no TLS settings of its own (the crate's rustls provider installed).
+fn plain_client() -> reqwest::Client {
+    loxone_exporter::tls_provider::install();
+    reqwest::Client::new()
+}
+
 fn client_for(ca_pem: &str, identity_pem: Option<&str>) -> reqwest::Client {
+    loxone_exporter::tls_provider::install();
     let mut b = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
         .tls_info(true)
@@ -273,7 +280,7 @@ async fn tls_and_basic_auth_guard_every_route() {
     assert_eq!(seen, "absent");
 
     // Plain HTTP to the TLS port gets no HTTP answer.
-    let plain = reqwest::Client::new()
+    let plain = plain_client()
         .get(format!("http://127.0.0.1:{}/metrics", server.addr.port()))
         .basic_auth(USER, Some(PASSWORD))
         .send()
@@ -511,7 +518,7 @@ async fn basic_auth_without_tls_and_plain_mode() {
     std::fs::write(&path, format!("basic_auth_users:\n  {USER}: '{hash}'\n")).unwrap();
     let server = Server::start(Some(path)).await;
     let url = format!("http://127.0.0.1:{}/healthz", server.addr.port());
-    let c = reqwest::Client::new();
+    let c = plain_client();
     assert_eq!(
         c.get(&url).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
@@ -643,7 +650,7 @@ async fn real_prometheus_scrapes_over_tls_with_basic_auth() {
         );
     }
     let prom = Prometheus::start(&prom_bin, &prom_yml);
-    let http = reqwest::Client::new();
+    let http = plain_client();
     let expected = exposition_series(EXPOSITION);
 
     let deadline = Instant::now() + Duration::from_secs(25);
@@ -789,7 +796,7 @@ async fn real_prometheus_scrapes_the_exporter_binary_over_tls_with_basic_auth() 
     )
     .unwrap();
     let prom = Prometheus::start(&prom_bin, &prom_yml);
-    let http = reqwest::Client::new();
+    let http = plain_client();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stored = prom

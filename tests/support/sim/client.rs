@@ -64,6 +64,7 @@ pub struct RawClient {
 }
 
 pub async fn http_get(url: &str, basic: Option<(&str, &str)>) -> (u16, String) {
+    loxone_exporter::tls_provider::install();
     let client = reqwest::Client::new();
     let mut req = client.get(url);
     if let Some((u, p)) = basic {
@@ -78,6 +79,7 @@ pub async fn http_get(url: &str, basic: Option<(&str, &str)>) -> (u16, String) {
 }
 
 pub async fn http_post(url: &str) -> (u16, String) {
+    loxone_exporter::tls_provider::install();
     let r = reqwest::Client::new().post(url).send().await.expect("post");
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())

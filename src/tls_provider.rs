@@ -1,0 +1,29 @@
+//! The process-wide rustls crypto provider: ring, the one every TLS configuration of the
+//! exporter is built with (web server, Miniserver client, simulator, gRPC).
+//!
+//! reqwest is built without a provider of its own (`rustls-no-provider`): its default,
+//! aws-lc, would link a second crypto library of 1.5 MB of code next to ring. reqwest then
+//! takes the process default, and panics when none is installed, so every place that builds
+//! a `reqwest::Client` calls [`install`] first.
+
+/// Installs ring as the process-wide default rustls provider unless one is installed
+/// already. Cheap and idempotent: call it before building any `reqwest::Client`.
+pub fn install() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only when another thread installed one in between: that one serves as well
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_once_and_reqwest_builds_a_client() {
+        install();
+        install();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        assert!(reqwest::Client::builder().build().is_ok());
+    }
+}
