@@ -569,6 +569,28 @@ struct LatencyRun {
     series: usize,
 }
 
+impl LatencyRun {
+    /// Everything but p50 and p99, for the log line and the report's details.
+    fn fields(&self) -> String {
+        format!(
+            "n={} timeouts={} max={:.2} ms, p99 to the response's end {:.3} ms, lower bound p50/p99 {:.3}/{:.3} ms, poll cycle p50/p99 {:.3}/{:.3} ms, wake-up lateness p99/max {:.3}/{:.2} ms, bg {:.0} ev/s, {} series, load {}",
+            self.n,
+            self.timeouts,
+            self.max,
+            self.end_p99,
+            self.lower_p50,
+            self.lower_p99,
+            self.cycle_p50_ms,
+            self.cycle_p99_ms,
+            self.jitter_p99_ms,
+            self.jitter_max_ms,
+            self.rate,
+            self.series,
+            self.load
+        )
+    }
+}
+
 /// Measures how late a sleeping thread wakes on this machine while the latency run goes
 /// on: a thread asks for 1 ms sleeps and records how much longer each took. Every sample
 /// of the latency run contains such wake-ups (the exporter's reader, its HTTP worker, the
@@ -793,27 +815,13 @@ fn latency(report: &mut Report, repeat: usize) -> Res<()> {
         let mut detail = String::new();
         for run in 0..repeat {
             let r = latency_run(samples, Duration::from_millis(tick_ms), placement)?;
+            let fields = r.fields();
             eprintln!(
-                "latency tick={tick_ms}ms{place} run {run}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (to the end of the response p99 {:.3}; lower bounds p50 {:.3}, p99 {:.3}), n {}, timeouts {}, poll cycle p50 {:.3} ms p99 {:.3} ms, machine wake-up lateness p99 {:.3} ms max {:.3} ms, background {:.0} ev/s, {} series, load {}",
-                r.p50, r.p99, r.max, r.end_p99, r.lower_p50, r.lower_p99, r.n, r.timeouts, r.cycle_p50_ms, r.cycle_p99_ms, r.jitter_p99_ms, r.jitter_max_ms, r.rate, r.series, r.load
+                "latency tick={tick_ms}ms{place} run {run}: p50 {:.3} ms, p99 {:.3} ms, {fields}",
+                r.p50, r.p99
             );
-            let _ = write!(
-                detail,
-                "{}run {run}: n={} timeouts={} max={:.2} ms, p99 to the response's end {:.3} ms, lower bound p50/p99 {:.3}/{:.3} ms, poll cycle p50/p99 {:.3}/{:.3} ms, wake-up lateness p99/max {:.3}/{:.2} ms, bg {:.0} ev/s, load {}",
-                if run > 0 { "; " } else { "" },
-                r.n,
-                r.timeouts,
-                r.max,
-                r.end_p99,
-                r.lower_p50,
-                r.lower_p99,
-                r.cycle_p50_ms,
-                r.cycle_p99_ms,
-                r.jitter_p99_ms,
-                r.jitter_max_ms,
-                r.rate,
-                r.load
-            );
+            let sep = if run > 0 { "; " } else { "" };
+            let _ = write!(detail, "{sep}run {run}: {fields}");
             p50s.push(r.p50);
             p99s.push(r.p99);
             if run == 0 && placement == Placement::Split {
