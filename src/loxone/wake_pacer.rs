@@ -6,7 +6,7 @@
 //! return, context switch, runtime bookkeeping: 35–90 µs on a small VM), not parsing or
 //! storing its values. A Miniserver sending 1000 one-event tables a second kept the exporter
 //! at about 3 % of a core unpaced, 1.35–2.1 % with a 5 ms window, 1.0–1.35 % with 10 ms and
-//! 0.55–0.98 % with the 20 ms window now used. 20 ms of delay during a flood is far below any
+//! 0.47–0.98 % with the 20 ms window now used. 20 ms of delay during a flood is far below any
 //! scrape or export interval; the CPU saved matters on the small boxes the exporter runs on.
 //!
 //! How: the sessions count every WebSocket message they receive ([`count_message`]); the
