@@ -3,16 +3,24 @@
 //!
 //! reqwest is built without a provider of its own (`rustls-no-provider`): its default,
 //! aws-lc, would link a second crypto library of 1.5 MB of code next to ring. reqwest then
-//! takes the process default, and panics when none is installed, so every place that builds
-//! a `reqwest::Client` calls [`install`] first.
+//! takes the process default, and panics when none is installed, so every reqwest client is
+//! built from [`reqwest_builder`], which installs ring first (`clippy.toml` forbids the
+//! other constructors).
 
 /// Installs ring as the process-wide default rustls provider unless one is installed
-/// already. Cheap and idempotent: call it before building any `reqwest::Client`.
-pub fn install() {
+/// already. Cheap and idempotent.
+fn install() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Err only when another thread installed one in between: that one serves as well
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+}
+
+/// The start of every reqwest client: `reqwest::Client::builder()` once ring is installed.
+#[allow(clippy::disallowed_methods)]
+pub fn reqwest_builder() -> reqwest::ClientBuilder {
+    install();
+    reqwest::Client::builder()
 }
 
 #[cfg(test)]
@@ -24,6 +32,6 @@ mod tests {
         install();
         install();
         assert!(rustls::crypto::CryptoProvider::get_default().is_some());
-        assert!(reqwest::Client::builder().build().is_ok());
+        assert!(reqwest_builder().build().is_ok());
     }
 }

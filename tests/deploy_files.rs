@@ -699,8 +699,9 @@ fn every_dashboard_query_parses_in_a_real_prometheus() {
         .build()
         .unwrap();
     rt.block_on(async {
-        loxone_exporter::tls_provider::install();
-        let http = reqwest::Client::new();
+        let http = loxone_exporter::tls_provider::reqwest_builder()
+            .build()
+            .unwrap();
         prom.wait_ready(&http, Duration::from_secs(20)).await;
         for (title, expr) in dashboard_queries(&dashboard()) {
             let q = substitute(&expr);

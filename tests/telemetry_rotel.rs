@@ -566,8 +566,9 @@ async fn scrape(requests: &[Option<&str>]) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    loxone_exporter::tls_provider::install();
-    let client = reqwest::Client::new();
+    let client = loxone_exporter::tls_provider::reqwest_builder()
+        .build()
+        .unwrap();
     for tp in requests {
         let mut req = client.get(format!("http://{addr}/metrics"));
         if let Some(tp) = tp {

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use base64::Engine as _;
+use loxone_exporter::tls_provider::reqwest_builder;
 use loxone_exporter::web;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -199,15 +200,13 @@ impl Setup {
     }
 }
 
-/// A reqwest client with no TLS settings of its own (the crate's rustls provider installed).
+/// A reqwest client with no TLS settings of its own.
 fn plain_client() -> reqwest::Client {
-    loxone_exporter::tls_provider::install();
-    reqwest::Client::new()
+    reqwest_builder().build().unwrap()
 }
 
 fn client_for(ca_pem: &str, identity_pem: Option<&str>) -> reqwest::Client {
-    loxone_exporter::tls_provider::install();
-    let mut b = reqwest::Client::builder()
+    let mut b = reqwest_builder()
         .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
         .tls_info(true)
         .pool_max_idle_per_host(0)
@@ -342,7 +341,7 @@ async fn bcrypt_cost_10_is_paid_once_per_credential() {
     );
     std::fs::write(setup.web_yml(), yaml).unwrap();
     let server = Server::start(Some(setup.web_yml())).await;
-    let client = reqwest::Client::builder()
+    let client = reqwest_builder()
         .tls_certs_only([reqwest::Certificate::from_pem(setup.ca.pem().as_bytes()).unwrap()])
         .build()
         .unwrap();
@@ -420,7 +419,7 @@ async fn min_version_tls13_refuses_tls12_clients() {
     let setup = Setup::new("  min_version: TLS13\n");
     let server = Server::start(Some(setup.web_yml())).await;
     let ca = reqwest::Certificate::from_pem(setup.ca.pem().as_bytes()).unwrap();
-    let tls12 = reqwest::Client::builder()
+    let tls12 = reqwest_builder()
         .tls_certs_only([ca.clone()])
         .tls_version_max(reqwest::tls::Version::TLS_1_2)
         .build()

@@ -322,8 +322,7 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
 }
 
 fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
-    crate::tls_provider::install();
-    let mut builder = reqwest::Client::builder().user_agent(concat!(
+    let mut builder = crate::tls_provider::reqwest_builder().user_agent(concat!(
         "OTel-OTLP-Exporter-Rust loxone-exporter/",
         env!("CARGO_PKG_VERSION")
     ));

@@ -477,8 +477,7 @@ fn http_exporter(
     target: &TracesTarget,
 ) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     let files = tls_files(target)?;
-    crate::tls_provider::install();
-    let mut builder = reqwest::Client::builder()
+    let mut builder = crate::tls_provider::reqwest_builder()
         .user_agent(concat!(
             "OTel-OTLP-Exporter-Rust loxone-exporter/",
             env!("CARGO_PKG_VERSION")

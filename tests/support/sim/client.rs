@@ -12,6 +12,7 @@ use loxone_exporter::loxone::crypto::{self, HashAlg, SaltPrefix, SessionKey};
 use loxone_exporter::loxone::envelope::{parse_ll, LlResponse};
 use loxone_exporter::loxone::header::{parse_header, Header, MessageKind, DEFAULT_MAX_PAYLOAD};
 use loxone_exporter::loxone::simulator::{self, Simulator, SimulatorOptions};
+use loxone_exporter::tls_provider::reqwest_builder;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -64,8 +65,7 @@ pub struct RawClient {
 }
 
 pub async fn http_get(url: &str, basic: Option<(&str, &str)>) -> (u16, String) {
-    loxone_exporter::tls_provider::install();
-    let client = reqwest::Client::new();
+    let client = reqwest_builder().build().expect("http client");
     let mut req = client.get(url);
     if let Some((u, p)) = basic {
         req = req.basic_auth(u, Some(p));
@@ -79,8 +79,13 @@ pub async fn http_get(url: &str, basic: Option<(&str, &str)>) -> (u16, String) {
 }
 
 pub async fn http_post(url: &str) -> (u16, String) {
-    loxone_exporter::tls_provider::install();
-    let r = reqwest::Client::new().post(url).send().await.expect("post");
+    let r = reqwest_builder()
+        .build()
+        .expect("http client")
+        .post(url)
+        .send()
+        .await
+        .expect("post");
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
 }
