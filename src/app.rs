@@ -222,7 +222,7 @@ where
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
-        // under a flood of small tables, one wake-up per 10 ms (see `wake_pacer`)
+        // under a flood of small tables, one wake-up per `wake_pacer::WINDOW`
         .on_thread_park(move || on_park.park_hook())
         .on_thread_unpark(move || on_unpark.unpark_hook())
         .build();
