@@ -1,5 +1,6 @@
-//! The process-wide rustls crypto provider: ring, the one every TLS configuration of the
-//! exporter is built with (web server, Miniserver client, simulator, gRPC).
+//! The rustls crypto provider: ring, the one every TLS configuration of the exporter is
+//! built with ([`provider`]: web server, Miniserver client, simulator; tonic's `tls-ring`
+//! for gRPC).
 //!
 //! reqwest is built without a provider of its own (`rustls-no-provider`): its default,
 //! aws-lc, would link a second crypto library of 1.5 MB of code next to ring. reqwest then
@@ -7,12 +8,25 @@
 //! built from [`reqwest_builder`], which installs ring first (`clippy.toml` forbids the
 //! other constructors).
 
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+
+/// The provider for a TLS configuration built here.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring())
+}
+
+fn ring() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 /// Installs ring as the process-wide default rustls provider unless one is installed
 /// already. Cheap and idempotent.
 fn install() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
+    if CryptoProvider::get_default().is_none() {
         // Err only when another thread installed one in between: that one serves as well
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = ring().install_default();
     }
 }
 
@@ -31,7 +45,7 @@ mod tests {
     fn installs_once_and_reqwest_builds_a_client() {
         install();
         install();
-        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        assert!(CryptoProvider::get_default().is_some());
         assert!(reqwest_builder().build().is_ok());
     }
 }

@@ -389,7 +389,7 @@ impl WsConnection {
 
 /// The rustls configuration for a Miniserver, per its TLS settings.
 pub fn tls_client_config(cfg: &MiniserverConfig) -> Result<Arc<ClientConfig>, ConnectError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls_provider::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectError::TlsConfig(e.to_string()))?;

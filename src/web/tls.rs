@@ -26,7 +26,7 @@ pub fn build_server_config(
         field: format!("tls_server_config.{field}"),
         message,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls_provider::provider();
 
     let cert_pem = read_pem(&tls.cert, config_path)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)

@@ -34,7 +34,7 @@ pub fn self_signed(serial: &str) -> Result<TlsSetup, SimError> {
     let cert_der = ck.cert.der().to_vec();
     let cert_pem = ck.cert.pem();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls_provider::provider();
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| SimError::Tls(e.to_string()))?
