@@ -46,6 +46,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/proc_stat.rs"]
+mod proc_stat;
+
 use loxone_exporter::loxone::simulator::generator::{classify, ValueClass};
 use loxone_exporter::loxone::simulator::{self, SimControl, Simulator, SimulatorOptions};
 use loxone_exporter::loxone::structure::parse_structure;
@@ -103,28 +106,6 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-/// utime + stime of all threads of `pid`, in clock ticks.
-fn proc_cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // fields after the `(comm)`, which may contain spaces
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): utime is field 14, stime 15
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn clock_ticks_per_s() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -924,7 +905,7 @@ fn rss(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
 
 fn cpu(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
     let secs = env_num("E2E_CPU_SECS", 30.0).max(20.0);
-    let hz = clock_ticks_per_s();
+    let hz = proc_stat::ticks_per_s();
     let (path, _) = structure_with_states(dir, 10_000)?;
     for (label, rate, tick_ms) in [
         ("1k ev/s, tick 100 ms", 1000.0, 100u64),
@@ -944,7 +925,7 @@ fn cpu(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
             std::thread::sleep(Duration::from_secs(2));
             let pid = exporter.pid();
             let ev0 = ctl.counters().value_events_sent;
-            let c0 = proc_cpu_ticks(pid).ok_or("no /proc stat")?;
+            let c0 = proc_stat::cpu_ticks(pid).ok_or("no /proc stat")?;
             let t0 = Instant::now();
             // a Prometheus scrape every 15 s, as deployed
             let mut next_scrape = t0;
@@ -955,7 +936,7 @@ fn cpu(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let c1 = proc_cpu_ticks(pid).ok_or("no /proc stat")?;
+            let c1 = proc_stat::cpu_ticks(pid).ok_or("no /proc stat")?;
             let wall = t0.elapsed().as_secs_f64();
             let ev = (ctl.counters().value_events_sent - ev0) as f64 / wall;
             let p = (c1 - c0) as f64 / hz / wall * 100.0;

@@ -97,6 +97,7 @@ criterion_target() {
     otlp_convert_encode/10000) echo "≤ 3 ms (issue 5)" ;;
     otlp_convert_encode/100000) echo "≤ 30 ms (issue 5)" ;;
     otlp_export_rotel_10k/*) echo "≤ 20 ms (issue 5)" ;;
+    otlp_export_sink_10k/*) echo "– (the exporter's share of the rotel rows)" ;;
     value_table/parse/1000) echo "≤ 50 µs = 20 M entries/s (issue 3)" ;;
     value_table/parse/100000) echo "≤ 5 ms = 20 M entries/s (issue 3)" ;;
     structure/parse/5MiB) echo "≤ 50 ms (issue 3)" ;;
