@@ -64,6 +64,9 @@ pub struct RawClient {
     pub http: String,
 }
 
+/// GET `url` with a client of its own: a shared client's pooled connections belong to the
+/// runtime that opened them, and every `#[tokio::test]` has its own runtime (a connection
+/// from a finished test's runtime fails the next request with "dispatch task is gone").
 pub async fn http_get(url: &str, basic: Option<(&str, &str)>) -> (u16, String) {
     let client = reqwest_builder().build().expect("http client");
     let mut req = client.get(url);
@@ -78,6 +81,7 @@ pub async fn http_get(url: &str, basic: Option<(&str, &str)>) -> (u16, String) {
     (status, r.text().await.unwrap_or_default())
 }
 
+/// POST to `url`, with a client of its own for the same reason as [`http_get`].
 pub async fn http_post(url: &str) -> (u16, String) {
     let r = reqwest_builder()
         .build()
