@@ -11,7 +11,8 @@
 //!   the 1 MiB that broke the original with large structure files.
 //! - Server TEXT frames are rewritten to BINARY below tungstenite
 //!   ([`super::client_text_frames`]) so a non-UTF-8 text payload cannot end the session; the
-//!   framer decodes text itself.
+//!   framer decodes text itself. Frames longer than 64 KiB are cut into fragments there
+//!   too, so tungstenite's read buffer never grows to the structure file's size.
 //! - HTTP requests never carry credentials (none of the requests used needs them).
 //!
 //! Not here: what is sent or how replies are interpreted (`session.rs`, `auth.rs`), retries
