@@ -38,8 +38,9 @@ const END_OF_HTTP_HEAD: &[u8; 4] = b"\r\n\r\n";
 /// largest payload with a 16-bit length field).
 pub const MAX_FRAGMENT: usize = 0xffff;
 
-/// Bytes read from the socket at a time (the WebSocket read buffer's size).
-const READ_CHUNK: usize = 4 * 1024;
+/// Bytes read from the socket at a time: the wrapper's buffer, and the read buffer size
+/// `connection.rs` gives tungstenite, which asks for this much per read.
+pub const READ_CHUNK: usize = 4 * 1024;
 
 /// Where the rewriter is in the inbound byte stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,10 +163,7 @@ impl TextFrameRewriter {
                     };
                 }
                 Position::Payload { remaining } => {
-                    let take = take_len(*remaining, input.len() - i);
-                    out.extend_from_slice(&input[i..i + take]);
-                    i += take;
-                    *remaining -= take as u64;
+                    *remaining -= pass_on(input, &mut i, *remaining, out);
                     if *remaining == 0 {
                         self.position = Position::next_frame();
                     }
@@ -190,11 +188,9 @@ impl TextFrameRewriter {
                         *first = false;
                         *in_fragment = len;
                     }
-                    let take = take_len(*in_fragment, input.len() - i);
-                    out.extend_from_slice(&input[i..i + take]);
-                    i += take;
-                    *in_fragment -= take as u64;
-                    *remaining -= take as u64;
+                    let taken = pass_on(input, &mut i, *in_fragment, out);
+                    *in_fragment -= taken;
+                    *remaining -= taken;
                     if *remaining == 0 {
                         self.position = Position::next_frame();
                     }
@@ -204,13 +200,18 @@ impl TextFrameRewriter {
     }
 }
 
-/// How many of `available` bytes belong to a part with `wanted` bytes left.
-fn take_len(wanted: u64, available: usize) -> usize {
-    usize::try_from(wanted).map_or(available, |w| w.min(available))
+/// Appends to `out` the payload bytes from `input[*at..]` that belong to a part with
+/// `wanted` bytes left, moves `at` past them and returns how many they were.
+fn pass_on(input: &[u8], at: &mut usize, wanted: u64, out: &mut Vec<u8>) -> u64 {
+    let available = input.len() - *at;
+    let take = usize::try_from(wanted).map_or(available, |w| w.min(available));
+    out.extend_from_slice(&input[*at..*at + take]);
+    *at += take;
+    take as u64
 }
 
-/// Appends the unmasked length field of a frame header for a payload of `len` bytes
-/// (at most [`MAX_FRAGMENT`]).
+/// Appends the unmasked length field of a frame header for a payload of `len` bytes (the
+/// rewriter writes at most [`MAX_FRAGMENT`]; the tests build longer frames with it too).
 fn push_payload_len(out: &mut Vec<u8>, len: u64) {
     match u16::try_from(len) {
         Ok(n) if n < 126 => out.push(n as u8),

@@ -276,8 +276,8 @@ impl Endpoint {
                 // tungstenite zero-fills this much before every socket read: 4 KiB holds
                 // a typical event table whole (measured: at 1000 one-event tables/s, 16 KiB
                 // of memset per read was ~4 % of the client's CPU); big messages simply
-                // take more reads
-                .read_buffer_size(4 * 1024);
+                // take more reads; the text-frame rewriter reads the socket in the same size
+                .read_buffer_size(super::client_text_frames::READ_CHUNK);
             let (ws, _response) = tokio_tungstenite::client_async_with_config(
                 request,
                 RewriteTextFrames::new(io),
