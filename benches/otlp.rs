@@ -166,7 +166,7 @@ fn export_to_rotel(c: &mut Criterion) {
         assert!(Instant::now() < deadline, "rotel did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let rt = client_runtime();
+    let rt = one_worker_runtime();
     let reg = registry(10_000);
     let mut group = c.benchmark_group("otlp_export_rotel_10k");
     group.sample_size(20);
@@ -214,11 +214,7 @@ fn export_to_rotel(c: &mut Criterion) {
 /// protobuf into 10k data points before it answers).
 fn export_to_discarding_sink(c: &mut Criterion) {
     // the sink runs on its own thread, as a collector runs in its own process
-    let sink_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("sink runtime");
+    let sink_rt = one_worker_runtime();
     let received = Arc::new(AtomicUsize::new(0));
     let (grpc, http) = sink_rt.block_on(async {
         (
@@ -226,7 +222,7 @@ fn export_to_discarding_sink(c: &mut Criterion) {
             discarding_sink::spawn(false, received.clone()).await,
         )
     });
-    let rt = client_runtime();
+    let rt = one_worker_runtime();
     let reg = registry(10_000);
     let mut group = c.benchmark_group("otlp_export_sink_10k");
     group.sample_size(20);
@@ -245,9 +241,9 @@ fn export_to_discarding_sink(c: &mut Criterion) {
     group.finish();
 }
 
-/// The client side of the export benchmarks: one worker, as the exporter's export loop
-/// shares the daemon's runtime.
-fn client_runtime() -> tokio::runtime::Runtime {
+/// A runtime with one worker: the client side of the export benchmarks (the export loop
+/// shares the daemon's runtime), and the discarding sink on its own thread.
+fn one_worker_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
