@@ -158,12 +158,7 @@ impl Transport {
     /// Builds the client for `config.protocol`. Connects lazily: a collector that is down
     /// now is not an error here, only at send time.
     pub fn new(config: &OtlpConfig) -> Result<Self, TransportError> {
-        let secrets = config
-            .headers
-            .iter()
-            .map(|(_, v)| v.expose().to_string())
-            .filter(|v| !v.is_empty())
-            .collect();
+        let secrets = secrets_of(&config.headers);
         let files = tls_files(config)?;
         let inner = match config.protocol {
             OtlpProtocol::Grpc => grpc(config, files)?,
@@ -250,18 +245,65 @@ impl Transport {
     }
 }
 
-fn uses_tls(config: &OtlpConfig) -> bool {
-    config.tls.enabled || config.endpoint.starts_with("https://")
-}
-
-fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
-    let tls = uses_tls(config);
-    // tonic only speaks TLS to https:// URIs; `tls.enabled` with an http:// endpoint
-    // means the user wants TLS.
+/// The URL to connect to and whether it is TLS. `tls.enabled` with an http:// endpoint
+/// (the original's `tls.enabled` beside a plain URL) means the user wants TLS: both
+/// clients only speak TLS to https:// URLs, and a header meant for a TLS connection must
+/// never go out in clear text.
+fn tls_endpoint(config: &OtlpConfig) -> (bool, String) {
+    let tls = config.tls.enabled || config.endpoint.starts_with("https://");
     let endpoint = match config.endpoint.strip_prefix("http://") {
         Some(rest) if tls => format!("https://{rest}"),
         _ => config.endpoint.clone(),
     };
+    (tls, endpoint)
+}
+
+/// Shortest part of a header value masked on its own (the whole value always is).
+const MIN_DERIVED_SECRET: usize = 6;
+
+/// Each header value, plus the credential inside it (the words after an auth scheme
+/// such as `Bearer`, and the `user:password` of `Basic`), so that a collector echoing only
+/// the token in its error text does not get it into a log line or `/healthz`.
+fn secrets_of(headers: &[(String, crate::secret::Secret)]) -> Vec<String> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for (_, value) in headers {
+        let value = value.expose().trim();
+        if value.is_empty() {
+            continue;
+        }
+        out.push(value.to_string());
+        let mut words = value.split_whitespace();
+        let scheme = words.next().unwrap_or_default();
+        for word in words {
+            // a short word is more likely prose than a credential
+            if word.len() >= MIN_DERIVED_SECRET {
+                out.push(word.to_string());
+            }
+            if scheme.eq_ignore_ascii_case("basic") {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(word)
+                    .ok()
+                    .and_then(|d| String::from_utf8(d).ok());
+                if let Some(decoded) = decoded {
+                    if let Some((_, password)) = decoded.split_once(':') {
+                        if password.len() >= MIN_DERIVED_SECRET {
+                            out.push(password.to_string());
+                        }
+                    }
+                    out.push(decoded);
+                }
+            }
+        }
+    }
+    // longest first: a value is masked whole before a part of it is looked for
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
+    let (tls, endpoint) = tls_endpoint(config);
     // TCP options are the connector's (`QuickAckConnector`): with a custom connector
     // tonic ignores the endpoint's
     let mut ep =
@@ -322,10 +364,16 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
 }
 
 fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
-    let mut builder = crate::tls_provider::reqwest_builder().user_agent(concat!(
-        "OTel-OTLP-Exporter-Rust loxone-exporter/",
-        env!("CARGO_PKG_VERSION")
-    ));
+    let (_, endpoint) = tls_endpoint(config);
+    let mut builder = crate::tls_provider::reqwest_builder()
+        .user_agent(concat!(
+            "OTel-OTLP-Exporter-Rust loxone-exporter/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        // a redirect would carry the auth headers to wherever it points (reqwest keeps
+        // all but Authorization and Cookie), possibly from https:// to http://; the
+        // answer is classified as a 3xx status instead (not retryable)
+        .redirect(reqwest::redirect::Policy::none());
     if !config.timeout.is_zero() {
         builder = builder
             .timeout(config.timeout)
@@ -364,8 +412,8 @@ fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
         value.set_sensitive(true);
         headers.append(key, value);
     }
-    let url = reqwest::Url::parse(&config.endpoint)
-        .map_err(|e| TransportError::Endpoint(e.to_string()))?;
+    let url =
+        reqwest::Url::parse(&endpoint).map_err(|e| TransportError::Endpoint(e.to_string()))?;
     Ok(Inner::Http {
         client,
         url: url.to_string(),
@@ -926,5 +974,123 @@ mod tests {
         let long = "x".repeat(1000);
         assert!(sanitize(&long, &[]).chars().count() <= MAX_REASON_CHARS + 1);
         assert_eq!(sanitize("line\nbreak", &[]), "line break");
+    }
+
+    #[test]
+    fn the_credential_inside_a_header_value_is_a_secret_of_its_own() {
+        use crate::secret::Secret;
+        // "user:s3cr3t-pw" in base64
+        let headers = vec![
+            ("Authorization".to_string(), Secret::new("Bearer tok123abc")),
+            (
+                "X-Basic".to_string(),
+                Secret::new("Basic dXNlcjpzM2NyM3QtcHc="),
+            ),
+            ("X-Api-Key".to_string(), Secret::new("k")),
+        ];
+        let owned = secrets_of(&headers);
+        let secrets: Vec<&str> = owned.iter().map(String::as_str).collect();
+        // a collector echoing only the token, or the decoded Basic credentials
+        let s = sanitize(
+            "credentials tok123abc rejected; user:s3cr3t-pw unknown; s3cr3t-pw expired",
+            &secrets,
+        );
+        for leaked in ["tok123abc", "s3cr3t-pw", "user:"] {
+            assert!(!s.contains(leaked), "{leaked} leaked in {s}");
+        }
+        assert!(s.starts_with("credentials **** rejected"), "{s}");
+    }
+
+    /// A one-connection server: answers `reply` (if any) and returns the first bytes the
+    /// client sent.
+    async fn one_shot_server(
+        reply: Option<&'static str>,
+    ) -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            buf.truncate(n);
+            if let Some(reply) = reply {
+                let _ = sock.write_all(reply.as_bytes()).await;
+            }
+            buf
+        });
+        (port, task)
+    }
+
+    fn http_config(endpoint: String) -> OtlpConfig {
+        OtlpConfig {
+            endpoint,
+            protocol: OtlpProtocol::HttpProtobuf,
+            timeout: Duration::from_secs(5),
+            headers: vec![(
+                "Authorization".into(),
+                crate::secret::Secret::new("Bearer tok123abc"),
+            )],
+            ..OtlpConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn http_with_tls_enabled_never_sends_headers_in_clear_text() {
+        let (port, server) = one_shot_server(None).await;
+        let mut config = http_config(format!("http://127.0.0.1:{port}/v1/metrics"));
+        config.tls.enabled = true;
+        let transport = Transport::new(&config).unwrap();
+        let outcome = transport.send(Bytes::from_static(b"x")).await;
+        let first = server.await.unwrap();
+        // a TLS handshake record, not "POST /v1/metrics" with the token
+        assert_eq!(
+            first.first(),
+            Some(&0x16),
+            "{:?}",
+            String::from_utf8_lossy(&first)
+        );
+        assert!(!matches!(outcome, ExportOutcome::Sent), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn http_redirects_are_not_followed() {
+        let (elsewhere, redirected) = one_shot_server(None).await;
+        let reply: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{elsewhere}/v1/metrics\r\nContent-Length: 0\r\n\r\n"
+            )
+            .into_boxed_str(),
+        );
+        let (port, server) = one_shot_server(Some(reply)).await;
+        let transport =
+            Transport::new(&http_config(format!("http://127.0.0.1:{port}/v1/metrics"))).unwrap();
+        let outcome = transport.send(Bytes::from_static(b"x")).await;
+        assert!(server.await.unwrap().starts_with(b"POST /v1/metrics"));
+        assert!(
+            matches!(&outcome, ExportOutcome::Drop { reason } if reason.contains("307")),
+            "{outcome:?}"
+        );
+        // the redirect target was never contacted
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!redirected.is_finished());
+        redirected.abort();
+    }
+
+    #[test]
+    fn tls_enabled_upgrades_a_plain_endpoint_for_both_protocols() {
+        let mut config = OtlpConfig {
+            endpoint: "http://c:4318/v1/metrics".into(),
+            ..OtlpConfig::default()
+        };
+        assert_eq!(
+            tls_endpoint(&config),
+            (false, "http://c:4318/v1/metrics".to_string())
+        );
+        config.tls.enabled = true;
+        assert_eq!(
+            tls_endpoint(&config),
+            (true, "https://c:4318/v1/metrics".to_string())
+        );
     }
 }
