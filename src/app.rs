@@ -94,20 +94,6 @@ impl App {
     }
 }
 
-/// The endpoint without user-info credentials, for display.
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            match authority.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://****@{host}{path}"),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    }
-}
-
 /// Runs the daemon until `shutdown` is cancelled, serving HTTP on `listener`.
 pub async fn run(
     config: Config,
@@ -139,7 +125,10 @@ pub async fn run(
             OtlpProtocol::Grpc => "grpc",
             OtlpProtocol::HttpProtobuf => "http/protobuf",
         };
-        let target = (proto.to_string(), redact_url(&otlp_cfg.endpoint));
+        let target = (
+            proto.to_string(),
+            crate::secret::redact_url(&otlp_cfg.endpoint),
+        );
         // what a Prometheus scrape of this host would call the instance
         let instance_id = format!("{}:{listen_port}", otlp::export::local_host_name());
         tracker.spawn(otlp::run_export_loop(
@@ -258,19 +247,5 @@ where
             let clients = handed_over.lock().take().unwrap_or_default();
             futures_util::future::join_all(clients).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn url_credentials_are_redacted() {
-        assert_eq!(
-            redact_url("https://u:p@c.example:4318/v1/metrics"),
-            "https://****@c.example:4318/v1/metrics"
-        );
-        assert_eq!(redact_url("http://c:4317"), "http://c:4317");
     }
 }

@@ -55,9 +55,59 @@ impl From<String> for Secret {
     }
 }
 
+/// A URL fit for a log line or a web page: `user:password@` becomes `****@` and every
+/// query value becomes `****` (collectors that take an API key in the query string exist).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, after)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("{MASK}{}", &authority[at..]),
+        None => authority.to_string(),
+    };
+    let (path, query) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
+    let mut out = format!("{scheme}://{authority}{path}");
+    if let Some(query) = query.strip_prefix('?') {
+        let query = query.split('#').next().unwrap_or_default();
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(MASK);
+                }
+                None if pair.is_empty() => {}
+                None => out.push_str(MASK),
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_userinfo_and_query_values() {
+        assert_eq!(
+            redact_url("https://u:p@c.example:4318/v1/metrics"),
+            "https://****@c.example:4318/v1/metrics"
+        );
+        assert_eq!(redact_url("http://c:4317"), "http://c:4317");
+        assert_eq!(
+            redact_url("http://c:1/v1/metrics?apikey=abc123&sig=zz&flag"),
+            "http://c:1/v1/metrics?apikey=****&sig=****&****"
+        );
+        assert_eq!(redact_url("http://u@c?k=v#f"), "http://****@c?k=****");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 
     #[test]
     fn debug_and_display_mask_the_value() {

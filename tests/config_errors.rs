@@ -159,7 +159,7 @@ fn cases(tmp: &std::path::Path) -> Vec<Case> {
         case("max_request_bytes too small", otlp("  endpoint: http://c:4317\n  max_request_bytes: 100\n"), &["opentelemetry.max_request_bytes: 100 is out of range (allowed 16384-67108864 bytes"]),
         case("client cert without key", otlp(&format!("  endpoint: https://c:4317\n  tls:\n    client_cert_path: '{missing}'\n")), &["opentelemetry.tls.client_key_path: missing; a client certificate is configured, and mutual TLS needs both"]),
         case("service_name empty", otlp("  endpoint: http://c:4317\n  service_name: ''\n"), &["opentelemetry.service_name: '' is empty"]),
-        case("bad header name", otlp("  endpoint: http://c:4317\n  auth:\n    headers:\n      'Bad Header': x\n"), &["opentelemetry.auth.headers: header name 'Bad Header' is not a valid HTTP header name"]),
+        case("bad header name", otlp("  endpoint: http://c:4317\n  auth:\n    headers:\n      'Bad Header': x\n"), &["opentelemetry.auth.headers: header name 'Bad' is followed by a space, which is not allowed in an HTTP header name"]),
         case("resource attribute not text", otlp("  endpoint: http://c:4317\n  resource_attributes:\n    version: 2\n"), &["opentelemetry.resource_attributes.version: 2 is not text"]),
         // --- environment variables ---
         env_case("LOXONE_PORT not a number", MS, &[("LOXONE_PORT", "abc")], &["LOXONE_PORT: 'abc' is not a whole number (expected a port 1-65535)"]),
@@ -329,6 +329,14 @@ fn secrets_never_appear_in_error_messages() {
         ),
         // Credentials inside the endpoint URL.
         (otlp(&format!("  endpoint: http://user:{SECRET}@c:4317\n")), vec![]),
+        // ':' typed for '=': the value ends up in the header name ('=' from base64 padding).
+        (
+            MS.to_string(),
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization:Bearer hunter2-SeCrEt=="),
+            ],
+        ),
         // A YAML error right after the secret.
         (format!("miniservers:\n  - password: {SECRET}\n    host: [\n"), vec![]),
     ];

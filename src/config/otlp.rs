@@ -289,7 +289,10 @@ pub(crate) fn build(
                     final_endpoint(&url, *kind, protocol)
                 }
                 Err(rule) => {
-                    e.push(format!("{at}: {} {rule}", quote(&mask_userinfo(raw))));
+                    e.push(format!(
+                        "{at}: {} {rule}",
+                        quote(&crate::secret::redact_url(raw))
+                    ));
                     String::new()
                 }
             }
@@ -807,8 +810,11 @@ pub(crate) struct EndpointUrl {
     pub(crate) scheme: String,
     /// Host (IPv6 in brackets) and optional `:port`, as written.
     pub(crate) authority: String,
-    /// Path, query and fragment, as written (may be empty).
+    /// Path, as written (may be empty).
     pub(crate) rest: String,
+    /// Query string with its `?`, as written (empty when there is none): kept apart so
+    /// that `/v1/metrics` goes onto the path, not into the last query value.
+    pub(crate) query: String,
 }
 
 /// Splits and checks an endpoint URL: http/https scheme, a host, a port 1-65535 if given,
@@ -828,6 +834,10 @@ pub(crate) fn parse_endpoint(raw: &str) -> Result<EndpointUrl, String> {
     }
     let end = after.find(['/', '?', '#']).unwrap_or(after.len());
     let (authority, rest) = after.split_at(end);
+    if rest.contains('#') {
+        return Err("has a '#' fragment, which is never sent to a collector (remove it)".into());
+    }
+    let (rest, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
     if authority.contains('@') {
         return Err("contains credentials, which are not supported in the URL (use opentelemetry.auth.headers)".into());
     }
@@ -886,16 +896,17 @@ pub(crate) fn parse_endpoint(raw: &str) -> Result<EndpointUrl, String> {
         scheme,
         authority: authority.to_string(),
         rest: rest.to_string(),
+        query: query.to_string(),
     })
 }
 
 fn final_endpoint(url: &EndpointUrl, kind: EndpointKind, protocol: OtlpProtocol) -> String {
     let base = format!("{}://{}", url.scheme, url.authority);
-    match (protocol, kind) {
-        (OtlpProtocol::Grpc, _) => base,
+    let path = match (protocol, kind) {
+        // gRPC names its method by path: a configured path or query is not used
+        (OtlpProtocol::Grpc, _) => return base,
         (OtlpProtocol::HttpProtobuf, EndpointKind::Original) => {
-            let full = format!("{base}{}", url.rest);
-            let trimmed = full.trim_end_matches('/');
+            let trimmed = url.rest.trim_end_matches('/');
             if trimmed.ends_with("/v1/metrics") {
                 trimmed.to_string()
             } else {
@@ -903,33 +914,22 @@ fn final_endpoint(url: &EndpointUrl, kind: EndpointKind, protocol: OtlpProtocol)
             }
         }
         (OtlpProtocol::HttpProtobuf, EndpointKind::OtelGeneric) => {
-            let mut full = format!("{base}{}", url.rest);
-            if !full.ends_with('/') {
-                full.push('/');
+            let mut path = url.rest.clone();
+            if !path.ends_with('/') {
+                path.push('/');
             }
-            full.push_str("v1/metrics");
-            full
+            path.push_str("v1/metrics");
+            path
         }
         (OtlpProtocol::HttpProtobuf, EndpointKind::OtelMetrics) => {
             if url.rest.is_empty() {
-                format!("{base}/")
+                "/".to_string()
             } else {
-                format!("{base}{}", url.rest)
+                url.rest.clone()
             }
         }
-    }
-}
-
-/// The URL with any `user:password@` replaced by `****@`, for messages.
-fn mask_userinfo(raw: &str) -> String {
-    let Some((scheme, after)) = raw.split_once("://") else {
-        return raw.to_string();
     };
-    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    match after[..end].rfind('@') {
-        Some(at) => format!("{scheme}://****{}", &after[at..]),
-        None => raw.to_string(),
-    }
+    format!("{base}{path}{}", url.query)
 }
 
 /// Parses `k=v,k=v` (W3C baggage style, percent-decoded, `;` properties not supported).
@@ -982,14 +982,23 @@ fn set_header(
     name: String,
     value: String,
 ) {
-    let valid_name = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid_name {
+    let is_token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() {
+        errs.push(format!("{at}: a header name is empty"));
+        return;
+    }
+    if let Some(bad) = name.bytes().position(|b| !is_token(b)) {
+        // Only the part before the bad character is shown: a ':' typed for '=' puts the
+        // value into the name ("Authorization:Basic dXNl..."), and values are secret.
+        let shown: String = name[..bad].chars().take(40).collect();
+        let what = match name.as_bytes()[bad] {
+            b' ' => "a space".to_string(),
+            b if b.is_ascii_graphic() => format!("'{}'", b as char),
+            _ => "a character".to_string(),
+        };
         errs.push(format!(
-            "{at}: header name {} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)",
-            quote(&name)
+            "{at}: header name {} is followed by {what}, which is not allowed in an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only; the rest is not shown because it may be a secret value; write name=value)",
+            quote(&shown)
         ));
         return;
     }
@@ -1066,7 +1075,11 @@ mod tests {
         assert!(parse_endpoint("http://u:pw@c:1")
             .unwrap_err()
             .contains("credentials"));
-        assert_eq!(mask_userinfo("http://u:pw@c:1/x"), "http://****@c:1/x");
+        assert!(parse_endpoint("http://c:1/v1/metrics#frag")
+            .unwrap_err()
+            .contains("fragment"));
+        let q = parse_endpoint("http://c:1/otlp?key=v").unwrap();
+        assert_eq!((q.rest.as_str(), q.query.as_str()), ("/otlp", "?key=v"));
     }
 
     #[test]
@@ -1108,6 +1121,28 @@ mod tests {
                 OtlpProtocol::Grpc
             ),
             "https://c:4317"
+        );
+        // a query string stays at the end: `/v1/metrics` goes onto the path
+        let q = "http://c:4318/otlp?apikey=k1&sig=s";
+        assert_eq!(
+            final_endpoint(&u(q), EndpointKind::Original, h),
+            "http://c:4318/otlp/v1/metrics?apikey=k1&sig=s"
+        );
+        assert_eq!(
+            final_endpoint(&u(q), EndpointKind::OtelGeneric, h),
+            "http://c:4318/otlp/v1/metrics?apikey=k1&sig=s"
+        );
+        assert_eq!(
+            final_endpoint(&u(q), EndpointKind::OtelMetrics, h),
+            "http://c:4318/otlp?apikey=k1&sig=s"
+        );
+        assert_eq!(
+            final_endpoint(
+                &u("http://c:4318/v1/metrics?k=v"),
+                EndpointKind::Original,
+                h
+            ),
+            "http://c:4318/v1/metrics?k=v"
         );
     }
 }

@@ -126,7 +126,7 @@ pub fn render_effective(config: &Config) -> String {
     let _ = writeln!(
         out,
         "  endpoint: {}{}",
-        scalar(&otlp.endpoint),
+        scalar(&crate::secret::redact_url(&otlp.endpoint)),
         if endpoint_origin.is_empty() {
             "  # final URL".to_string()
         } else {

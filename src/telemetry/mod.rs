@@ -310,7 +310,7 @@ pub fn init(options: TelemetryOptions<'_>) -> Result<TelemetryGuard, TelemetryEr
     for sink in &guard.settings.sinks {
         match sink {
             SpanSink::Otlp(t) if guard.traces_enabled() => tracing::info!(
-                endpoint = %crate::app::redact_url(&t.endpoint),
+                endpoint = %crate::secret::redact_url(&t.endpoint),
                 protocol = ?t.protocol,
                 sampler = ?guard.settings.sampler,
                 "self-telemetry traces enabled"

@@ -133,8 +133,14 @@ pub fn parse_headers(value: &str) -> Vec<(String, Secret)> {
 /// `scheme://authority` of a URL (no path), or `None` when it has no scheme.
 fn origin(url: &str) -> Option<&str> {
     let (scheme, rest) = url.split_once("://")?;
-    let end = rest.find('/').unwrap_or(rest.len());
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     Some(&url[..scheme.len() + 3 + end])
+}
+
+/// A URL split before its query string (`?…`, kept with the `?`), so that path segments
+/// are added to the path and an API key in the query stays intact.
+fn split_query(url: &str) -> (&str, &str) {
+    url.split_at(url.find('?').unwrap_or(url.len()))
 }
 
 /// The traces endpoint on the collector that receives the metrics: gRPC serves every
@@ -158,12 +164,13 @@ pub fn derive_traces_endpoint(
     match traces_protocol {
         OtlpProtocol::Grpc => base,
         OtlpProtocol::HttpProtobuf => {
+            let (path, query) = split_query(metrics_endpoint);
             if metrics_protocol == OtlpProtocol::HttpProtobuf {
-                if let Some(prefix) = metrics_endpoint.strip_suffix("/v1/metrics") {
-                    return format!("{prefix}/v1/traces");
+                if let Some(prefix) = path.strip_suffix("/v1/metrics") {
+                    return format!("{prefix}/v1/traces{query}");
                 }
             }
-            format!("{base}/v1/traces")
+            format!("{base}/v1/traces{query}")
         }
     }
 }
@@ -188,8 +195,9 @@ fn generic_endpoint(value: &str, protocol: OtlpProtocol) -> String {
     match protocol {
         OtlpProtocol::Grpc => value.to_string(),
         OtlpProtocol::HttpProtobuf => {
-            let sep = if value.ends_with('/') { "" } else { "/" };
-            format!("{value}{sep}v1/traces")
+            let (path, query) = split_query(value);
+            let sep = if path.ends_with('/') { "" } else { "/" };
+            format!("{path}{sep}v1/traces{query}")
         }
     }
 }
@@ -551,6 +559,19 @@ mod tests {
                 OtlpProtocol::Grpc
             ),
             "http://c:4317"
+        );
+        // a query (an API key) stays a query, the path gets the signal
+        assert_eq!(
+            derive_traces_endpoint(
+                "http://c:4318/otlp/v1/metrics?key=k1",
+                OtlpProtocol::HttpProtobuf,
+                OtlpProtocol::HttpProtobuf
+            ),
+            "http://c:4318/otlp/v1/traces?key=k1"
+        );
+        assert_eq!(
+            generic_endpoint("http://c:4318/otlp?key=k1", OtlpProtocol::HttpProtobuf),
+            "http://c:4318/otlp/v1/traces?key=k1"
         );
     }
 
