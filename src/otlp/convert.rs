@@ -13,8 +13,10 @@
 //!
 //! Names are unchanged, HELP becomes the description, unit stays empty, and the Prometheus
 //! type goes into `Metric.metadata` as `prometheus.type`. Counters, histograms and info
-//! points carry a start time: process start for series present at the first conversion,
-//! first-seen time for later ones, constant for the series' life ([`Converter`] keeps that
+//! points carry a start time: process start for series present at the first conversion;
+//! for later ones the time the snapshot before the one they first appear in was taken (they
+//! began after it; their first point's interval is then never empty, which many backends
+//! reject), constant for the series' life ([`Converter`] keeps that
 //! state). A series seen in the previous conversion but missing now is sent once more with
 //! the `NoRecordedValue` flag (§1.5). NaN stays NaN.
 //!
@@ -93,13 +95,15 @@ pub fn build_resource(info: &ResourceInfo) -> Resource {
 /// The result of converting one snapshot.
 #[derive(Debug, Clone)]
 pub struct Conversion {
-    /// Encoded `ExportMetricsServiceRequest`s, each within the byte limit (unless one
-    /// data point alone is larger).
+    /// Encoded `ExportMetricsServiceRequest`s, each within the byte limit.
     pub bodies: Vec<Bytes>,
     /// Data points in each request (same order as `bodies`), stale markers included.
     pub points_per_request: Vec<usize>,
     /// Stale markers (NoRecordedValue points) among all points.
     pub stale_points: usize,
+    /// Data points left out because a request holding only that point would exceed the
+    /// byte limit (OTLP: a client MUST NOT send a body above its limit).
+    pub oversized_points: usize,
     /// Identifies this conversion for [`Converter::acknowledge`].
     pub generation: u64,
 }
@@ -256,6 +260,8 @@ pub struct Converter {
     /// Requests to split a large conversion into (1: split only by `max_request_bytes`).
     parts: usize,
     process_start_ns: u64,
+    /// `taken_at` of the previous conversion's snapshot, if any.
+    previous_taken_ns: Option<u64>,
     generation: u64,
     families: FxHashMap<Arc<str>, FamilyState>,
     /// Scratch for the point lists of all families, kept between conversions.
@@ -297,12 +303,18 @@ impl Converter {
             max_request_bytes,
             parts: 1,
             process_start_ns: unix_nanos(process_start),
+            previous_taken_ns: None,
             generation: 0,
             families: FxHashMap::default(),
             points_scratch: Vec::new(),
             body_hint: 64 * 1024,
             order_scratch: Vec::new(),
         }
+    }
+
+    /// The byte limit of one request.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes
     }
 
     /// Splits every conversion bigger than [`MIN_PART_BYTES`] into up to `parts` requests
@@ -330,11 +342,17 @@ impl Converter {
 
     /// Converts one snapshot; `snapshot.taken_at` is every point's timestamp.
     pub fn convert(&mut self, snapshot: &Snapshot) -> Conversion {
-        let first = self.generation == 0;
         self.generation += 1;
         let gen = self.generation;
         let now_ns = unix_nanos(snapshot.taken_at);
-        let new_series_start = if first { self.process_start_ns } else { now_ns };
+        // A series new in this snapshot began after the previous one was taken (at process
+        // start for the first): that time is its start. Not `now`: a zero-length first
+        // interval (start = time) is rejected by many backends.
+        let new_series_start = match self.previous_taken_ns {
+            Some(prev) if prev < now_ns => prev,
+            _ => self.process_start_ns.min(now_ns),
+        };
+        self.previous_taken_ns = Some(now_ns);
 
         // Fixed per-request overhead: the two envelopes' tags and (at most 10-byte) length
         // prefixes, the resource and the scope.
@@ -483,6 +501,8 @@ impl Converter {
         // Pass 2: encode the points, straight into the request buffers.
         let mut packer = Packer {
             budget,
+            limit,
+            oversized: 0,
             reserve: overhead,
             body_hint: self.body_hint,
             resource_field: &self.resource_field,
@@ -518,6 +538,7 @@ impl Converter {
             );
         }
 
+        let oversized_points = packer.oversized;
         let (bodies, points_per_request) = packer.finish();
         points.clear();
         self.points_scratch = points;
@@ -527,6 +548,7 @@ impl Converter {
             bodies,
             points_per_request,
             stale_points,
+            oversized_points,
             generation: gen,
         }
     }
@@ -845,6 +867,11 @@ impl MetricShape {
 struct Packer<'a> {
     /// Bytes available for the framed metrics of one request.
     budget: usize,
+    /// Bytes the framed metrics of one request may never exceed (`budget` may be less: an
+    /// even share when splitting for concurrency).
+    limit: usize,
+    /// Points left out: alone they would exceed `limit`.
+    oversized: usize,
     /// Bytes kept free at the start of `metrics` for the envelope, written last, so the
     /// body needs no copy.
     reserve: usize,
@@ -886,12 +913,22 @@ impl Packer<'_> {
 
     /// Adds one metric's points: as few Metric chunks as the budget allows, a chunk closed
     /// (and the request flushed) when the next point would not fit. A point larger than
-    /// the budget goes alone into a request of its own.
+    /// the budget goes alone into a request of its own; one larger than the limit is left
+    /// out and counted.
     fn pack(&mut self, shape: &MetricShape, points: &[PointRef], source: &PointSource<'_>) {
         let mut start = 0;
         let mut chunk_bytes = 0;
         for (i, &point) in points.iter().enumerate() {
             let size = framed(source.body_len(point));
+            if shape.framed_len(size) > self.limit {
+                if i > start {
+                    self.write_chunk(shape, &points[start..i], chunk_bytes, source);
+                }
+                self.oversized += 1;
+                start = i + 1;
+                chunk_bytes = 0;
+                continue;
+            }
             if self.metrics_len() + shape.framed_len(chunk_bytes + size) > self.budget {
                 if i > start {
                     self.write_chunk(shape, &points[start..i], chunk_bytes, source);
@@ -1217,11 +1254,13 @@ mod tests {
         };
         let first = c.convert(&snapshot(vec![counter(&["a"])], 200));
         assert_eq!(start_of(&first, "a"), 100_000_000_000);
+        // "b" began after the first snapshot was taken: that is its start, which makes its
+        // first interval (200, 230] rather than an empty one
         let second = c.convert(&snapshot(vec![counter(&["a", "b"])], 230));
         assert_eq!(start_of(&second, "a"), 100_000_000_000);
-        assert_eq!(start_of(&second, "b"), 230_000_000_000);
+        assert_eq!(start_of(&second, "b"), 200_000_000_000);
         let third = c.convert(&snapshot(vec![counter(&["a", "b"])], 260));
-        assert_eq!(start_of(&third, "b"), 230_000_000_000);
+        assert_eq!(start_of(&third, "b"), 200_000_000_000);
     }
 
     #[test]
@@ -1271,8 +1310,8 @@ mod tests {
             vec![
                 s("a", 100, 0),
                 s("b", 100, 0),
-                s("c", 230, 0),
-                s("d", 230, 0)
+                s("c", 200, 0),
+                s("d", 200, 0)
             ]
         );
         // "b" vanishes and is forgotten after the acknowledgement; the others keep theirs
@@ -1299,9 +1338,9 @@ mod tests {
                 starts(&conv),
                 vec![
                     s("a", 100, 0),
-                    s("b", 290, 0),
-                    s("c", 230, 0),
-                    s("d", 230, 0)
+                    s("b", 260, 0),
+                    s("c", 200, 0),
+                    s("d", 200, 0)
                 ]
             );
         }
@@ -1538,5 +1577,37 @@ mod tests {
         assert!(metrics
             .iter()
             .all(|m| matches!(&m.data, Some(metric::Data::Sum(s)) if s.is_monotonic)));
+    }
+
+    #[test]
+    fn a_point_larger_than_the_limit_on_its_own_is_left_out_and_counted() {
+        let limit = 16 * 1024;
+        let mut fam = Family::new("g", "h", MetricKind::Gauge);
+        for i in 0..300 {
+            // one point whose label alone exceeds the limit, between ordinary ones
+            let text = if i == 150 {
+                "x".repeat(limit)
+            } else {
+                format!("v{i}")
+            };
+            fam.samples
+                .push(Sample::number(LabelSet::new([("text", text)]), i as f64));
+        }
+        for parts in [1, 2] {
+            let mut c = Converter::new(resource(), at(100), limit).split_into(parts);
+            let conv = c.convert(&snapshot(vec![fam.clone()], 200));
+            assert_eq!(conv.oversized_points, 1);
+            assert!(conv.bodies.iter().all(|b| b.len() <= limit));
+            assert_eq!(conv.total_points(), 299);
+            let values: Vec<f64> = number_points(&conv, "g")
+                .iter()
+                .filter_map(|p| match p.value {
+                    Some(number_data_point::Value::AsDouble(v)) => Some(v),
+                    _ => None,
+                })
+                .collect();
+            let expected: Vec<f64> = (0..300).filter(|&i| i != 150).map(f64::from).collect();
+            assert_eq!(values, expected);
+        }
     }
 }

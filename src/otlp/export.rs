@@ -14,7 +14,9 @@
 //! - FAILED after 10 consecutive failures or one non-retryable failure; from FAILED only the
 //!   scheduled ticks try again, and the first success returns to IDLE;
 //! - on shutdown the pending wait (or an in-flight attempt) is cut short and one final
-//!   export runs within the configured timeout.
+//!   export runs within the configured timeout, but at most [`FINAL_EXPORT_BUDGET`]: the
+//!   process is gone within 2 s of SIGTERM (`app::SHUTDOWN_GRACE`), and the final export's
+//!   outcome is logged either way.
 //!
 //! Does not: convert (see `convert`) or talk to the network (see `transport`).
 
@@ -35,6 +37,9 @@ use crate::otlp::convert::{build_resource, Converter, ResourceInfo};
 use crate::otlp::health::ExportStats;
 use crate::otlp::transport::{sanitize, ExportOutcome, Transport};
 
+/// Longest the final export on shutdown may take (less when the export timeout is
+/// shorter): it must finish, and be logged, inside `app::SHUTDOWN_GRACE`.
+pub const FINAL_EXPORT_BUDGET: Duration = Duration::from_millis(1200);
 /// Consecutive failures after which the loop goes FAILED (the original's number).
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 10;
 /// First retry delay.
@@ -208,6 +213,8 @@ pub struct ExportLoop<S: MetricsSink> {
     /// Earliest time the server allows the next request (Retry-After / RetryInfo).
     not_before: Option<Instant>,
     last_logged_error: Option<String>,
+    /// Points the previous conversion left out as too large (logged when it changes).
+    last_oversized: usize,
 }
 
 impl<S: MetricsSink> ExportLoop<S> {
@@ -239,6 +246,7 @@ impl<S: MetricsSink> ExportLoop<S> {
             random,
             not_before: None,
             last_logged_error: None,
+            last_oversized: 0,
         })
     }
 
@@ -318,29 +326,52 @@ impl<S: MetricsSink> ExportLoop<S> {
     }
 
     async fn final_export(&mut self) {
-        let outcome = if self.timeout.is_zero() {
-            self.attempt().await
+        let limit = if self.timeout.is_zero() {
+            FINAL_EXPORT_BUDGET
         } else {
-            match tokio::time::timeout(self.timeout, self.attempt()).await {
-                Ok(o) => o,
-                Err(_) => ExportOutcome::Retry {
-                    after: None,
-                    reason: format!("final export timed out after {:?}", self.timeout),
-                },
-            }
+            self.timeout.min(FINAL_EXPORT_BUDGET)
         };
+        let outcome = match tokio::time::timeout(limit, self.attempt()).await {
+            Ok(o) => o,
+            Err(_) => ExportOutcome::Retry {
+                after: None,
+                reason: format!("final export timed out after {limit:?} (shutdown)"),
+            },
+        };
+        match &outcome {
+            ExportOutcome::Sent | ExportOutcome::PartialSuccess { .. } => {
+                tracing::info!("final OTLP export on shutdown sent");
+            }
+            ExportOutcome::Retry { reason, .. } | ExportOutcome::Drop { reason } => {
+                tracing::warn!(error = %reason, "final OTLP export on shutdown not delivered");
+                // no retry follows: keep `record` from logging "will retry" as well
+                self.last_logged_error = Some(reason.clone());
+            }
+        }
         let far = Instant::now();
         self.record(outcome, far);
-        tracing::debug!(state = ?self.health.get().state, "final OTLP export done");
     }
 
     /// One export attempt: fresh snapshot, convert, send the requests (up to
     /// [`CONCURRENT_REQUESTS`] at a time); no new request starts after a failure.
     async fn attempt(&mut self) -> ExportOutcome {
-        self.set_state(ExportState::Exporting);
         let started = Instant::now();
+        // before EXPORTING is set: the pushed `loxone_otlp_export_status` then says what
+        // the loop was doing (idle, retrying, failed), not always "exporting"
         let snapshot = self.registry.snapshot();
+        self.set_state(ExportState::Exporting);
         let conversion = self.converter.convert(&snapshot);
+        if conversion.oversized_points > 0 {
+            self.stats.add_rejected(conversion.oversized_points as u64);
+            if self.last_oversized != conversion.oversized_points {
+                tracing::warn!(
+                    points = conversion.oversized_points,
+                    max_request_bytes = self.converter.max_request_bytes(),
+                    "OTLP data points left out: each alone exceeds the request size limit (raise opentelemetry.max_request_bytes to send them)"
+                );
+            }
+        }
+        self.last_oversized = conversion.oversized_points;
         let requests = conversion
             .bodies
             .into_iter()
@@ -534,7 +565,7 @@ pub async fn run_export_loop_with_stats(
         config.max_request_bytes,
     )
     .split_into(CONCURRENT_REQUESTS);
-    tracing::info!(endpoint = %config.endpoint, protocol = ?config.protocol, interval = ?config.interval, "OTLP export starting");
+    tracing::info!(endpoint = %crate::secret::redact_url(&config.endpoint), protocol = ?config.protocol, interval = ?config.interval, "OTLP export starting");
     let interval = config.interval;
     let timeout = config.timeout;
     match ExportLoop::new(
@@ -875,20 +906,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_during_a_hanging_export_finishes_within_the_timeout() {
-        let t0 = Instant::now();
-        let script = Script::default();
-        script.push(Duration::from_secs(100), ExportOutcome::Sent);
-        script.push(Duration::from_secs(100), ExportOutcome::Sent);
-        let h = start(1000, 3, script);
-        advance_to(t0, 5.0).await;
-        h.shutdown.cancel();
-        h.handle.await.unwrap();
-        assert_eq!(t0.elapsed(), Duration::from_secs(8));
-        assert_eq!(h.script.times(), vec![0, 5]);
-        let st = h.health.get();
-        assert_eq!(st.state, ExportState::Retrying);
-        assert!(st.last_error.unwrap().contains("timed out"));
+    async fn shutdown_during_a_hanging_export_finishes_within_the_timeout_and_the_budget() {
+        // the final export gets the export timeout, but never more than the shutdown budget
+        for (timeout_secs, final_limit) in [(3, FINAL_EXPORT_BUDGET), (1, Duration::from_secs(1))] {
+            let t0 = Instant::now();
+            let script = Script::default();
+            script.push(Duration::from_secs(100), ExportOutcome::Sent);
+            script.push(Duration::from_secs(100), ExportOutcome::Sent);
+            let h = start(1000, timeout_secs, script);
+            advance_to(t0, 5.0).await;
+            h.shutdown.cancel();
+            h.handle.await.unwrap();
+            assert_eq!(t0.elapsed(), Duration::from_secs(5) + final_limit);
+            assert_eq!(h.script.times(), vec![0, 5]);
+            let st = h.health.get();
+            assert_eq!(st.state, ExportState::Retrying);
+            assert!(st.last_error.unwrap().contains("timed out"));
+        }
     }
 
     /// Answers each request by its first byte (the test's request id), records the ids

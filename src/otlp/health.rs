@@ -9,7 +9,7 @@
 //! | `loxone_otlp_consecutive_failures` | gauge | [`OtlpHealth`] |
 //! | `loxone_otlp_export_duration_seconds` | histogram | [`ExportStats`], every attempt, the original's default buckets |
 //! | `loxone_otlp_exported_metrics_total` | counter | [`ExportStats`] |
-//! | `loxone_otlp_rejected_data_points_total` | counter | [`ExportStats`] (partial success) |
+//! | `loxone_otlp_rejected_data_points_total` | counter | [`ExportStats`] (partial success, and points too large to send) |
 //! | `loxone_otlp_dropped_exports_total` | counter | [`ExportStats`] (non-retryable failures) |
 //!
 //! Deviation: `loxone_otlp_exported_metrics_total` counts **data points** the collector
@@ -92,7 +92,8 @@ impl ExportStats {
         self.inner.lock().exported_points += points;
     }
 
-    /// Adds data points rejected in a partial-success answer.
+    /// Adds data points not delivered: rejected in a partial-success answer, or too large
+    /// to send.
     pub fn add_rejected(&self, points: u64) {
         self.inner.lock().rejected_points += points;
     }
@@ -192,7 +193,7 @@ impl Collector for OtlpHealthCollector {
         ));
         out.push(Family::single(
             "loxone_otlp_rejected_data_points_total",
-            "Data points the OTLP collector rejected in partial-success answers",
+            "Data points not delivered via OTLP: rejected by the collector in partial-success answers, or each alone larger than the request size limit",
             MetricKind::Counter,
             rejected as f64,
         ));
