@@ -305,16 +305,32 @@ pub fn is_credential_rejection(code: u16) -> bool {
     matches!(code, 401 | 403 | 423 | 429)
 }
 
-/// Seconds announced in a 4003 close reason: the number in the last `(...)`.
+/// Longest block we wait for on the Miniserver's word (a 4003 close reason): a reason
+/// that is garbled, or forged on a plain ws:// link, must not park a client for longer.
+pub const MAX_BLOCKED_SECONDS: u64 = 3600;
+
+/// Seconds announced in a 4003 close reason: the whole number that opens the last `(...)`,
+/// at most [`MAX_BLOCKED_SECONDS`]. Anything else there (a date, a decimal) gives `None`.
 pub fn blocked_seconds(reason: &str) -> Option<u64> {
     let open = reason.rfind('(')?;
     let inner = &reason[open + 1..];
     let close = inner.find(')')?;
-    let digits: String = inner[..close]
-        .chars()
-        .filter(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
+    let inner = inner[..close].trim_start();
+    let end = inner
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(inner.len());
+    let (digits, rest) = inner.split_at(end);
+    // "60", "60 s", "60s", "60 seconds": a unit may follow, another number may not
+    let rest = rest.trim_start();
+    if digits.is_empty() || rest.starts_with(|c: char| c.is_ascii_digit() || ".,:-/".contains(c)) {
+        return None;
+    }
+    Some(
+        digits
+            .parse::<u64>()
+            .unwrap_or(u64::MAX)
+            .min(MAX_BLOCKED_SECONDS),
+    )
 }
 
 /// Encrypts commands for one socket: the session key from the key exchange and a salt that
@@ -483,6 +499,18 @@ mod tests {
         assert_eq!(blocked_seconds("a (x) b (60 s)"), Some(60));
         assert_eq!(blocked_seconds("no number"), None);
         assert_eq!(blocked_seconds("broken (12"), None);
+        // a date or a decimal is not a number of seconds; huge numbers are capped
+        assert_eq!(blocked_seconds("User blocked (2024-05-06 12:00:00)"), None);
+        assert_eq!(blocked_seconds("blocked (1.5 min)"), None);
+        assert_eq!(
+            blocked_seconds("blocked (20240506120000)"),
+            Some(MAX_BLOCKED_SECONDS)
+        );
+        assert_eq!(
+            blocked_seconds("blocked (99999999999999999999999)"),
+            Some(MAX_BLOCKED_SECONDS)
+        );
+        assert_eq!(blocked_seconds("blocked (45s)"), Some(45));
     }
 
     #[test]

@@ -349,13 +349,15 @@ fn classify(
     Some(match &outcome.end {
         SessionEnd::Shutdown => return None,
         SessionEnd::Closed { code, reason } => match code {
-            Some(4003) => (
-                Failure::Blocked {
-                    seconds: auth::blocked_seconds(reason),
-                },
-                "auth",
-                "the Miniserver blocks this user after too many failed logins (close 4003)".into(),
-            ),
+            Some(4003) => {
+                let seconds = auth::blocked_seconds(reason);
+                let wait = seconds.map_or(String::new(), |s| format!("; it announced {s} s"));
+                (
+                    Failure::Blocked { seconds },
+                    "auth",
+                    format!("the Miniserver blocks this user after too many failed logins (close 4003{wait})"),
+                )
+            }
             Some(4006) => (
                 Failure::Credentials,
                 "auth",
