@@ -354,12 +354,16 @@ fn filters_and_new_keys_load() {
     let ca = tmp.path().join("ca.pem");
     std::fs::write(&ca, "pem").unwrap();
     let yaml = format!(
-        "miniservers:\n  - host: ms\n    username: u\n    password: p\n    tls_ca_file: '{}'\n    tls_fingerprint: 'AB:{}'\n",
+        "miniservers:\n  - host: ms\n    username: u\n    password: p\n    use_encryption: true\n    tls_ca_file: '{}'\n",
         ca.display(),
-        "cd".repeat(31)
     );
     let ms = &ok(&yaml, &[]).miniservers[0];
     assert_eq!(ms.tls_ca_file.as_deref(), Some(ca.as_path()));
+    let yaml = format!(
+        "miniservers:\n  - host: ms\n    username: u\n    password: p\n    force_encryption: true\n    tls_fingerprint: 'AB:{}'\n",
+        "cd".repeat(31)
+    );
+    let ms = &ok(&yaml, &[]).miniservers[0];
     assert_eq!(
         ms.tls_fingerprint.as_deref(),
         Some(format!("ab{}", "cd".repeat(31)).as_str())

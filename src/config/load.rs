@@ -549,6 +549,28 @@ fn build_miniservers(
             .ssl_port
             .map(|p| port_in_range(errs, &p.at, p.value))
             .unwrap_or(Some(DEFAULT_MINISERVER_SSL_PORT));
+        // TLS options that would silently do nothing are errors: the config would look
+        // verified while the connection is not (or not as configured).
+        let encrypted = ms.use_encryption.unwrap_or(false) || ms.force_encryption.unwrap_or(false);
+        if let (Some(ca), Some(fp)) = (&ms.tls_ca_file, &ms.tls_fingerprint) {
+            errs.push(format!(
+                "{}: set together with {}; use one of them (a fingerprint pins the Miniserver's exact certificate, a CA file verifies its chain)",
+                fp.at, ca.at
+            ));
+        }
+        for at in [
+            ms.tls_ca_file.as_ref().map(|f| &f.at),
+            ms.tls_fingerprint.as_ref().map(|f| &f.at),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !encrypted {
+                errs.push(format!(
+                    "{at}: set, but use_encryption and force_encryption are false, so the connection is plain ws:// and this option would not be used (set use_encryption: true)"
+                ));
+            }
+        }
         let tls_ca_file = ms
             .tls_ca_file
             .and_then(|f| regular_file(errs, &f.at, &f.value, "a PEM CA certificate file"));
