@@ -51,6 +51,9 @@ pub struct FakeConfig {
     pub answer_keepalive: bool,
     /// Announce the structure with an estimated header first.
     pub estimated_headers: bool,
+    /// Commands (by prefix of the decrypted command) that are logged but never answered:
+    /// a download or refresh still in flight.
+    pub unanswered: Vec<&'static str>,
 }
 
 impl Default for FakeConfig {
@@ -67,6 +70,7 @@ impl Default for FakeConfig {
             tables_before_answers: false,
             answer_keepalive: true,
             estimated_headers: false,
+            unanswered: Vec::new(),
         }
     }
 }
@@ -280,6 +284,9 @@ impl Server {
             let mut log = self.log.lock();
             log.commands.push(cmd.clone());
             log.encrypted.push(encrypted);
+        }
+        if self.config.unanswered.iter().any(|p| cmd.starts_with(p)) {
+            return true;
         }
         if let Some(blob) = cmd.strip_prefix("jdev/sys/keyexchange/") {
             // base64 may contain '/', so this one is matched by prefix.

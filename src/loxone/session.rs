@@ -334,8 +334,10 @@ impl<T: Transport> Session<'_, T> {
         };
         match setup {
             None => {
-                // Mid-handshake: nothing to kill reliably; just close.
-                self.close_bounded().instrument(span).await;
+                // Mid-setup (e.g. during the structure download): a token already granted
+                // or reused on this socket is killed on a best-effort basis (an answer to
+                // the abandoned command may be in the way), then the socket is closed.
+                self.kill_token_and_close(carry).instrument(span).await;
                 SessionEnd::Shutdown
             }
             Some(Err(end)) => end,
@@ -381,6 +383,12 @@ impl<T: Transport> Session<'_, T> {
             .send_text(text)
             .await
             .map_err(SessionEnd::from)
+    }
+
+    /// The end of a session on shutdown: `killtoken` (if there is a token), then close.
+    async fn kill_token_and_close(&mut self, carry: &mut Carry) {
+        self.kill_token(carry).await;
+        self.close_bounded().await;
     }
 
     async fn close_bounded(&mut self) {
@@ -870,12 +878,7 @@ impl<T: Transport> Session<'_, T> {
             match event {
                 Event::Shutdown => {
                     let span = self.span.clone();
-                    async {
-                        self.kill_token(carry).await;
-                        self.close_bounded().await;
-                    }
-                    .instrument(span)
-                    .await;
+                    self.kill_token_and_close(carry).instrument(span).await;
                     return SessionEnd::Shutdown;
                 }
                 Event::LivenessCheck => {
@@ -894,7 +897,19 @@ impl<T: Transport> Session<'_, T> {
                 }
                 Event::Refresh => {
                     let span = self.span.clone();
-                    match self.refresh_token(carry).instrument(span).await {
+                    // a refresh waits for two answers (up to a command timeout each): a
+                    // shutdown meanwhile must not wait for it
+                    let refreshed = tokio::select! {
+                        biased;
+                        _ = &mut cancelled => None,
+                        r = self.refresh_token(carry).instrument(span.clone()) => Some(r),
+                    };
+                    let Some(refreshed) = refreshed else {
+                        // the token is unchanged until a refresh succeeds: kill that one
+                        self.kill_token_and_close(carry).instrument(span).await;
+                        return SessionEnd::Shutdown;
+                    };
+                    match refreshed {
                         Ok(true) => refresh_at = self.next_refresh(carry),
                         Ok(false) => {
                             carry.token = None;
@@ -1310,6 +1325,42 @@ mod tests {
             rig.tokens.lock().valid.is_empty(),
             "the refreshed token was killed"
         );
+    }
+
+    #[tokio::test]
+    async fn shutdown_during_the_structure_download_kills_the_token() {
+        let mut rig = Rig::new();
+        rig.fake.unanswered = vec!["data/LoxAPP3.json"];
+        let (task, h, sd) = rig.start(Carry::default());
+        until(|| commands(&h).iter().any(|c| c == "data/LoxAPP3.json")).await;
+        assert_eq!(rig.tokens.lock().valid.len(), 1, "logged in with a token");
+        sd.cancel();
+        let (outcome, carry) = task.await.unwrap();
+        assert!(matches!(outcome.end, SessionEnd::Shutdown));
+        assert!(carry.token.is_none());
+        assert!(rig.tokens.lock().valid.is_empty(), "token killed");
+        assert_eq!(
+            commands(&h).last().map(String::as_str),
+            Some("jdev/sys/killtoken")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_a_token_refresh_kills_the_token_without_waiting_for_it() {
+        let mut rig = Rig::new();
+        rig.fake.token_lifetime = 100;
+        rig.fake.unanswered = vec!["jdev/sys/refreshjwt"];
+        let (task, h, sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        tokio::time::sleep(Duration::from_secs(55)).await;
+        until(|| commands(&h).iter().any(|c| c.contains("refreshjwt"))).await;
+        let t0 = Instant::now();
+        sd.cancel();
+        let (outcome, _) = task.await.unwrap();
+        assert!(matches!(outcome.end, SessionEnd::Shutdown));
+        // not after the refresh's command timeout
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert!(rig.tokens.lock().valid.is_empty(), "token killed");
     }
 
     #[tokio::test]
