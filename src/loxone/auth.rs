@@ -107,9 +107,16 @@ impl AuthMethod {
     }
 }
 
-/// True when the firmware supports RSA/AES command encryption (8.1 and newer).
+/// True when the firmware supports RSA/AES command encryption: 8.1.10.14 and newer
+/// (LXC's feature check; the protocol documentation says 8.1 without a build).
 pub fn supports_encryption(version: Option<FirmwareVersion>) -> bool {
-    version.is_none_or(|v| v.at_least([8, 1, 0, 0]))
+    version.is_none_or(|v| v.at_least([8, 1, 10, 14]))
+}
+
+/// True when a session needs the Miniserver's public key and a key exchange: only the
+/// token methods send encrypted commands (hash authentication, before 9.0, is plain).
+pub fn needs_key_exchange(version: Option<FirmwareVersion>) -> bool {
+    AuthMethod::for_version(version).uses_tokens() && supports_encryption(version)
 }
 
 /// A token kept across sessions.
@@ -408,6 +415,11 @@ mod tests {
         assert_eq!(AuthMethod::for_version(v("8.3.3.21")), AuthMethod::Hash);
         assert_eq!(AuthMethod::for_version(None), AuthMethod::Jwt);
         assert!(supports_encryption(v("8.1.10.14")));
+        assert!(!supports_encryption(v("8.1.10.13")));
+        // hash authentication firmware never needs the key exchange
+        assert!(!needs_key_exchange(v("8.3.3.21")));
+        assert!(needs_key_exchange(v("9.0.0.0")));
+        assert!(needs_key_exchange(None));
         assert!(!supports_encryption(v("7.4.4.14")));
     }
 

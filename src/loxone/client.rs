@@ -446,7 +446,9 @@ pub async fn fetch_prelude(
         source,
     })?;
     let version = FirmwareVersion::parse(&api.version);
-    let public_key = if auth::supports_encryption(version) {
+    // hash authentication (before 9.0) sends nothing encrypted: a missing or broken public
+    // key must not stop it
+    let public_key = if auth::needs_key_exchange(version) {
         let fetched = async {
             let text = http_ll_value(endpoint, PUBLIC_KEY, options.http_timeout).await?;
             Ok::<_, PreludeError>(parse_public_key(&text)?)

@@ -545,7 +545,7 @@ impl<T: Transport> Session<'_, T> {
         let Some(public_key) = &self.prelude.public_key else {
             return Ok(());
         };
-        if !auth::supports_encryption(self.prelude.version) {
+        if !auth::needs_key_exchange(self.prelude.version) {
             return Ok(());
         }
         let mut rng = rand::rngs::OsRng;
@@ -1242,8 +1242,8 @@ mod tests {
     #[tokio::test]
     async fn old_firmware_uses_hash_authentication() {
         let mut rig = Rig::new();
-        rig.prelude.version = FirmwareVersion::parse("8.0.1.2");
-        rig.prelude.public_key = None;
+        // 8.3 offers encryption, but hash authentication does not use it: no key exchange
+        rig.prelude.version = FirmwareVersion::parse("8.3.3.21");
         let (task, h, sd) = rig.start(Carry::default());
         until(|| rig.state.health().connected).await;
         sd.cancel();
