@@ -20,19 +20,19 @@ pub struct Cli {
     #[arg(short = 'c', long = "config", global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Address to listen on, HOST:PORT (`:9504` for all interfaces, `[::1]:9504` for IPv6).
-    #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
+    #[arg(long = "web.listen-address", global = true, value_name = "HOST:PORT")]
     pub listen_address: Option<String>,
     /// Path under which to expose metrics.
-    #[arg(long = "web.telemetry-path", default_value = DEFAULT_TELEMETRY_PATH, value_name = "PATH")]
+    #[arg(long = "web.telemetry-path", global = true, default_value = DEFAULT_TELEMETRY_PATH, value_name = "PATH")]
     pub telemetry_path: String,
     /// Exporter-toolkit web configuration file (TLS, basic auth).
-    #[arg(long = "web.config.file", value_name = "PATH")]
+    #[arg(long = "web.config.file", global = true, value_name = "PATH")]
     pub web_config: Option<PathBuf>,
     /// Log level: debug, info, warning, error.
-    #[arg(long = "log.level", value_name = "LEVEL")]
+    #[arg(long = "log.level", global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Log format: json or text.
-    #[arg(long = "log.format", value_name = "FORMAT")]
+    #[arg(long = "log.format", global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
     /// Run against a built-in simulated Miniserver with a real structure file.
     #[arg(long)]
@@ -104,6 +104,39 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// Checks `--web.telemetry-path`: an absolute path (a missing leading `/` is added) that
+/// is not one of the other pages and holds no route-pattern characters.
+pub fn parse_telemetry_path(s: &str) -> Result<String, FlagError> {
+    let err = |m: String| FlagError {
+        flag: "--web.telemetry-path",
+        message: m,
+    };
+    let path = if s.starts_with('/') {
+        s.to_string()
+    } else {
+        format!("/{s}")
+    };
+    if path == "/" || path == "/healthz" {
+        return Err(err(format!(
+            "'{s}' is already the {} (choose another path, e.g. /metrics)",
+            if path == "/" {
+                "landing page"
+            } else {
+                "health endpoint"
+            }
+        )));
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|c| matches!(c, '{' | '}' | '*' | '?' | '#') || c.is_whitespace() || c.is_control())
+    {
+        return Err(err(format!(
+            "'{s}' contains {c:?}, which is not allowed in the path (letters, digits, '/', '-', '_', '.' and the like)"
+        )));
+    }
+    Ok(path)
+}
+
 /// Parses `--log.level` (case-insensitive; `warn` = `warning`).
 pub fn parse_log_level(s: &str) -> Result<LogLevel, FlagError> {
     match s.to_ascii_lowercase().as_str() {
@@ -131,6 +164,24 @@ pub fn parse_log_format(s: &str) -> Result<LogFormat, FlagError> {
 }
 
 impl Cli {
+    /// Every flag error, without a configuration to apply the flags to.
+    pub fn flag_errors(&self) -> Vec<FlagError> {
+        let mut errors = Vec::new();
+        if let Some(Err(e)) = self.listen_address.as_deref().map(parse_listen_address) {
+            errors.push(e);
+        }
+        if let Some(Err(e)) = self.log_level.as_deref().map(parse_log_level) {
+            errors.push(e);
+        }
+        if let Some(Err(e)) = self.log_format.as_deref().map(parse_log_format) {
+            errors.push(e);
+        }
+        if let Err(e) = parse_telemetry_path(&self.telemetry_path) {
+            errors.push(e);
+        }
+        errors
+    }
+
     /// Applies the flags over a loaded configuration; returns every flag error.
     pub fn apply(&self, config: &mut Config) -> Result<(), Vec<FlagError>> {
         let mut errors = Vec::new();
@@ -158,6 +209,9 @@ impl Cli {
                 Ok(f) => config.log_format = f,
                 Err(e) => errors.push(e),
             }
+        }
+        if let Err(e) = parse_telemetry_path(&self.telemetry_path) {
+            errors.push(e);
         }
         if errors.is_empty() {
             Ok(())
@@ -191,6 +245,28 @@ mod tests {
         ] {
             let e = parse_listen_address(bad).unwrap_err();
             assert_eq!(e.flag, "--web.listen-address", "{bad}");
+        }
+    }
+
+    #[test]
+    fn telemetry_paths_that_would_collide_or_be_patterns_are_refused() {
+        assert_eq!(parse_telemetry_path("/metrics").unwrap(), "/metrics");
+        assert_eq!(
+            parse_telemetry_path("prom/metrics").unwrap(),
+            "/prom/metrics"
+        );
+        for bad in [
+            "/",
+            "",
+            "/healthz",
+            "healthz",
+            "/a/{id}",
+            "/a/*x",
+            "/m etrics",
+            "/m?x",
+        ] {
+            let e = parse_telemetry_path(bad).unwrap_err();
+            assert_eq!(e.flag, "--web.telemetry-path", "{bad}");
         }
     }
 

@@ -28,12 +28,38 @@ fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// The configuration file (or environment) with the flags applied; every error at once:
+/// the file's, the flags' and the web configuration file's.
 fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
-    let mut config = config::load(cli.config.as_deref(), &env_lookup)
-        .map_err(|e| config_error_exit(e.0.into_iter().map(|e| e.to_string())))?;
-    cli.apply(&mut config)
-        .map_err(|errs| config_error_exit(errs.into_iter().map(|e| e.to_string())))?;
-    Ok(config)
+    let (config, mut errors) = match config::load(cli.config.as_deref(), &env_lookup) {
+        Ok(config) => (Some(config), Vec::new()),
+        Err(e) => (None, e.0.into_iter().map(|e| e.to_string()).collect()),
+    };
+    let flag_errors = match config {
+        Some(mut config) => match cli.apply(&mut config) {
+            Ok(()) => Ok(config),
+            Err(errs) => Err(errs),
+        },
+        // the flags are checked even when the file failed, to report everything at once
+        None => Err(cli.flag_errors()),
+    };
+    let config = match flag_errors {
+        Ok(config) => Some(config),
+        Err(errs) => {
+            errors.extend(errs.into_iter().map(|e| e.to_string()));
+            None
+        }
+    };
+    errors.extend(web_config_errors(cli));
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => Err(config_error_exit(errors)),
+    }
+}
+
+fn web_config_errors(cli: &Cli) -> Option<String> {
+    let path = cli.web_config.as_ref()?;
+    web::validate_web_config(path).err().map(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -86,11 +112,6 @@ fn main() -> ExitCode {
                     Err(code) => return code,
                 }
             };
-            if let Some(path) = &cli.web_config {
-                if let Err(e) = web::validate_web_config(path) {
-                    return config_error_exit([e.to_string()]);
-                }
-            }
             match run_daemon(&cli, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -189,9 +210,16 @@ fn demo_config(cli: &Cli) -> Result<Config, ExitCode> {
         DEMO_PASSWORD,
     ));
     config.log_format = config::LogFormat::Text;
-    cli.apply(&mut config)
-        .map_err(|errs| config_error_exit(errs.into_iter().map(|e| e.to_string())))?;
-    Ok(config)
+    let mut errors: Vec<String> = match cli.apply(&mut config) {
+        Ok(()) => Vec::new(),
+        Err(errs) => errs.into_iter().map(|e| e.to_string()).collect(),
+    };
+    errors.extend(web_config_errors(cli));
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(config_error_exit(errors))
+    }
 }
 
 const DEMO_USER: &str = "demo";

@@ -256,6 +256,64 @@ fn bad_config_exits_1_with_configuration_error_lines() {
 }
 
 #[test]
+fn file_flag_and_web_config_errors_are_reported_together_and_check_sees_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yml");
+    std::fs::write(
+        &path,
+        "listen_port: 70000\nminiservers:\n  - host: 10.0.0.1\n    username: u\n    password: p\n",
+    )
+    .unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n",
+    )
+    .unwrap();
+    // the daemon and `check` (flags before or after the subcommand) report the same
+    for args in [
+        vec!["--web.telemetry-path", "/", "--web.config.file"],
+        vec!["check", "--web.telemetry-path", "/", "--web.config.file"],
+    ] {
+        let out = Command::new(common::exporter_bin())
+            .arg("-c")
+            .arg(&path)
+            .args(&args)
+            .arg(&web)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        for expected in [
+            "Configuration error: listen_port: 70000",
+            "Configuration error: --web.telemetry-path: '/' is already the landing page",
+            "tls_server_config.cert_file: '",
+            "nope.crt' cannot be read",
+        ] {
+            assert!(
+                err.contains(expected),
+                "{args:?}: missing {expected:?} in {err}"
+            );
+        }
+    }
+    // a valid file: flags after `check` are applied and shown
+    let cfg = write_config(dir.path(), common::free_port());
+    let out = Command::new(common::exporter_bin())
+        .args(["check", "--log.level", "debug", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("log_level: debug"));
+}
+
+#[test]
 fn check_subcommand_validates_and_masks_secrets() {
     let example = common::repo_root().join("config.example.yml");
     let out = Command::new(common::exporter_bin())

@@ -28,14 +28,14 @@ pub fn build_server_config(
     };
     let provider = crate::tls_provider::provider();
 
-    let cert_pem = read_pem(&tls.cert, config_path)?;
+    let cert_pem = read_pem(&tls.cert, config_path, "cert_file")?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| tls_err("cert_file", format!("invalid PEM certificate: {e}")))?;
     if certs.is_empty() {
         return Err(tls_err("cert_file", "no CERTIFICATE block found".into()));
     }
-    let key_pem = read_pem(&tls.key, config_path)?;
+    let key_pem = read_pem(&tls.key, config_path, "key_file")?;
     // The parser's message never contains key bytes, but keep it generic anyway.
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
         tls_err(
@@ -58,7 +58,7 @@ pub fn build_server_config(
 
     let builder = match (&tls.client_ca, tls.client_auth) {
         (Some(ca), ClientAuth::VerifyIfGiven | ClientAuth::RequireAndVerify) => {
-            let ca_pem = read_pem(ca, config_path)?;
+            let ca_pem = read_pem(ca, config_path, "client_ca_file")?;
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(&ca_pem) {
                 let cert =
@@ -94,15 +94,14 @@ pub fn build_server_config(
     Ok(Arc::new(config))
 }
 
-fn read_pem(source: &PemSource, config_path: &Path) -> Result<Vec<u8>, WebError> {
+/// The PEM text of `field` (`tls_server_config.<field>`): the file it names, or inline.
+fn read_pem(source: &PemSource, config_path: &Path, field: &str) -> Result<Vec<u8>, WebError> {
     match source {
-        PemSource::File(p) => std::fs::read(p).map_err(|e| WebError::Read {
-            path: p.clone(),
-            source: e,
+        PemSource::File(p) => std::fs::read(p).map_err(|e| WebError::Field {
+            path: config_path.to_path_buf(),
+            field: format!("tls_server_config.{field}"),
+            message: format!("'{}' cannot be read: {e}", p.display()),
         }),
-        PemSource::Inline(text) => {
-            let _ = config_path;
-            Ok(text.expose().as_bytes().to_vec())
-        }
+        PemSource::Inline(text) => Ok(text.expose().as_bytes().to_vec()),
     }
 }
