@@ -116,6 +116,8 @@ fn cases(tmp: &std::path::Path) -> Vec<Case> {
         case("fractional interval", otlp("  endpoint: http://c:4317\n  interval_seconds: 30.9\n"), &["opentelemetry.interval_seconds: 30.9 is not a whole number (expected a number of seconds, 10-300)"]),
         case("number where text belongs", "miniservers:\n  - {name: 7, host: h, username: u, password: p}\n", &["miniservers[0].name: 7 is not text (put it in quotes"]),
         case("top level is a list", "- host: ms\n", &["the top level is a list, not a mapping of settings"]),
+        case("integer beyond 64 bits", "listen_port: 99999999999999999999999\n", &["listen_port: the number is too large", "ports are 1-65535", "line 1"]),
+        case("merge key with a scalar", "miniservers:\n  - host: ms\n    username: u\n    password: p\n    <<: 5\n", &["a '<<' merge key needs a mapping or a list of mappings"]),
         case("top level is a scalar", "hello\n", &["the top level is text, not a mapping of settings"]),
         case("miniservers is a scalar", "miniservers: home\n", &["miniservers: 'home' is not a list"]),
         case("miniserver entry is a scalar", "miniservers:\n  - ms.local\n", &["miniservers[0]: 'ms.local' is not a mapping"]),
@@ -371,4 +373,31 @@ fn load_str_without_env_names_is_plain() {
         .0
         .iter()
         .any(|e| e.0.contains("listen_port: 0 is out of range")));
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_one_error_not_also_missing() {
+    let msgs = messages(
+        "miniservers:\n  - {name: 7, host: 123, username: 5, password: 123456}\n  - {name: [x], host: h2, username: u, password: p}\n",
+        &[],
+    );
+    assert!(
+        msgs.iter().all(|m| !m.contains("missing")),
+        "a type error must not be followed by 'missing': {msgs:#?}"
+    );
+    for field in [
+        "[0].name",
+        "[0].host",
+        "[0].username",
+        "[0].password",
+        "[1].name",
+    ] {
+        assert_eq!(
+            msgs.iter()
+                .filter(|m| m.starts_with(&format!("miniservers{field}:")))
+                .count(),
+            1,
+            "{field}: {msgs:#?}"
+        );
+    }
 }

@@ -767,3 +767,21 @@ fn an_empty_file_is_an_empty_mapping() {
     assert_eq!(c.miniservers[0].host, "ms");
     assert_eq!(c.source.as_deref(), Some(path.as_path()));
 }
+
+#[test]
+fn yaml_merge_keys_and_anchor_holders_work_as_in_the_original() {
+    // PyYAML's safe_load (the original's loader) applies `<<` merge keys; top-level `x-`
+    // keys hold anchors (docker-compose style)
+    let yaml = "x-login: &login\n  username: u\n  password: p\nminiservers:\n  - &first\n    name: home\n    host: 10.0.0.1\n    <<: *login\n  - <<: *first\n    name: office\n    host: 10.0.0.2\n";
+    let c = ok(yaml, &[]);
+    assert_eq!(c.miniservers.len(), 2);
+    for (ms, (name, host)) in c
+        .miniservers
+        .iter()
+        .zip([("home", "10.0.0.1"), ("office", "10.0.0.2")])
+    {
+        assert_eq!((ms.name.as_str(), ms.host.as_str()), (name, host));
+        assert_eq!(ms.username, "u");
+        assert_eq!(ms.password.expose(), "p");
+    }
+}

@@ -11,7 +11,8 @@
 //! `walk`. Printing the errors and choosing the exit code are the binary's job.
 //!
 //! Differences from the original, on purpose: wrong types are errors instead of coercions,
-//! unknown keys are errors (with a suggestion), a Miniserver entry without `host` is an error
+//! unknown keys are errors (with a suggestion; top-level keys starting with `x-` are free,
+//! for YAML anchors), a Miniserver entry without `host` is an error
 //! instead of being dropped silently, `log_level`/`log_format` are case-insensitive (and
 //! `warn` means `warning`), IPv6 hosts may be written with or without brackets, and a
 //! Miniserver after the first without `name` is reported as such.
@@ -167,7 +168,10 @@ pub fn load_str_with_env_names(
 
     let mut errs = Errors::default();
     let mut origins: Vec<(String, String)> = Vec::new();
-    walk::check_keys(&mut errs, "", top, TOP_KEYS);
+    // top-level `x-…` keys are free (docker-compose style): a place to keep YAML anchors
+    let mut checked = top.clone();
+    checked.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
+    walk::check_keys(&mut errs, "", &checked, TOP_KEYS);
 
     let lookup = |name: &str| env(name).filter(|v| !v.is_empty());
 
@@ -241,19 +245,59 @@ pub fn load_str_with_env_names(
     })
 }
 
-/// Parses YAML; the error text keeps serde_yaml's description and position but drops any
-/// quoted value (it could be a secret).
+/// Parses YAML and applies merge keys (`<<: *anchor`, as PyYAML's `safe_load` in the
+/// original does); the error text keeps serde_yaml's description and position but drops
+/// any quoted value (it could be a secret).
 fn parse_yaml(yaml: &str) -> Result<Value, String> {
-    serde_yaml::from_str::<Value>(yaml).map_err(|e| {
-        let mut msg = strip_backticked(&e.to_string());
-        if let Some(loc) = e.location() {
-            let pos = format!("line {} column {}", loc.line(), loc.column());
-            if !msg.contains(&pos) {
-                msg = format!("{msg} (at {pos})");
-            }
+    let mut value = serde_yaml::from_str::<Value>(yaml).map_err(|e| yaml_error_text(&e))?;
+    // one pass merges one level: a merged mapping may bring its own `<<` (an anchor on a
+    // mapping that merges another); aliases are copies, so the nesting is finite
+    for _ in 0..MAX_MERGE_DEPTH {
+        if !has_merge_key(&value) {
+            break;
         }
-        msg
-    })
+        value.apply_merge().map_err(|e| {
+            format!(
+                "{} (a '<<' merge key needs a mapping or a list of mappings, e.g. <<: *defaults)",
+                yaml_error_text(&e)
+            )
+        })?;
+    }
+    Ok(value)
+}
+
+/// Most nested merges resolved; deeper ones are left and reported as unknown keys.
+const MAX_MERGE_DEPTH: usize = 16;
+
+fn has_merge_key(v: &Value) -> bool {
+    match v {
+        Value::Mapping(m) => m
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
+        Value::Sequence(s) => s.iter().any(has_merge_key),
+        Value::Tagged(t) => has_merge_key(&t.value),
+        _ => false,
+    }
+}
+
+fn yaml_error_text(e: &serde_yaml::Error) -> String {
+    let mut msg = strip_backticked(&e.to_string());
+    // serde_yaml cannot hold integers beyond 64 bits; say so in the user's terms
+    if let Some(at) = msg.find("invalid type: integer `…` as ") {
+        if msg[at..].contains("128, expected any YAML value") {
+            msg = format!(
+                "{}the number is too large (no setting allows more than 64-bit numbers; ports are 1-65535)",
+                &msg[..at]
+            );
+        }
+    }
+    if let Some(loc) = e.location() {
+        let pos = format!("line {} column {}", loc.line(), loc.column());
+        if !msg.contains(&pos) {
+            msg = format!("{msg} (at {pos})");
+        }
+    }
+    msg
 }
 
 /// Replaces every `` `...` `` span with `` `…` ``.
@@ -305,6 +349,8 @@ struct RawMiniserver {
     tls_fingerprint: Option<Sourced<String>>,
     /// False for an entry that is not a mapping (already reported).
     valid: bool,
+    /// Keys given with a value of the wrong type (already reported: not "missing").
+    mistyped: Vec<&'static str>,
 }
 
 /// The `miniservers:` entries; the flag is false when `miniservers:` is not a list.
@@ -356,6 +402,16 @@ fn raw_miniserver(errs: &mut Errors, index: usize, item: &Value) -> RawMiniserve
         walk::secret_text(errs, &field("password"), v)
             .map(|s| sourced(Secret::new(s), field("password")))
     });
+    for (key, parsed) in [
+        ("name", raw.name.is_some()),
+        ("host", raw.host.is_some()),
+        ("username", raw.username.is_some()),
+        ("password", raw.password.is_some()),
+    ] {
+        if !parsed && walk::get(m, key).is_some() {
+            raw.mistyped.push(key);
+        }
+    }
     for (key, slot) in [("port", &mut raw.port), ("ssl_port", &mut raw.ssl_port)] {
         *slot = walk::get(m, key).and_then(|v| {
             walk::integer(errs, &field(key), v, PORT_RULE).map(|n| sourced(n, field(key)))
@@ -454,6 +510,7 @@ fn build_miniservers(
         }
         let path = ms.path.clone();
         let host = match ms.host {
+            None if ms.mistyped.contains(&"host") => None,
             None => {
                 let which = ms
                     .name
@@ -480,6 +537,7 @@ fn build_miniservers(
             }
             Some(n) => Some(n),
             None if i == 0 => host.clone().map(|h| sourced(h, format!("{path}.host"))),
+            None if ms.mistyped.contains(&"name") => None,
             None => {
                 errs.push(format!(
                     "{path}.name: missing; every Miniserver after the first needs a unique name (the first defaults to its host; the name becomes the 'miniserver' label)"
@@ -500,6 +558,7 @@ fn build_miniservers(
             }
         }
         let username = match ms.username {
+            None if ms.mistyped.contains(&"username") => None,
             None => {
                 errs.push(format!(
                     "{path}.username: missing; a Loxone user name is required{}",
@@ -521,6 +580,7 @@ fn build_miniservers(
             Some(u) => Some(u.value),
         };
         let password = match ms.password {
+            None if ms.mistyped.contains(&"password") => None,
             None => {
                 errs.push(format!(
                     "{path}.password: missing; a password is required{}",
