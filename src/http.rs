@@ -126,18 +126,14 @@ async fn metrics(
         http.response.status_code = tracing::field::Empty,
     );
     crate::telemetry::continue_trace(&span, &headers);
-    let resp = render_metrics(State(state), method, headers)
+    let resp = render_metrics(State(state), headers)
         .instrument(span.clone())
         .await;
     span.record("http.response.status_code", resp.status().as_u16());
     resp
 }
 
-async fn render_metrics(
-    State(state): State<Arc<HttpState>>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
+async fn render_metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     let gzip = accepts_gzip(&headers);
     let started = Instant::now();
     let rendered = if state.render.last_body_len() <= INLINE_RENDER_MAX_BYTES {
@@ -151,11 +147,9 @@ async fn render_metrics(
         .record_scrape(started.elapsed().as_secs_f64());
     match rendered {
         Ok(Ok(bytes)) => {
-            let mut resp = if method == Method::HEAD {
-                Response::new(Body::empty())
-            } else {
-                Response::new(Body::from(bytes))
-            };
+            // HEAD too gets the body: hyper sends only the headers, with the Content-Length
+            // a GET would have (an empty body here made it 0)
+            let mut resp = Response::new(Body::from(bytes));
             let h = resp.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,

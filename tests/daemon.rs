@@ -128,9 +128,24 @@ fn endpoints_answer_and_sigterm_exits_zero_quickly() {
         .unwrap();
     assert!(unzipped.contains("loxone_exporter_up 1"));
 
-    let (st, _, body) = request(port, "HEAD", "/metrics", "");
+    let (st, head, body) = request(port, "HEAD", "/metrics", "");
     assert_eq!(st, 200);
     assert!(body.is_empty());
+    // the Content-Length a GET would have (the self-metrics move a little between scrapes)
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length on HEAD: {head}"));
+    let get_len = text.len();
+    assert!(
+        len.abs_diff(get_len) < get_len / 10,
+        "HEAD {len} vs GET {get_len}"
+    );
 
     let (st, head, body) = request(port, "GET", "/healthz", "");
     assert_eq!(st, 503, "no Miniserver connected → unhealthy");
