@@ -19,7 +19,8 @@ pub struct Cli {
     /// Configuration file (default: ./config.yml, then ./config.yaml).
     #[arg(short = 'c', long = "config", global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Address to listen on, HOST:PORT (`:9504` for all interfaces, `[::1]:9504` for IPv6).
+    /// Address to listen on, HOST:PORT (`:9504` for all interfaces, IPv4 and IPv6;
+    /// `0.0.0.0:9504` for IPv4 only, `[::1]:9504` for IPv6 loopback).
     #[arg(long = "web.listen-address", global = true, value_name = "HOST:PORT")]
     pub listen_address: Option<String>,
     /// Path under which to expose metrics.
@@ -188,11 +189,10 @@ impl Cli {
         if let Some(a) = &self.listen_address {
             match parse_listen_address(a) {
                 Ok((ip, port)) => {
-                    if let Some(ip) = ip {
-                        config.listen_address = ip;
-                    } else {
-                        config.listen_address = crate::config::DEFAULT_LISTEN_ADDRESS;
-                    }
+                    // `:PORT` is every interface, IPv6 included, as in node_exporter (the
+                    // binary falls back to 0.0.0.0 where IPv6 is off)
+                    config.listen_address =
+                        ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
                     config.listen_port = port;
                 }
                 Err(e) => errors.push(e),

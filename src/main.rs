@@ -124,7 +124,22 @@ fn main() -> ExitCode {
 }
 
 fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+    let bound = std::net::TcpListener::bind(addr).or_else(|e| {
+        // `[::]` (every interface, from `:PORT`) on a host without IPv6 (address family
+        // not supported, address not available): IPv4 only. A busy port or a missing
+        // privilege stays an error.
+        let ipv6_missing = !matches!(
+            e.kind(),
+            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+        );
+        if addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) && ipv6_missing {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port()))
+                .map_err(|_| e)
+        } else {
+            Err(e)
+        }
+    });
+    let listener = bound.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => anyhow::anyhow!("address {addr} is already in use"),
         std::io::ErrorKind::AddrNotAvailable => {
             anyhow::anyhow!("address {addr} is not available on this host")

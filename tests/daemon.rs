@@ -407,6 +407,40 @@ fn listen_address_flag_overrides_the_file_and_ipv6_works() {
     let _ = d.port;
 }
 
+/// `:PORT` is every interface: IPv4 and, where the host has it, IPv6 (as node_exporter).
+#[test]
+fn listen_address_port_only_serves_ipv4_and_ipv6() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), common::free_port());
+    let port = common::free_port();
+    let child = Command::new(common::exporter_bin())
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "--web.listen-address",
+            &format!(":{port}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon { child, port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not listening on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if TcpListener::bind(("::1", 0)).is_ok() {
+        assert!(
+            TcpStream::connect(("::1", port)).is_ok(),
+            ":{port} must also listen on IPv6"
+        );
+    }
+    let _ = d.child.kill();
+}
+
 /// `--demo`: the in-process simulator feeds the exporter; live values change within a second.
 #[test]
 fn demo_shows_changing_values_within_a_second() {
