@@ -6,6 +6,8 @@
 //! by build.rs). Per-Miniserver health families come from the state store. Process
 //! metrics come from the `prometheus` crate's `ProcessCollector` (Linux procfs) and are
 //! converted into our model; that is a handful of series, so its per-gather cost is small.
+//! `process_cpu_seconds_total` is read here to the clock tick: the crate keeps whole
+//! seconds only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -101,11 +103,41 @@ impl ProcessMetrics {
 
 impl Collector for ProcessMetrics {
     fn collect(&self, out: &mut Vec<Family>) {
+        let cpu_seconds = process_cpu_seconds();
         for mf in self.inner.collect() {
-            out.push(convert_family(&mf));
+            let mut fam = convert_family(&mf);
+            // the crate's counter holds whole seconds only: at well under 1 % of a core,
+            // rate(process_cpu_seconds_total[5m]) was 0 with a spike once a minute or so
+            if let (Some(secs), "process_cpu_seconds_total") = (cpu_seconds, fam.name.as_ref()) {
+                for sample in &mut fam.samples {
+                    sample.value = Value::Number(secs);
+                }
+            }
+            out.push(fam);
         }
     }
 }
+
+/// User plus system CPU time of this process in seconds, to the clock tick
+/// (`/proc/self/stat` fields 14 and 15).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / CLOCK_TICKS_PER_SECOND)
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` line (after the command name, which may hold
+/// spaces and parentheses).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `USER_HZ`: the unit of the times in `/proc/<pid>/stat`, 100 on every Linux
+/// architecture's user-space ABI (what `sysconf(_SC_CLK_TCK)` returns).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// Converts one `prometheus` crate family into our model.
 pub fn convert_family(mf: &prometheus::proto::MetricFamily) -> Family {
@@ -146,6 +178,42 @@ pub fn convert_family(mf: &prometheus::proto::MetricFamily) -> Family {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        // a command name with spaces and a ')' of its own; utime 1234, stime 56
+        let stat = "4242 (a b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(1290));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_cpu_seconds_is_exact_to_the_tick() {
+        // burn a little CPU so the value is above zero, then check it is not whole seconds
+        let mut x = 0u64;
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(60) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let before = process_cpu_seconds().expect("procfs");
+        let mut out = Vec::new();
+        ProcessMetrics::new().collect(&mut out);
+        let after = process_cpu_seconds().expect("procfs");
+        let fam = out
+            .iter()
+            .find(|f| f.name.as_ref() == "process_cpu_seconds_total")
+            .expect("family");
+        let Value::Number(v) = fam.samples[0].value else {
+            panic!("not a number")
+        };
+        // to the tick, not truncated to whole seconds as the crate's counter is
+        assert!(
+            v > 0.0 && before <= v && v <= after,
+            "{before} <= {v} <= {after}"
+        );
+    }
 
     #[test]
     fn process_metrics_are_present_on_linux() {
