@@ -287,19 +287,26 @@ fn collector_pipeline_uses_defined_components() {
     let c = yaml("otel-collector-config.yaml");
     let protocols = c["receivers"]["otlp"]["protocols"].as_mapping().unwrap();
     assert!(protocols.contains_key("grpc") && protocols.contains_key("http"));
-    let pipeline = &c["service"]["pipelines"]["metrics"];
-    for (kind, list) in [
-        ("receivers", &pipeline["receivers"]),
-        ("processors", &pipeline["processors"]),
-        ("exporters", &pipeline["exporters"]),
-    ] {
-        for name in list.as_sequence().unwrap() {
-            assert!(
-                c[kind].get(s(name)).is_some(),
-                "{kind}.{name:?} used but not defined"
-            );
+    // metrics, and the exporter's own spans (sent to the same endpoint by default)
+    for signal in ["metrics", "traces"] {
+        let pipeline = &c["service"]["pipelines"][signal];
+        for (kind, list) in [
+            ("receivers", &pipeline["receivers"]),
+            ("processors", &pipeline["processors"]),
+            ("exporters", &pipeline["exporters"]),
+        ] {
+            for name in list
+                .as_sequence()
+                .unwrap_or_else(|| panic!("{signal} pipeline has no {kind}"))
+            {
+                assert!(
+                    c[kind].get(s(name)).is_some(),
+                    "{signal}: {kind}.{name:?} used but not defined"
+                );
+            }
         }
     }
+    let pipeline = &c["service"]["pipelines"]["metrics"];
     let processors: Vec<&str> = pipeline["processors"]
         .as_sequence()
         .unwrap()
