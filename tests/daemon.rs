@@ -54,6 +54,28 @@ fn start(config: &Path, port: u16) -> Daemon {
     d
 }
 
+/// Starts the exporter with `--web.listen-address listen` and waits until `host:port`
+/// accepts connections.
+fn start_listening(config: &Path, listen: &str, host: &str, port: u16) -> Daemon {
+    let child = Command::new(common::exporter_bin())
+        .arg("-c")
+        .arg(config)
+        .args(["--web.listen-address", listen])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn exporter");
+    let d = Daemon { child, port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect((host, port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not listening on {host} port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d
+}
+
 /// Minimal HTTP/1.1 request; returns (status, headers, body).
 fn request(port: u16, method: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -383,22 +405,7 @@ fn listen_address_flag_overrides_the_file_and_ipv6_works() {
         return;
     };
     drop(probe);
-    let child = Command::new(common::exporter_bin())
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "--web.listen-address",
-            &format!("[::1]:{port}"),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("::1", port)).is_err() {
-        assert!(Instant::now() < deadline, "not listening on [::1]:{port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut d = start_listening(&cfg, &format!("[::1]:{port}"), "::1", port);
     assert!(
         TcpStream::connect(("127.0.0.1", file_port)).is_err(),
         "file port must not be used"
@@ -413,25 +420,7 @@ fn listen_address_port_only_serves_ipv4_and_ipv6() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), common::free_port());
     let port = common::free_port();
-    let child = Command::new(common::exporter_bin())
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "--web.listen-address",
-            &format!(":{port}"),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "not listening on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut d = start_listening(&cfg, &format!(":{port}"), "127.0.0.1", port);
     if TcpListener::bind(("::1", 0)).is_ok() {
         assert!(
             TcpStream::connect(("::1", port)).is_ok(),
