@@ -786,12 +786,22 @@ impl<T: Transport> Session<'_, T> {
     async fn fetch_structure(&mut self) -> Step<String> {
         const WHAT: &str = "data/LoxAPP3.json";
         self.send(WHAT.to_owned()).await?;
-        let after = self.options.structure_timeout;
-        let deadline = Instant::now() + after;
+        let started = Instant::now();
         loop {
-            let text = timeout_at(deadline, self.next_text())
+            // The structure timeout, plus the time the announced payload needs at the
+            // slowest rate we accept: a big file on a slow link is not cut off and
+            // downloaded again forever. Recomputed per message: the header comes first.
+            let extra = self
+                .framer
+                .pending()
+                .map_or(0, |h| u64::from(h.payload_len) / SLOWEST_RATE_BYTES_PER_SEC);
+            let after = self.options.structure_timeout + Duration::from_secs(extra);
+            let received = timeout_at(started + after, self.transport.recv())
                 .await
                 .map_err(|_| SessionError::Timeout { what: WHAT, after })??;
+            let Some(text) = self.on_received(received)? else {
+                continue;
+            };
             if !is_ll_envelope(&text) {
                 return Ok(text);
             }
@@ -943,6 +953,7 @@ mod tests {
     use crate::loxone::auth::LOXONE_EPOCH_UNIX;
     use crate::loxone::client_fake::{self, FakeConfig, FakeHandle, FakeTokens, Inject};
     use crate::loxone::framer::WireMessage;
+    use crate::loxone::header::{Header, MessageKind};
     use crate::loxone::uuid::LoxUuid;
     use crate::metrics::model::Value;
     use crate::metrics::registry::Collector;
@@ -1325,6 +1336,30 @@ mod tests {
             rig.tokens.lock().valid.is_empty(),
             "the refreshed token was killed"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_big_structure_gets_time_by_its_announced_size() {
+        let mut rig = Rig::new();
+        rig.fake.unanswered = vec!["data/LoxAPP3.json"];
+        // 20 MiB: 320 s at the slowest accepted rate, far beyond the 120 s timeout
+        let mut structure = rig.fake.structure.clone();
+        structure.push_str(&" ".repeat(20 << 20));
+        let (task, h, sd) = rig.start(Carry::default());
+        until(|| commands(&h).iter().any(|c| c == "data/LoxAPP3.json")).await;
+        let header = Header::new(MessageKind::Text, structure.len() as u32);
+        h.inject
+            .send(Inject::Raw(WireMessage::Binary(header.encode(0).to_vec())))
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert!(!task.is_finished(), "the download was cut off");
+        h.inject
+            .send(Inject::Raw(WireMessage::Binary(structure.into_bytes())))
+            .unwrap();
+        until(|| rig.state.health().connected).await;
+        sd.cancel();
+        let (outcome, _) = task.await.unwrap();
+        assert!(outcome.established);
     }
 
     #[tokio::test]
