@@ -149,8 +149,9 @@ impl StoredToken {
     }
 }
 
-/// `key`, `salt`, `hashAlg` from `getkey2`.
-#[derive(Debug, Clone, PartialEq)]
+/// `key`, `salt`, `hashAlg` from `getkey2`. `Debug` masks key and salt: with a hash
+/// computed from them they would help an offline guess of the password.
+#[derive(Clone, PartialEq)]
 pub struct UserKey {
     /// One-time key (hex of ASCII hex).
     pub key: String,
@@ -158,6 +159,16 @@ pub struct UserKey {
     pub salt: String,
     /// Hash algorithm of the user record.
     pub alg: HashAlg,
+}
+
+impl std::fmt::Debug for UserKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserKey")
+            .field("key", &crate::secret::MASK)
+            .field("salt", &crate::secret::MASK)
+            .field("alg", &self.alg)
+            .finish()
+    }
 }
 
 /// What a token answer (`getjwt`, `gettoken`, `authwithtoken`, `refresh*`) carried.
