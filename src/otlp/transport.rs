@@ -128,9 +128,12 @@ enum Inner {
     },
 }
 
-struct TlsFiles {
-    ca: Option<Vec<u8>>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
+/// The PEM contents of an OTLP TLS configuration's files, read once when a client is built.
+pub(crate) struct TlsFiles {
+    /// CA bundle to trust instead of the system roots.
+    pub(crate) ca: Option<Vec<u8>>,
+    /// Client certificate chain and key (mTLS).
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
@@ -141,12 +144,13 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
     })
 }
 
-fn tls_files(config: &OtlpConfig) -> Result<TlsFiles, TransportError> {
-    let ca = match &config.tls.ca_file {
+/// Reads the files `tls` names (shared by the metrics transport and the traces exporter).
+pub(crate) fn tls_files(tls: &crate::config::OtlpTls) -> Result<TlsFiles, TransportError> {
+    let ca = match &tls.ca_file {
         Some(p) => Some(read("CA file", p)?),
         None => None,
     };
-    let identity = match (&config.tls.client_cert_file, &config.tls.client_key_file) {
+    let identity = match (&tls.client_cert_file, &tls.client_key_file) {
         (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
         (None, None) => None,
         _ => return Err(TransportError::IncompleteIdentity),
@@ -159,7 +163,7 @@ impl Transport {
     /// now is not an error here, only at send time.
     pub fn new(config: &OtlpConfig) -> Result<Self, TransportError> {
         let secrets = secrets_of(&config.headers);
-        let files = tls_files(config)?;
+        let files = tls_files(&config.tls)?;
         let inner = match config.protocol {
             OtlpProtocol::Grpc => grpc(config, files)?,
             OtlpProtocol::HttpProtobuf => http(config, files)?,
@@ -245,17 +249,52 @@ impl Transport {
     }
 }
 
-/// The URL to connect to and whether it is TLS. `tls.enabled` with an http:// endpoint
+/// The URL to connect to and whether it is TLS. `tls_enabled` with an http:// endpoint
 /// (the original's `tls.enabled` beside a plain URL) means the user wants TLS: both
 /// clients only speak TLS to https:// URLs, and a header meant for a TLS connection must
-/// never go out in clear text.
-fn tls_endpoint(config: &OtlpConfig) -> (bool, String) {
-    let tls = config.tls.enabled || config.endpoint.starts_with("https://");
-    let endpoint = match config.endpoint.strip_prefix("http://") {
+/// never go out in clear text. Shared with the traces exporter.
+pub(crate) fn tls_url(tls_enabled: bool, endpoint: &str) -> (bool, String) {
+    let tls = tls_enabled || endpoint.starts_with("https://");
+    let endpoint = match endpoint.strip_prefix("http://") {
         Some(rest) if tls => format!("https://{rest}"),
-        _ => config.endpoint.clone(),
+        _ => endpoint.to_string(),
     };
     (tls, endpoint)
+}
+
+fn tls_endpoint(config: &OtlpConfig) -> (bool, String) {
+    tls_url(config.tls.enabled, &config.endpoint)
+}
+
+/// The reqwest client of an OTLP/HTTP exporter (metrics and the daemon's own traces):
+/// our user agent, `timeout` for connecting and for the whole request (zero: none), the
+/// TLS files, and no redirects and no `Referer`: a redirect would carry the auth headers
+/// (reqwest keeps all but Authorization and Cookie) and the URL's query to wherever it
+/// points, possibly from https:// to http://. A 3xx is an answer like any other.
+pub(crate) fn http_client(timeout: Duration, files: TlsFiles) -> Result<reqwest::Client, String> {
+    let mut builder = crate::tls_provider::reqwest_builder()
+        .user_agent(concat!(
+            "OTel-OTLP-Exporter-Rust loxone-exporter/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false);
+    if !timeout.is_zero() {
+        builder = builder.timeout(timeout).connect_timeout(timeout);
+    }
+    if let Some(ca) = files.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&ca)
+            .map_err(|e| format!("CA file: {}", error_chain(&e)))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    if let Some((mut cert, key)) = files.identity {
+        cert.push(b'\n');
+        cert.extend_from_slice(&key);
+        let identity = reqwest::Identity::from_pem(&cert)
+            .map_err(|e| format!("client identity: {}", error_chain(&e)))?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| error_chain(&e))
 }
 
 /// Shortest part of a header value masked on its own (the whole value always is).
@@ -365,35 +404,7 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
 
 fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
     let (_, endpoint) = tls_endpoint(config);
-    let mut builder = crate::tls_provider::reqwest_builder()
-        .user_agent(concat!(
-            "OTel-OTLP-Exporter-Rust loxone-exporter/",
-            env!("CARGO_PKG_VERSION")
-        ))
-        // a redirect would carry the auth headers to wherever it points (reqwest keeps
-        // all but Authorization and Cookie), possibly from https:// to http://; the
-        // answer is classified as a 3xx status instead (not retryable)
-        .redirect(reqwest::redirect::Policy::none());
-    if !config.timeout.is_zero() {
-        builder = builder
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout);
-    }
-    if let Some(ca) = files.ca {
-        let certs = reqwest::Certificate::from_pem_bundle(&ca)
-            .map_err(|e| TransportError::Client(format!("CA file: {}", error_chain(&e))))?;
-        builder = builder.tls_certs_only(certs);
-    }
-    if let Some((mut cert, key)) = files.identity {
-        cert.push(b'\n');
-        cert.extend_from_slice(&key);
-        let identity = reqwest::Identity::from_pem(&cert)
-            .map_err(|e| TransportError::Client(format!("client identity: {}", error_chain(&e))))?;
-        builder = builder.identity(identity);
-    }
-    let client = builder
-        .build()
-        .map_err(|e| TransportError::Client(error_chain(&e)))?;
+    let client = http_client(config.timeout, files).map_err(TransportError::Client)?;
     let mut headers = reqwest::header::HeaderMap::new();
     for (name, value) in &config.headers {
         let key =

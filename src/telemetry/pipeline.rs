@@ -13,7 +13,6 @@
 //! Does not: decide the settings (see `settings`), format logs (see `json`).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +36,9 @@ use super::TelemetryError;
 use crate::config::{OtlpCompression, OtlpProtocol};
 use crate::metrics::model::{Family, LabelSet, MetricKind, Sample};
 use crate::metrics::Collector;
-use crate::otlp::transport::{error_chain, sanitize, MAX_RESPONSE_BYTES};
+use crate::otlp::transport::{
+    error_chain, http_client, sanitize, tls_url, TlsFiles, MAX_RESPONSE_BYTES,
+};
 
 /// Counters of the span pipeline, exposed by [`TelemetryCollector`].
 #[derive(Debug, Default)]
@@ -376,39 +377,9 @@ fn export_runtime() -> Result<tokio::runtime::Runtime, TelemetryError> {
         .map_err(|e| TelemetryError::Exporter(format!("cannot start the telemetry runtime: {e}")))
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TelemetryError> {
-    std::fs::read(path).map_err(|e| {
-        TelemetryError::Exporter(format!("cannot read {what} {}: {e}", path.display()))
-    })
-}
-
-struct TlsFiles {
-    ca: Option<Vec<u8>>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
 fn tls_files(target: &TracesTarget) -> Result<TlsFiles, TelemetryError> {
-    let ca = match &target.tls.ca_file {
-        Some(p) => Some(read_file("CA file", p)?),
-        None => None,
-    };
-    let identity = match (&target.tls.client_cert_file, &target.tls.client_key_file) {
-        (Some(c), Some(k)) => Some((
-            read_file("client certificate", c)?,
-            read_file("client key", k)?,
-        )),
-        (None, None) => None,
-        _ => {
-            return Err(TelemetryError::Exporter(
-                "mTLS needs both a client certificate and a client key".into(),
-            ))
-        }
-    };
-    Ok(TlsFiles { ca, identity })
-}
-
-fn uses_tls(target: &TracesTarget) -> bool {
-    target.tls.enabled || target.endpoint.starts_with("https://")
+    crate::otlp::transport::tls_files(&target.tls)
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))
 }
 
 fn grpc_exporter(
@@ -416,11 +387,7 @@ fn grpc_exporter(
     runtime: &tokio::runtime::Runtime,
 ) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     let files = tls_files(target)?;
-    let tls = uses_tls(target);
-    let endpoint = match target.endpoint.strip_prefix("http://") {
-        Some(rest) if tls => format!("https://{rest}"),
-        _ => target.endpoint.clone(),
-    };
+    let (tls, endpoint) = tls_url(target.tls.enabled, &target.endpoint);
     let mut ep = Endpoint::from_shared(endpoint)
         .map_err(|e| TelemetryError::Exporter(format!("invalid OTLP traces endpoint: {e}")))?
         .tcp_nodelay(true)
@@ -477,30 +444,10 @@ fn http_exporter(
     target: &TracesTarget,
 ) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     let files = tls_files(target)?;
-    let mut builder = crate::tls_provider::reqwest_builder()
-        .user_agent(concat!(
-            "OTel-OTLP-Exporter-Rust loxone-exporter/",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .timeout(target.timeout)
-        .connect_timeout(target.timeout);
-    if let Some(ca) = files.ca {
-        let certs = reqwest::Certificate::from_pem_bundle(&ca)
-            .map_err(|e| TelemetryError::Exporter(format!("CA file: {}", error_chain(&e))))?;
-        builder = builder.tls_certs_only(certs);
-    }
-    if let Some((mut cert, key)) = files.identity {
-        cert.push(b'\n');
-        cert.extend_from_slice(&key);
-        let identity = reqwest::Identity::from_pem(&cert).map_err(|e| {
-            TelemetryError::Exporter(format!("client identity: {}", error_chain(&e)))
-        })?;
-        builder = builder.identity(identity);
-    }
-    let client = builder
-        .build()
-        .map_err(|e| TelemetryError::Exporter(error_chain(&e)))?;
-    reqwest::Url::parse(&target.endpoint)
+    // no redirects, no Referer, TLS for tls.enabled: as the metrics transport
+    let (_, endpoint) = tls_url(target.tls.enabled, &target.endpoint);
+    let client = http_client(target.timeout, files).map_err(TelemetryError::Exporter)?;
+    reqwest::Url::parse(&endpoint)
         .map_err(|e| TelemetryError::Exporter(format!("invalid OTLP traces endpoint: {e}")))?;
     let headers: HashMap<String, String> = target
         .headers
