@@ -129,7 +129,11 @@ async fn metrics(
     let resp = render_metrics(State(state), headers)
         .instrument(span.clone())
         .await;
-    span.record("http.response.status_code", resp.status().as_u16());
+    // an int, as the semantic conventions say (tracing-opentelemetry turns a u16 into text)
+    span.record(
+        "http.response.status_code",
+        i64::from(resp.status().as_u16()),
+    );
     resp
 }
 

@@ -61,6 +61,8 @@ struct DumpSpan {
     kind: String,
     status: String,
     attributes: BTreeMap<String, String>,
+    /// The printed value type of each attribute (`Str`, `Int`, `Bool`, ...).
+    attribute_types: BTreeMap<String, String>,
     events: Vec<String>,
 }
 
@@ -73,6 +75,12 @@ fn attr(line: &str) -> Option<(String, String)> {
         .and_then(|i| v.strip_suffix(')').map(|s| s[i + 1..].to_string()))
         .unwrap_or_else(|| v.to_string());
     Some((k.to_string(), v))
+}
+
+/// `-> key: Int(200)` → `Int`.
+fn attr_type(line: &str) -> Option<String> {
+    let (_, v) = line.trim().strip_prefix("-> ")?.split_once(": ")?;
+    v.find('(').map(|i| v[..i].to_string())
 }
 
 /// Parses the collector-style "detailed" traces dump.
@@ -150,6 +158,9 @@ fn parse_spans(text: &str) -> Vec<DumpSpan> {
                 s.status = v.trim_start_matches([' ', ':']).trim().to_string();
             } else if sec == Sec::Span {
                 if let Some((k, v)) = attr(t) {
+                    if let Some(ty) = attr_type(t) {
+                        s.attribute_types.insert(k.clone(), ty);
+                    }
                     s.attributes.insert(k, v);
                 }
             }
@@ -634,6 +645,11 @@ fn a_scrape_with_traceparent_continues_the_callers_trace() {
     assert_eq!(continued.parent_id, "00f067aa0ba902b7");
     assert_eq!(continued.kind, "SPAN_KIND_SERVER");
     assert_eq!(continued.attributes["http.response.status_code"], "200");
+    // an int, as the semantic conventions say
+    assert_eq!(
+        continued.attribute_types["http.response.status_code"],
+        "Int"
+    );
     assert_eq!(continued.attributes["http.route"], "/metrics");
     assert_resource(continued);
     let root = scrapes

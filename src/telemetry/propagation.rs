@@ -81,7 +81,38 @@ pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
 /// The remote parent named by `traceparent` / `tracestate` in `headers` (an empty context
 /// when they are missing or malformed).
 pub fn extract_http(headers: &http::HeaderMap) -> Context {
+    // The SDK's parser takes `00-1-2-01` or a 30-digit trace id (it never checks field
+    // widths); W3C Trace Context says such a header is ignored.
+    let well_formed = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_well_formed_traceparent);
+    if !well_formed {
+        return Context::new();
+    }
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// W3C Trace Context §3.2.2: `version-traceid-parentid-flags` as exactly 2, 32, 16 and 2
+/// lowercase hex digits; version `00` has nothing after the flags, a later version may
+/// add `-…` fields.
+fn is_well_formed_traceparent(value: &str) -> bool {
+    let value = value.trim_matches([' ', '\t']);
+    let bytes = value.as_bytes();
+    let hex = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .is_some_and(|b| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+    };
+    let dash = |i: usize| bytes.get(i) == Some(&b'-');
+    let fields =
+        hex(0..2) && dash(2) && hex(3..35) && dash(35) && hex(36..52) && dash(52) && hex(53..55);
+    fields
+        && match &value[..2] {
+            "00" => bytes.len() == 55,
+            "ff" => false,
+            _ => bytes.len() == 55 || dash(55),
+        }
 }
 
 /// Makes `span` continue the trace named by `headers`' `traceparent`, if any. Call before
@@ -108,6 +139,35 @@ pub fn current_traceparent() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traceparent_fields_must_have_their_exact_widths() {
+        let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert!(is_well_formed_traceparent(good));
+        assert!(is_well_formed_traceparent(&format!(" {good} ")));
+        // a later version may add fields
+        assert!(is_well_formed_traceparent(
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"
+        ));
+        for bad in [
+            "00-1-2-01",
+            "00-+af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01",
+            "0-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "000-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-001",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "",
+        ] {
+            assert!(!is_well_formed_traceparent(bad), "{bad}");
+            let mut h = http::HeaderMap::new();
+            h.insert("traceparent", http::HeaderValue::from_str(bad).unwrap());
+            assert!(!extract_http(&h).span().span_context().is_valid(), "{bad}");
+        }
+    }
 
     #[test]
     fn extracts_a_w3c_parent_and_ignores_garbage() {

@@ -184,8 +184,9 @@ fn swap_port(base: &str, from: &str, to: &str) -> String {
 
 /// A per-signal endpoint is used as is, except that an empty path becomes `/` (spec §3.1).
 fn per_signal_endpoint(value: &str) -> String {
-    match value.split_once("://") {
-        Some((_, rest)) if !rest.contains('/') => format!("{value}/"),
+    let (path_part, query) = split_query(value);
+    match path_part.split_once("://") {
+        Some((_, rest)) if !rest.contains('/') => format!("{path_part}/{query}"),
         _ => value.to_string(),
     }
 }
@@ -568,6 +569,15 @@ mod tests {
                 OtlpProtocol::HttpProtobuf
             ),
             "http://c:4318/otlp/v1/traces?key=k1"
+        );
+        assert_eq!(
+            per_signal_endpoint("http://c:4318?key=k1"),
+            "http://c:4318/?key=k1"
+        );
+        assert_eq!(per_signal_endpoint("http://c:4318"), "http://c:4318/");
+        assert_eq!(
+            per_signal_endpoint("http://c:4318/t?k=a/b"),
+            "http://c:4318/t?k=a/b"
         );
         assert_eq!(
             generic_endpoint("http://c:4318/otlp?key=k1", OtlpProtocol::HttpProtobuf),
