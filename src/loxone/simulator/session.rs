@@ -702,7 +702,11 @@ where
                 let msg = if is_text {
                     match String::from_utf8(payload.to_vec()) {
                         Ok(s) => Message::Text(s.into()),
-                        Err(_) => Message::Binary(payload),
+                        // firmware sends such text in a TEXT frame all the same
+                        // (loxone-protocol.md §2.2), which strict clients refuse
+                        Err(_) => {
+                            Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true))
+                        }
                     }
                 } else {
                     Message::Binary(payload)
@@ -793,9 +797,14 @@ where
         MalformedKind::NonUtf8Text => {
             let p =
                 b"{\"LL\":{\"control\":\"x\",\"value\":\"\xff\xfe\",\"Code\":\"200\"}}".to_vec();
+            // a TEXT frame, as firmware sends it (loxone-protocol.md §2.2)
             vec![
                 hdr(MessageKind::Text, p.len() as u32),
-                Message::Binary(Bytes::from(p)),
+                Message::Frame(Frame::message(
+                    Bytes::from(p),
+                    OpCode::Data(Data::Text),
+                    true,
+                )),
             ]
         }
         MalformedKind::OversizedHeader => vec![hdr(MessageKind::ValueStates, 200 * 1024 * 1024)],
