@@ -127,12 +127,19 @@ pub fn parse_telemetry_path(s: &str) -> Result<String, FlagError> {
             }
         )));
     }
+    // requests arrive percent-encoded, so a non-ASCII path could never be reached; the
+    // router reads `{`, `}`, `*` and a segment starting with ':' as patterns
     if let Some(c) = path
         .chars()
-        .find(|c| matches!(c, '{' | '}' | '*' | '?' | '#') || c.is_whitespace() || c.is_control())
+        .find(|c| matches!(c, '{' | '}' | '*' | '?' | '#' | '%') || !c.is_ascii_graphic())
     {
         return Err(err(format!(
-            "'{s}' contains {c:?}, which is not allowed in the path (letters, digits, '/', '-', '_', '.' and the like)"
+            "'{s}' contains {c:?}, which is not allowed in the path (ASCII letters, digits, '/', '-', '_', '.' and the like)"
+        )));
+    }
+    if path.split('/').any(|segment| segment.starts_with(':')) {
+        return Err(err(format!(
+            "'{s}' has a segment starting with ':', which is not allowed (it would be a route pattern)"
         )));
     }
     Ok(path)
@@ -264,6 +271,10 @@ mod tests {
             "/a/*x",
             "/m etrics",
             "/m?x",
+            "/:metrics",
+            "/a/:b",
+            "/é",
+            "/m%20x",
         ] {
             let e = parse_telemetry_path(bad).unwrap_err();
             assert_eq!(e.flag, "--web.telemetry-path", "{bad}");

@@ -92,23 +92,31 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
 }
 
-/// True when the client accepts gzip (`Accept-Encoding: gzip`, not `q=0`).
+/// True when the client accepts gzip: `gzip` with a q above 0, or `*` with a q above 0
+/// when gzip is not listed itself (RFC 9110 §12.5.3: `*` covers the codings not named).
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
+    let mut gzip: Option<bool> = None;
+    let mut star: Option<bool> = None;
+    for item in headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let coding = parts.next().unwrap_or("");
-            let q_zero = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
-        })
+    {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let q_zero = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        if coding.eq_ignore_ascii_case("gzip") {
+            gzip = Some(!q_zero);
+        } else if coding == "*" {
+            star = Some(!q_zero);
+        }
+    }
+    gzip.or(star).unwrap_or(false)
 }
 
 /// `/metrics` inside an `http.scrape` span that continues the caller's `traceparent`.
@@ -521,6 +529,11 @@ mod tests {
         assert!(h("deflate, gzip;q=0.5"));
         assert!(!h("gzip;q=0"));
         assert!(!h("identity"));
+        assert!(h("*"));
+        // `*` covers only the codings not named
+        assert!(!h("gzip;q=0, *"));
+        assert!(!h("*, gzip;q=0"));
+        assert!(h("gzip, *;q=0"));
         assert!(!accepts_gzip(&HeaderMap::new()));
     }
 
