@@ -540,6 +540,91 @@ async fn basic_auth_without_tls_and_plain_mode() {
     server.stop().await;
 }
 
+/// One request on an open connection; returns the status code.
+async fn status_on(conn: &mut tokio::net::TcpStream, auth: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    // headers and the short body arrive together; read until the blank line and body
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut have = got.len() - body_start;
+    while have < len {
+        have += conn.read(&mut buf).await.unwrap();
+    }
+    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_user_is_locked_out_of_open_keep_alive_connections_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.yml");
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    std::fs::write(&path, format!("basic_auth_users:\n  {USER}: '{hash}'\n")).unwrap();
+    let server = Server::start(Some(path.clone())).await;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(status_on(&mut conn, &auth).await, 200);
+    // the user is replaced by another one; the same connection asks again
+    let other = bcrypt::hash("other-password", 4).unwrap();
+    std::fs::write(
+        &path,
+        format!("basic_auth_users:\n  someone-else: '{other}'\n"),
+    )
+    .unwrap();
+    assert_eq!(status_on(&mut conn, &auth).await, 401);
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn plain_http_cuts_off_a_client_that_never_finishes_its_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(None).await;
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 512];
+    // the server answers (408 or nothing) and closes; paused time jumps to its timeout
+    let read = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "connection still open after 120 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(29) && waited <= Duration::from_secs(31),
+        "{waited:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn serve_fails_early_on_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();

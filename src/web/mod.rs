@@ -3,9 +3,9 @@
 //! headers), applied to every route of the router it is given
 //! (otlp-and-prometheus.md §4.1; issue 6 "Exporter endpoint security").
 //!
-//! [`serve`] is the one entry point: without a web config it is plain `axum::serve`; with
-//! one it runs its own accept loop (the private `server` module) that re-reads the files so certificates
-//! rotate without a restart. [`validate_web_config`] lets startup fail early on a bad file.
+//! [`serve`] is the one entry point: one accept loop (the private `server` module) with a
+//! header-read timeout, plain HTTP without a web config; with one, TLS and basic auth from
+//! files it re-reads, so certificates rotate and users change without a restart. [`validate_web_config`] lets startup fail early on a bad file.
 //!
 //! Owns: parsing ([`config`], pure), TLS setup ([`tls`]), credential checks ([`auth`]).
 //! Does not own routes, the listener's address, or logging setup.
@@ -35,13 +35,7 @@ pub async fn serve(
     web_config: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> Result<(), WebError> {
-    match web_config {
-        None => axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(WebError::Serve),
-        Some(path) => server::serve_with_config(listener, router, path, shutdown).await,
-    }
+    server::serve(listener, router, web_config, shutdown).await
 }
 
 /// Reads the web config and everything it references (certificates, keys, client CA) and

@@ -1,11 +1,19 @@
-//! The listener when a web configuration is given: accept loop, TLS handshake, basic auth
-//! in front of every route, extra headers, graceful shutdown, and reloading.
+//! The listener: accept loop, header-read timeout, graceful shutdown, and, when a web
+//! configuration is given, TLS handshake, basic auth in front of every route, extra headers
+//! and reloading.
 //!
-//! Reloading: on every accepted connection the web config file and the files it references
-//! are read again and fingerprinted (SHA-256 of their contents, so a rewrite within the same
-//! mtime second is still seen). A changed fingerprint rebuilds the TLS and auth state; if the
-//! new state cannot be built, the last good one stays in use and one error is logged per
-//! broken version. Connections already open keep the state they started with.
+//! Reloading: the web config file and the files it references are read again and
+//! fingerprinted (SHA-256 of their contents, so a rewrite within the same mtime second is
+//! still seen) for each new connection and each request (a few small files: well under a
+//! millisecond, next to a scrape's render). A changed fingerprint rebuilds the TLS and auth state; if the new
+//! state cannot be built, the last good one stays in use and one error is logged per broken
+//! version. A connection keeps the TLS session it started with, but every request is checked
+//! against the current users (exporter-toolkit does the same): a removed user is locked out
+//! of open keep-alive connections too.
+//!
+//! Without a web config the same loop serves plain HTTP, so a client that opens
+//! connections and never finishes its headers is cut off after [`HEADER_READ_TIMEOUT`]
+//! here too (`axum::serve` has no timer: such connections stayed open for good).
 //!
 //! Serves HTTP/1.1 only (`http2` in the file is accepted and ignored).
 
@@ -50,6 +58,15 @@ pub(crate) struct Active {
 }
 
 impl Active {
+    /// Plain HTTP: no TLS, no users (every request passes), no extra headers.
+    fn plain() -> Self {
+        Active {
+            tls: None,
+            auth: Arc::new(BasicAuth::new(Default::default())),
+            headers: Arc::new(Vec::new()),
+        }
+    }
+
     fn build(config: &WebConfig, path: &Path) -> Result<Self, WebError> {
         let tls = match &config.tls {
             Some(t) => Some(TlsAcceptor::from(build_server_config(t, path)?)),
@@ -115,33 +132,44 @@ pub(crate) fn load_active(path: &Path) -> Result<Active, WebError> {
 
 /// The current state plus what is needed to notice changes.
 struct Reloader {
-    path: PathBuf,
+    /// `None`: plain HTTP, nothing to reload.
+    path: Option<PathBuf>,
     current: Arc<Active>,
     /// Fingerprint of the files the last build attempt saw (good or bad).
     seen: [u8; 32],
 }
 
 impl Reloader {
-    fn new(path: PathBuf) -> Result<Self, WebError> {
+    fn new(path: Option<PathBuf>) -> Result<Self, WebError> {
+        let Some(path) = path else {
+            return Ok(Reloader {
+                path: None,
+                current: Arc::new(Active::plain()),
+                seen: [0; 32],
+            });
+        };
         let (parsed, seen) = read_all(&path);
         let config = parsed?;
         let current = Arc::new(Active::build(&config, &path)?);
         log_loaded(&path, &config, false);
         Ok(Reloader {
-            path,
+            path: Some(path),
             current,
             seen,
         })
     }
 
-    /// The state for a new connection, rebuilt first if the files changed.
+    /// The current state, rebuilt first if the files changed.
     fn current(&mut self) -> Arc<Active> {
-        let (parsed, fp) = read_all(&self.path);
+        let Some(path) = &self.path else {
+            return self.current.clone();
+        };
+        let (parsed, fp) = read_all(path);
         if fp != self.seen {
             self.seen = fp;
-            match parsed.and_then(|c| Active::build(&c, &self.path).map(|a| (c, a))) {
+            match parsed.and_then(|c| Active::build(&c, path).map(|a| (c, a))) {
                 Ok((config, active)) => {
-                    log_loaded(&self.path, &config, true);
+                    log_loaded(path, &config, true);
                     self.current = Arc::new(active);
                 }
                 Err(e) => tracing::error!(
@@ -165,14 +193,14 @@ fn log_loaded(path: &Path, config: &WebConfig, reload: bool) {
     );
 }
 
-/// Serves `router` on `listener` with TLS / basic auth from the file at `path`.
-pub(crate) async fn serve_with_config(
+/// Serves `router` on `listener`, with TLS / basic auth from the file at `path` if given.
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
-    path: PathBuf,
+    path: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> Result<(), WebError> {
-    let mut reloader = Reloader::new(path)?;
+    let reloader = Arc::new(parking_lot::Mutex::new(Reloader::new(path)?));
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -189,19 +217,22 @@ pub(crate) async fn serve_with_config(
             }
         };
         let _ = stream.set_nodelay(true);
-        let active = reloader.current();
+        let tls = reloader.lock().current().tls.clone();
+        let reloader = reloader.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            match &active.tls {
+            match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, peer, active, router, shutdown).await,
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, peer, reloader, router, shutdown).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve_connection(stream, peer, active, router, shutdown).await,
+                None => serve_connection(stream, peer, reloader, router, shutdown).await,
             }
         });
     }
@@ -213,14 +244,15 @@ pub(crate) async fn serve_with_config(
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
-    active: Arc<Active>,
+    reloader: Arc<parking_lot::Mutex<Reloader>>,
     router: Router,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let active = active.clone();
+        // the users and headers of now, not of when the connection was opened
+        let active = reloader.lock().current();
         let router = router.clone();
         async move { Ok::<_, Infallible>(handle_request(req, &active, router).await) }
     });
