@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub telemetry_path: String,
     /// `--web.config.file` (TLS and basic auth).
     pub web_config: Option<PathBuf>,
+    /// `--web.max-requests` (0: no limit).
+    pub max_requests: usize,
 }
 
 impl Default for RunOptions {
@@ -42,6 +44,7 @@ impl Default for RunOptions {
         RunOptions {
             telemetry_path: http::DEFAULT_TELEMETRY_PATH.to_string(),
             web_config: None,
+            max_requests: http::DEFAULT_MAX_REQUESTS,
         }
     }
 }
@@ -158,6 +161,7 @@ pub async fn run(
         otlp_target,
         telemetry_path: options.telemetry_path.clone(),
         render: Default::default(),
+        scrape_limit: http::ScrapeLimit::new(options.max_requests),
     });
     let router = http::router(state);
     let server = tracker.spawn(web::serve(

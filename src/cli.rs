@@ -26,6 +26,9 @@ pub struct Cli {
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", global = true, default_value = DEFAULT_TELEMETRY_PATH, value_name = "PATH")]
     pub telemetry_path: String,
+    /// Most /metrics requests served at once; more get 503 (0: no limit).
+    #[arg(long = "web.max-requests", global = true, default_value_t = crate::http::DEFAULT_MAX_REQUESTS, value_name = "N")]
+    pub max_requests: usize,
     /// Exporter-toolkit web configuration file (TLS, basic auth).
     #[arg(long = "web.config.file", global = true, value_name = "PATH")]
     pub web_config: Option<PathBuf>,

@@ -47,6 +47,38 @@ pub struct HttpState {
     /// What this router keeps between scrapes (the last body's size, a render buffer);
     /// start with `Default::default()`.
     pub render: RenderMemory,
+    /// Concurrent `/metrics` requests allowed (`--web.max-requests`).
+    pub scrape_limit: ScrapeLimit,
+}
+
+/// Default of `--web.max-requests` (node_exporter's).
+pub const DEFAULT_MAX_REQUESTS: usize = 40;
+
+/// How many `/metrics` requests may render at once; the rest get 503 at once instead of
+/// each holding a full body in memory (200 parallel scrapes of 10k series took 400 MB).
+#[derive(Debug)]
+pub struct ScrapeLimit(Option<tokio::sync::Semaphore>);
+
+impl ScrapeLimit {
+    /// At most `max` at once; 0 means no limit.
+    pub fn new(max: usize) -> Self {
+        ScrapeLimit((max > 0).then(|| tokio::sync::Semaphore::new(max)))
+    }
+
+    /// `None` when the limit is reached; otherwise a permit held while rendering (a unit
+    /// permit when there is no limit).
+    fn try_enter(&self) -> Option<Option<tokio::sync::SemaphorePermit<'_>>> {
+        match &self.0 {
+            None => Some(None),
+            Some(s) => s.try_acquire().ok().map(Some),
+        }
+    }
+}
+
+impl Default for ScrapeLimit {
+    fn default() -> Self {
+        ScrapeLimit::new(DEFAULT_MAX_REQUESTS)
+    }
 }
 
 /// What one router remembers from its last `/metrics` render: the uncompressed body size,
@@ -134,6 +166,11 @@ async fn metrics(
         http.response.status_code = tracing::field::Empty,
     );
     crate::telemetry::continue_trace(&span, &headers);
+    let limit = state.clone();
+    let Some(_permit) = limit.scrape_limit.try_enter() else {
+        span.record("http.response.status_code", 503i64);
+        return too_many_requests();
+    };
     let resp = render_metrics(State(state), headers)
         .instrument(span.clone())
         .await;
@@ -143,6 +180,16 @@ async fn metrics(
         i64::from(resp.status().as_u16()),
     );
     resp
+}
+
+/// 503 when `--web.max-requests` scrapes are already rendering (as promhttp answers).
+fn too_many_requests() -> Response {
+    tracing::debug!("/metrics: concurrent request limit reached");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Limit of concurrent requests reached, try again later.\n",
+    )
+        .into_response()
 }
 
 async fn render_metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
@@ -453,6 +500,48 @@ mod tests {
         }
     }
 
+    /// A collector that takes its number of milliseconds.
+    struct Slow(u64);
+    impl crate::metrics::registry::Collector for Slow {
+        fn collect(&self, _out: &mut Vec<crate::metrics::model::Family>) {
+            std::thread::sleep(std::time::Duration::from_millis(self.0));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_beyond_the_limit_get_503_at_once() {
+        use tower::ServiceExt as _;
+        let registry = Arc::new(Registry::new());
+        registry.register(Arc::new(Slow(400)));
+        let router = router(Arc::new(HttpState {
+            registry,
+            store: StateStore::new(&Default::default(), false).unwrap(),
+            self_health: Arc::new(SelfHealth::new()),
+            otlp: None,
+            otlp_target: None,
+            telemetry_path: DEFAULT_TELEMETRY_PATH.into(),
+            render: RenderMemory::default(),
+            scrape_limit: ScrapeLimit::new(1),
+        }));
+        let get = || {
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let first = tokio::spawn(router.clone().oneshot(get()));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let second = router.clone().oneshot(get()).await.unwrap();
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() < std::time::Duration::from_millis(200));
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+        // the slot is free again
+        assert_eq!(
+            router.oneshot(get()).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+
     #[test]
     fn reused_render_buffer_never_leaks_an_earlier_body() {
         let sized = Arc::new(Sized(AtomicUsize::new(3000)));
@@ -466,6 +555,7 @@ mod tests {
             otlp_target: None,
             telemetry_path: DEFAULT_TELEMETRY_PATH.into(),
             render: RenderMemory::default(),
+            scrape_limit: ScrapeLimit::default(),
         };
         // big, then small (into the kept, larger buffer), then big again, gzip in between
         for n in [3000, 2, 3000, 5] {

@@ -173,6 +173,7 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
     let options = RunOptions {
         telemetry_path: cli.telemetry_path.clone(),
         web_config: cli.web_config.clone(),
+        max_requests: cli.max_requests,
     };
     let demo = cli.demo;
     runtime.block_on(async move {

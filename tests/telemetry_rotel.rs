@@ -566,6 +566,7 @@ fn http_state(registry: Arc<Registry>) -> Arc<loxone_exporter::http::HttpState> 
         otlp_target: None,
         telemetry_path: "/metrics".into(),
         render: Default::default(),
+        scrape_limit: Default::default(),
     })
 }
 
