@@ -3,14 +3,18 @@
 //! (issue 6 "Container and compose"; original-exporter.md §8: the original's check failed on
 //! 503, i.e. when no Miniserver is connected; so does this one).
 //!
-//! A minimal HTTP/1.1 GET over a Tokio `TcpStream` (plain `http://` only: the check runs
-//! next to the exporter, on loopback). The URL comes from `--url` or from the configuration's
-//! `listen_address`/`listen_port`, with wildcard addresses mapped to loopback.
+//! A minimal HTTP/1.1 GET over a Tokio `TcpStream`, or over TLS for `https://` (the check
+//! runs next to the exporter, on loopback: the certificate is pinned to the one in
+//! `--web.config.file` when given, otherwise any certificate is accepted, the handshake
+//! signature still checked). `user:password@` in the URL becomes basic auth. The URL comes
+//! from `--url` or from the configuration's `listen_address`/`listen_port` (and
+//! `--web.listen-address`), with wildcard addresses mapped to loopback.
 //! Does not parse config files itself: the caller loads [`Config`] and passes it in.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
@@ -33,15 +37,20 @@ pub struct HealthcheckArgs {
 }
 
 impl HealthcheckArgs {
-    /// The URL to query: `--url`, else derived from `config`, else the default address.
-    pub fn resolve_url(&self, config: Option<&Config>) -> String {
-        match (&self.url, config) {
-            (Some(u), _) => u.clone(),
+    /// The URL to query: `--url`, else derived from `config`, else the default address;
+    /// `https` when the listener has TLS.
+    pub fn resolve_url(&self, config: Option<&Config>, tls: bool) -> String {
+        let url = match (&self.url, config) {
+            (Some(u), _) => return u.clone(),
             (None, Some(c)) => healthz_url(c),
             (None, None) => format!(
                 "http://127.0.0.1:{}/healthz",
                 crate::config::DEFAULT_LISTEN_PORT
             ),
+        };
+        match url.strip_prefix("http://") {
+            Some(rest) if tls => format!("https://{rest}"),
+            _ => url,
         }
     }
 }
@@ -72,9 +81,13 @@ pub fn healthz_url(config: &Config) -> String {
     }
 }
 
-/// Parsed `http://host[:port]/path`.
+/// Parsed `http[s]://[user:password@]host[:port]/path`.
 #[derive(Debug, PartialEq, Eq)]
 struct Target {
+    /// `https://`.
+    tls: bool,
+    /// `Basic` credentials (base64 of `user:password`) from the URL.
+    basic_auth: Option<String>,
     /// Host for connecting (no brackets).
     host: String,
     /// Host header value (with brackets and port).
@@ -84,20 +97,38 @@ struct Target {
 }
 
 fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("only http:// URLs are supported: {url}"))?;
+    use base64::Engine as _;
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => {
+            return Err(format!(
+                "only http:// and https:// URLs are supported: {url}"
+            ))
+        }
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/healthz"),
     };
+    let (basic_auth, authority) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let decoded = percent_encoding::percent_decode_str(userinfo).decode_utf8_lossy();
+            (
+                Some(base64::engine::general_purpose::STANDARD.encode(decoded.as_bytes())),
+                host,
+            )
+        }
+        None => (None, authority),
+    };
+    let default_port = if tls { 443 } else { 80 };
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, after) = v6
             .split_once(']')
             .ok_or_else(|| format!("unclosed '[' in {url}"))?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| format!("bad port in {url}"))?,
-            None if after.is_empty() => 80,
+            None if after.is_empty() => default_port,
             None => return Err(format!("bad authority in {url}")),
         };
         (h.to_string(), port)
@@ -107,13 +138,15 @@ fn parse_url(url: &str) -> Result<Target, String> {
                 h.to_string(),
                 p.parse().map_err(|_| format!("bad port in {url}"))?,
             ),
-            None => (authority.to_string(), 80),
+            None => (authority.to_string(), default_port),
         }
     };
     if host.is_empty() {
         return Err(format!("no host in {url}"));
     }
     Ok(Target {
+        tls,
+        basic_auth,
         host,
         authority: authority.to_string(),
         port,
@@ -124,7 +157,13 @@ fn parse_url(url: &str) -> Result<Target, String> {
 /// Queries `url` and returns the process exit code: 0 for HTTP 200, 1 otherwise. Prints one
 /// line saying why (stdout when healthy, stderr otherwise).
 pub async fn run(url: String, timeout: Duration) -> i32 {
-    match tokio::time::timeout(timeout, check(&url)).await {
+    run_pinned(url, timeout, None).await
+}
+
+/// [`run`], accepting over `https://` only the certificate with SHA-256 `pin` (any when
+/// `None`).
+pub async fn run_pinned(url: String, timeout: Duration, pin: Option<[u8; 32]>) -> i32 {
+    match tokio::time::timeout(timeout, check(&url, pin)).await {
         Ok(Ok(line)) => {
             println!("healthy: {line}");
             0
@@ -140,14 +179,42 @@ pub async fn run(url: String, timeout: Duration) -> i32 {
     }
 }
 
-async fn check(url: &str) -> Result<String, String> {
+async fn check(url: &str, pin: Option<[u8; 32]>) -> Result<String, String> {
     let target = parse_url(url)?;
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+    // the URL as shown: never with its password
+    let shown = crate::secret::redact_url(url);
+    let url = shown.as_str();
+    let stream = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    if !target.tls {
+        return exchange(stream, &target, url).await;
+    }
+    let config = crate::loxone::connection::pinned_client_config(pin)
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+        .map_err(|_| format!("bad host in {url}"))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake with {url}: {e}"))?;
+    exchange(tls, &target, url).await
+}
+
+/// Sends the GET on `stream` and judges the answer.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    target: &Target,
+    url: &str,
+) -> Result<String, String> {
+    let auth = target
+        .basic_auth
+        .as_ref()
+        .map(|b| format!("Authorization: Basic {b}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: loxone-exporter-healthcheck\r\n\
-         Accept: application/json\r\nConnection: close\r\n\r\n",
+         Accept: application/json\r\n{auth}Connection: close\r\n\r\n",
         target.path, target.authority
     );
     stream
@@ -157,10 +224,12 @@ async fn check(url: &str) -> Result<String, String> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading from {url}: {e}"))?;
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            // a TLS peer that closes without close_notify: what arrived counts
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => 0,
+            Err(e) => return Err(format!("reading from {url}: {e}")),
+        };
         if n == 0 {
             break;
         }
@@ -197,6 +266,10 @@ fn interpret(response: &[u8], url: &str) -> Result<String, String> {
     };
     if code == 200 {
         Ok(format!("{detail} from {url}"))
+    } else if code == 401 {
+        Err(format!(
+            "{detail} from {url}: basic auth is on (--web.config.file); pass --url http(s)://user:password@host:port/healthz"
+        ))
     } else {
         Err(format!("{detail} from {url}"))
     }
@@ -233,7 +306,13 @@ mod tests {
             (t.host.as_str(), t.port, t.path.as_str()),
             ("localhost", 80, "/healthz")
         );
-        assert!(parse_url("https://x/").is_err());
+        let t = parse_url("https://u%40x:p%3Aw@127.0.0.1/healthz").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 443));
+        assert_eq!(t.authority, "127.0.0.1");
+        // "u@x:p:w"
+        assert_eq!(t.basic_auth.as_deref(), Some("dUB4OnA6dw=="));
+        assert!(parse_url("ftp://x/").is_err());
         assert!(parse_url("http://:80/").is_err());
         assert!(parse_url("http://h:x/").is_err());
         assert!(parse_url("http://[::1/").is_err());
@@ -299,8 +378,16 @@ mod tests {
             url: Some("http://x:1/healthz".into()),
             timeout: DEFAULT_TIMEOUT,
         };
-        assert_eq!(args.resolve_url(None), "http://x:1/healthz");
+        assert_eq!(args.resolve_url(None, true), "http://x:1/healthz");
         let args = HealthcheckArgs { url: None, ..args };
-        assert_eq!(args.resolve_url(None), "http://127.0.0.1:9504/healthz");
+        assert_eq!(
+            args.resolve_url(None, false),
+            "http://127.0.0.1:9504/healthz"
+        );
+        // TLS on the listener (from --web.config.file)
+        assert_eq!(
+            args.resolve_url(None, true),
+            "https://127.0.0.1:9504/healthz"
+        );
     }
 }

@@ -79,13 +79,27 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Some(Command::Healthcheck(args)) => {
-            let config = config::load(cli.config.as_deref(), &env_lookup).ok();
-            let url = args.resolve_url(config.as_ref());
+            // the listener as the daemon would open it: file (or environment), flags, web
+            // config; a file that does not load still leaves the flags and defaults
+            let mut config =
+                config::load(cli.config.as_deref(), &env_lookup).unwrap_or_else(|_| {
+                    Config::with_miniserver(config::MiniserverConfig::new("-", "-", "-", "-"))
+                });
+            let _ = cli.apply(&mut config);
+            let (pin, tls) = match cli.web_config.as_deref().map(web::healthcheck_view) {
+                Some(Ok((pin, _users))) => (pin, pin.is_some()),
+                Some(Err(e)) => {
+                    eprintln!("unhealthy: {e}");
+                    return ExitCode::from(1);
+                }
+                None => (None, false),
+            };
+            let url = args.resolve_url(Some(&config), tls);
             let code = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(healthcheck::run(url, args.timeout)),
+                Ok(rt) => rt.block_on(healthcheck::run_pinned(url, args.timeout, pin)),
                 Err(e) => {
                     eprintln!("healthcheck: cannot start runtime: {e}");
                     1

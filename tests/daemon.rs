@@ -513,3 +513,81 @@ fn notify_socket_gets_ready_after_the_listener_is_bound() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     let _ = d.child.wait();
 }
+
+/// `healthcheck` next to a daemon with TLS and basic auth (`--web.config.file`): it pins the
+/// certificate from the same file, speaks https, and needs the credentials in `--url`.
+#[test]
+fn healthcheck_follows_the_listen_flag_and_the_web_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("server.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("server.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let hash = bcrypt::hash("hc-pass", 4).unwrap();
+    let tls_only = dir.path().join("tls.yml");
+    std::fs::write(
+        &tls_only,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    )
+    .unwrap();
+    let with_auth = dir.path().join("auth.yml");
+    std::fs::write(
+        &with_auth,
+        format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  hc: '{hash}'\n"),
+    )
+    .unwrap();
+    let healthcheck = |web: &Path, port: u16, url: Option<String>| {
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(common::exporter_bin());
+        cmd.args(["--web.listen-address", &listen, "--web.config.file"])
+            .arg(web)
+            .args(["healthcheck", "--timeout", "5"]);
+        if let Some(url) = url {
+            cmd.args(["--url", &url]);
+        }
+        cmd.output().unwrap()
+    };
+    for (web, needs_auth) in [(&tls_only, false), (&with_auth, true)] {
+        let port = common::free_port();
+        let child = Command::new(common::exporter_bin())
+            .args([
+                "--demo",
+                "--web.listen-address",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--web.config.file")
+            .arg(web)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _d = Daemon { child, port };
+        // healthy once the demo's Miniserver is connected
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = needs_auth.then(|| format!("https://hc:hc-pass@127.0.0.1:{port}/healthz"));
+        loop {
+            let out = healthcheck(web, port, url.clone());
+            if out.status.success() {
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(stdout.contains("https://"), "{stdout}");
+                assert!(!stdout.contains("hc-pass"), "password shown: {stdout}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never healthy: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if needs_auth {
+            let out = healthcheck(web, port, None);
+            assert_eq!(out.status.code(), Some(1));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("HTTP 401") && err.contains("--url"), "{err}");
+        }
+    }
+}

@@ -412,6 +412,21 @@ pub fn tls_client_config(cfg: &MiniserverConfig) -> Result<Arc<ClientConfig>, Co
     Ok(Arc::new(config))
 }
 
+/// A client configuration that accepts exactly the certificate with SHA-256 `pin` (any
+/// certificate when `None`), still checking the handshake signature: what `healthcheck`
+/// uses to talk to this exporter's own TLS listener, whose certificate it read from
+/// `--web.config.file`.
+pub fn pinned_client_config(pin: Option<[u8; 32]>) -> Result<Arc<ClientConfig>, ConnectError> {
+    let provider = crate::tls_provider::provider();
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::TlsConfig(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(MiniserverCertVerifier { provider, pin }))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 fn load_roots(path: &Path) -> Result<RootCertStore, ConnectError> {
     let mut roots = RootCertStore::empty();
     let iter = CertificateDer::pem_file_iter(path).map_err(|e| {
