@@ -500,6 +500,19 @@ mod tests {
         }
     }
 
+    fn test_state(registry: Arc<Registry>, scrape_limit: ScrapeLimit) -> HttpState {
+        HttpState {
+            registry,
+            store: StateStore::new(&Default::default(), false).unwrap(),
+            self_health: Arc::new(SelfHealth::new()),
+            otlp: None,
+            otlp_target: None,
+            telemetry_path: DEFAULT_TELEMETRY_PATH.into(),
+            render: RenderMemory::default(),
+            scrape_limit,
+        }
+    }
+
     /// A collector that takes its number of milliseconds.
     struct Slow(u64);
     impl crate::metrics::registry::Collector for Slow {
@@ -513,16 +526,7 @@ mod tests {
         use tower::ServiceExt as _;
         let registry = Arc::new(Registry::new());
         registry.register(Arc::new(Slow(400)));
-        let router = router(Arc::new(HttpState {
-            registry,
-            store: StateStore::new(&Default::default(), false).unwrap(),
-            self_health: Arc::new(SelfHealth::new()),
-            otlp: None,
-            otlp_target: None,
-            telemetry_path: DEFAULT_TELEMETRY_PATH.into(),
-            render: RenderMemory::default(),
-            scrape_limit: ScrapeLimit::new(1),
-        }));
+        let router = router(Arc::new(test_state(registry, ScrapeLimit::new(1))));
         let get = || {
             axum::http::Request::get("/metrics")
                 .body(axum::body::Body::empty())
@@ -547,16 +551,7 @@ mod tests {
         let sized = Arc::new(Sized(AtomicUsize::new(3000)));
         let registry = Arc::new(Registry::new());
         registry.register(sized.clone());
-        let state = HttpState {
-            registry: registry.clone(),
-            store: StateStore::new(&Default::default(), false).unwrap(),
-            self_health: Arc::new(SelfHealth::new()),
-            otlp: None,
-            otlp_target: None,
-            telemetry_path: DEFAULT_TELEMETRY_PATH.into(),
-            render: RenderMemory::default(),
-            scrape_limit: ScrapeLimit::default(),
-        };
+        let state = test_state(registry.clone(), ScrapeLimit::default());
         // big, then small (into the kept, larger buffer), then big again, gzip in between
         for n in [3000, 2, 3000, 5] {
             sized.0.store(n, Ordering::Relaxed);

@@ -154,14 +154,7 @@ fn endpoints_answer_and_sigterm_exits_zero_quickly() {
     assert_eq!(st, 200);
     assert!(body.is_empty());
     // the Content-Length a GET would have (the self-metrics move a little between scrapes)
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().to_string())
-        })
-        .and_then(|v| v.parse().ok())
+    let len = common::content_length(&head)
         .unwrap_or_else(|| panic!("no Content-Length on HEAD: {head}"));
     let get_len = text.len();
     assert!(

@@ -558,15 +558,7 @@ async fn status_on(conn: &mut tokio::net::TcpStream, auth: &str) -> u16 {
         got.extend_from_slice(&buf[..n]);
     }
     let head = String::from_utf8_lossy(&got).to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().to_string())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let len = common::content_length(&head).unwrap_or(0);
     let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let mut have = got.len() - body_start;
     while have < len {

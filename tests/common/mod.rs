@@ -90,3 +90,12 @@ pub fn structure_fixture(name: &str) -> PathBuf {
 pub fn read_fixture(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
+
+/// The `Content-Length` in a response head (`None` when absent or not a number).
+pub fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
