@@ -8,7 +8,8 @@
 //! `--web.config.file` when given, otherwise any certificate is accepted, the handshake
 //! signature still checked). `user:password@` in the URL becomes basic auth. The URL comes
 //! from `--url` or from the configuration's `listen_address`/`listen_port` (and
-//! `--web.listen-address`), with wildcard addresses mapped to loopback.
+//! `--web.listen-address`), with wildcard addresses mapped to loopback. A listener that
+//! requires client certificates (mTLS) cannot be checked: there is no client certificate.
 //! Does not parse config files itself: the caller loads [`Config`] and passes it in.
 
 use std::sync::Arc;
