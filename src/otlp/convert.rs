@@ -920,7 +920,11 @@ impl Packer<'_> {
         let mut chunk_bytes = 0;
         for (i, &point) in points.iter().enumerate() {
             let size = framed(source.body_len(point));
-            if shape.framed_len(size) > self.limit {
+            // framed_len(size) is at most size + header + trailer + 22 (two tags, two
+            // varints): the cheap bound settles almost every point
+            if size + shape.header.len() + shape.trailer.len() + 22 > self.limit
+                && shape.framed_len(size) > self.limit
+            {
                 if i > start {
                     self.write_chunk(shape, &points[start..i], chunk_bytes, source);
                 }
