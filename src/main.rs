@@ -31,25 +31,23 @@ fn env_lookup(name: &str) -> Option<String> {
 /// The configuration file (or environment) with the flags applied; every error at once:
 /// the file's, the flags' and the web configuration file's.
 fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
-    let (config, mut errors) = match config::load(cli.config.as_deref(), &env_lookup) {
+    let loaded = config::load(cli.config.as_deref(), &env_lookup)
+        .map_err(|e| e.0.into_iter().map(|e| e.to_string()).collect());
+    finish_config(cli, loaded)
+}
+
+/// Applies the flags to `config` and checks `--web.config.file`; exits with every error
+/// at once (the flags are checked even when the file failed).
+fn finish_config(cli: &Cli, config: Result<Config, Vec<String>>) -> Result<Config, ExitCode> {
+    let (mut config, mut errors) = match config {
         Ok(config) => (Some(config), Vec::new()),
-        Err(e) => (None, e.0.into_iter().map(|e| e.to_string()).collect()),
+        Err(errors) => (None, errors),
     };
-    let flag_errors = match config {
-        Some(mut config) => match cli.apply(&mut config) {
-            Ok(()) => Ok(config),
-            Err(errs) => Err(errs),
-        },
-        // the flags are checked even when the file failed, to report everything at once
-        None => Err(cli.flag_errors()),
+    let flag_errors = match config.as_mut() {
+        Some(config) => cli.apply(config).err().unwrap_or_default(),
+        None => cli.flag_errors(),
     };
-    let config = match flag_errors {
-        Ok(config) => Some(config),
-        Err(errs) => {
-            errors.extend(errs.into_iter().map(|e| e.to_string()));
-            None
-        }
-    };
+    errors.extend(flag_errors.into_iter().map(|e| e.to_string()));
     errors.extend(web_config_errors(cli));
     match config {
         Some(config) if errors.is_empty() => Ok(config),
@@ -86,15 +84,15 @@ fn main() -> ExitCode {
                     Config::with_miniserver(config::MiniserverConfig::new("-", "-", "-", "-"))
                 });
             let _ = cli.apply(&mut config);
-            let (pin, tls) = match cli.web_config.as_deref().map(web::healthcheck_view) {
-                Some(Ok((pin, _users))) => (pin, pin.is_some()),
+            let pin = match cli.web_config.as_deref().map(web::healthcheck_pin) {
+                Some(Ok(pin)) => pin,
                 Some(Err(e)) => {
                     eprintln!("unhealthy: {e}");
                     return ExitCode::from(1);
                 }
-                None => (None, false),
+                None => None,
             };
-            let url = args.resolve_url(Some(&config), tls);
+            let url = args.resolve_url(Some(&config), pin.is_some());
             let code = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -240,16 +238,7 @@ fn demo_config(cli: &Cli) -> Result<Config, ExitCode> {
         DEMO_PASSWORD,
     ));
     config.log_format = config::LogFormat::Text;
-    let mut errors: Vec<String> = match cli.apply(&mut config) {
-        Ok(()) => Vec::new(),
-        Err(errs) => errs.into_iter().map(|e| e.to_string()).collect(),
-    };
-    errors.extend(web_config_errors(cli));
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(config_error_exit(errors))
-    }
+    finish_config(cli, Ok(config))
 }
 
 const DEMO_USER: &str = "demo";

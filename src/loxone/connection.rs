@@ -390,32 +390,27 @@ impl WsConnection {
 
 /// The rustls configuration for a Miniserver, per its TLS settings.
 pub fn tls_client_config(cfg: &MiniserverConfig) -> Result<Arc<ClientConfig>, ConnectError> {
-    let provider = crate::tls_provider::provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConnectError::TlsConfig(e.to_string()))?;
-    let config = if let Some(ca_file) = &cfg.tls_ca_file {
-        builder
-            .with_root_certificates(load_roots(ca_file)?)
-            .with_no_client_auth()
-    } else {
+    let Some(ca_file) = &cfg.tls_ca_file else {
         let pin = cfg
             .tls_fingerprint
             .as_deref()
             .map(parse_fingerprint)
             .transpose()?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(MiniserverCertVerifier { provider, pin }))
-            .with_no_client_auth()
+        return pinned_client_config(pin);
     };
+    let config = ClientConfig::builder_with_provider(crate::tls_provider::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::TlsConfig(e.to_string()))?
+        .with_root_certificates(load_roots(ca_file)?)
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
 /// A client configuration that accepts exactly the certificate with SHA-256 `pin` (any
-/// certificate when `None`), still checking the handshake signature: what `healthcheck`
-/// uses to talk to this exporter's own TLS listener, whose certificate it read from
-/// `--web.config.file`.
+/// certificate when `None`), still checking the handshake signature: a Miniserver's
+/// self-signed certificate (optionally pinned by `tls_fingerprint`), and what
+/// `healthcheck` uses to talk to this exporter's own TLS listener, whose certificate it
+/// read from `--web.config.file`.
 pub fn pinned_client_config(pin: Option<[u8; 32]>) -> Result<Arc<ClientConfig>, ConnectError> {
     let provider = crate::tls_provider::provider();
     let config = ClientConfig::builder_with_provider(provider.clone())

@@ -39,33 +39,22 @@ pub async fn serve(
 }
 
 /// What `healthcheck` needs to know of the exporter's listener from the web config: the
-/// SHA-256 of the server certificate when TLS is on (to pin it), and whether users are
-/// configured (then the check needs credentials in its URL).
-pub fn healthcheck_view(path: &Path) -> Result<(Option<[u8; 32]>, bool), WebError> {
+/// SHA-256 of the server certificate when TLS is on (to pin it), `None` for plain HTTP.
+pub fn healthcheck_pin(path: &Path) -> Result<Option<[u8; 32]>, WebError> {
+    use rustls::pki_types::pem::PemObject as _;
     use sha2::{Digest, Sha256};
     let text = std::fs::read_to_string(path).map_err(|source| WebError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let config = parse_web_config(&text, path)?;
-    let pin = match &config.tls {
-        None => None,
-        Some(tls) => {
-            let pem = match &tls.cert {
-                PemSource::File(p) => std::fs::read(p).map_err(|source| WebError::Read {
-                    path: p.clone(),
-                    source,
-                })?,
-                PemSource::Inline(text) => text.expose().as_bytes().to_vec(),
-            };
-            use rustls::pki_types::pem::PemObject as _;
-            let leaf = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
-                .next()
-                .and_then(Result::ok);
-            leaf.map(|der| Sha256::digest(der.as_ref()).into())
-        }
+    let Some(tls) = parse_web_config(&text, path)?.tls else {
+        return Ok(None);
     };
-    Ok((pin, !config.basic_auth_users.is_empty()))
+    let pem = tls::read_pem(&tls.cert, path, "cert_file")?;
+    let leaf = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .and_then(Result::ok);
+    Ok(leaf.map(|der| Sha256::digest(der.as_ref()).into()))
 }
 
 /// Reads the web config and everything it references (certificates, keys, client CA) and

@@ -95,7 +95,11 @@ pub fn build_server_config(
 }
 
 /// The PEM text of `field` (`tls_server_config.<field>`): the file it names, or inline.
-fn read_pem(source: &PemSource, config_path: &Path, field: &str) -> Result<Vec<u8>, WebError> {
+pub(crate) fn read_pem(
+    source: &PemSource,
+    config_path: &Path,
+    field: &str,
+) -> Result<Vec<u8>, WebError> {
     match source {
         PemSource::File(p) => std::fs::read(p).map_err(|e| WebError::Field {
             path: config_path.to_path_buf(),
