@@ -177,57 +177,56 @@ pub fn parse_log_format(s: &str) -> Result<LogFormat, FlagError> {
 impl Cli {
     /// Every flag error, without a configuration to apply the flags to.
     pub fn flag_errors(&self) -> Vec<FlagError> {
-        let mut errors = Vec::new();
-        if let Some(Err(e)) = self.listen_address.as_deref().map(parse_listen_address) {
-            errors.push(e);
-        }
-        if let Some(Err(e)) = self.log_level.as_deref().map(parse_log_level) {
-            errors.push(e);
-        }
-        if let Some(Err(e)) = self.log_format.as_deref().map(parse_log_format) {
-            errors.push(e);
-        }
-        if let Err(e) = parse_telemetry_path(&self.telemetry_path) {
-            errors.push(e);
-        }
-        errors
+        self.apply_to(None)
     }
 
     /// Applies the flags over a loaded configuration; returns every flag error.
     pub fn apply(&self, config: &mut Config) -> Result<(), Vec<FlagError>> {
-        let mut errors = Vec::new();
-        if let Some(a) = &self.listen_address {
-            match parse_listen_address(a) {
-                Ok((ip, port)) => {
-                    // `:PORT` is every interface, IPv6 included, as in node_exporter (the
-                    // binary falls back to 0.0.0.0 where IPv6 is off)
-                    config.listen_address =
-                        ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-                    config.listen_port = port;
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        if let Some(l) = &self.log_level {
-            match parse_log_level(l) {
-                Ok(l) => config.log_level = l,
-                Err(e) => errors.push(e),
-            }
-        }
-        if let Some(f) = &self.log_format {
-            match parse_log_format(f) {
-                Ok(f) => config.log_format = f,
-                Err(e) => errors.push(e),
-            }
-        }
-        if let Err(e) = parse_telemetry_path(&self.telemetry_path) {
-            errors.push(e);
-        }
+        let errors = self.apply_to(Some(config));
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
         }
+    }
+
+    /// Parses every flag, sets the valid ones on `config` (if given), returns the errors.
+    fn apply_to(&self, mut config: Option<&mut Config>) -> Vec<FlagError> {
+        let mut errors = Vec::new();
+        match self.listen_address.as_deref().map(parse_listen_address) {
+            Some(Ok((ip, port))) => {
+                if let Some(c) = config.as_deref_mut() {
+                    // `:PORT` is every interface, IPv6 included, as in node_exporter (the
+                    // binary falls back to 0.0.0.0 where IPv6 is off)
+                    c.listen_address = ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+                    c.listen_port = port;
+                }
+            }
+            Some(Err(e)) => errors.push(e),
+            None => {}
+        }
+        match self.log_level.as_deref().map(parse_log_level) {
+            Some(Ok(l)) => {
+                if let Some(c) = config.as_deref_mut() {
+                    c.log_level = l;
+                }
+            }
+            Some(Err(e)) => errors.push(e),
+            None => {}
+        }
+        match self.log_format.as_deref().map(parse_log_format) {
+            Some(Ok(f)) => {
+                if let Some(c) = config {
+                    c.log_format = f;
+                }
+            }
+            Some(Err(e)) => errors.push(e),
+            None => {}
+        }
+        if let Err(e) = parse_telemetry_path(&self.telemetry_path) {
+            errors.push(e);
+        }
+        errors
     }
 }
 
