@@ -57,21 +57,22 @@ pub const DEFAULT_MAX_REQUESTS: usize = 40;
 /// How many `/metrics` requests may render at once; the rest get 503 at once instead of
 /// each holding a full body in memory (200 parallel scrapes of 10k series took 400 MB).
 #[derive(Debug)]
-pub struct ScrapeLimit(Option<tokio::sync::Semaphore>);
+pub struct ScrapeLimit(tokio::sync::Semaphore);
 
 impl ScrapeLimit {
-    /// At most `max` at once; 0 means no limit.
+    /// At most `max` at once; 0 means no limit (as many permits as a semaphore holds).
     pub fn new(max: usize) -> Self {
-        ScrapeLimit((max > 0).then(|| tokio::sync::Semaphore::new(max)))
+        let permits = if max == 0 {
+            tokio::sync::Semaphore::MAX_PERMITS
+        } else {
+            max
+        };
+        ScrapeLimit(tokio::sync::Semaphore::new(permits))
     }
 
-    /// `None` when the limit is reached; otherwise a permit held while rendering (a unit
-    /// permit when there is no limit).
-    fn try_enter(&self) -> Option<Option<tokio::sync::SemaphorePermit<'_>>> {
-        match &self.0 {
-            None => Some(None),
-            Some(s) => s.try_acquire().ok().map(Some),
-        }
+    /// A permit held while rendering; `None` when the limit is reached.
+    fn try_enter(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.0.try_acquire().ok()
     }
 }
 
