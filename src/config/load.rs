@@ -169,8 +169,12 @@ pub fn load_str_with_env_names(
     let mut errs = Errors::default();
     let mut origins: Vec<(String, String)> = Vec::new();
     // top-level `x-…` keys are free (docker-compose style): a place to keep YAML anchors
-    let mut checked = top.clone();
-    checked.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
+    // (only the keys are copied: the values are not needed to check them)
+    let checked: Mapping = top
+        .keys()
+        .filter(|k| !k.as_str().is_some_and(|k| k.starts_with("x-")))
+        .map(|k| (k.clone(), Value::Null))
+        .collect();
     walk::check_keys(&mut errs, "", &checked, TOP_KEYS);
 
     let lookup = |name: &str| env(name).filter(|v| !v.is_empty());
