@@ -614,7 +614,8 @@ impl Nginx {
         for d in ["logs", "tmp", "faults"] {
             std::fs::create_dir_all(dir.join(d)).expect("nginx dirs");
         }
-        // The worker runs as nobody: it must see the toggle files and write temp bodies.
+        // Should nginx ever run a worker as nobody, it must see the toggle files and write
+        // temp bodies.
         chmod(dir, 0o755);
         chmod(&dir.join("faults"), 0o755);
         chmod(&dir.join("tmp"), 0o777);
@@ -622,7 +623,8 @@ impl Nginx {
         let f = faults.display();
         let conf = format!(
             r#"load_module {echo};
-worker_processes 1;
+# one process: a master killed by the test's Drop would leave its worker running (ppid 1)
+master_process off;
 pid logs/nginx.pid;
 error_log logs/error.log info;
 events {{ worker_connections 256; }}
