@@ -33,12 +33,10 @@ LAT_SECONDS="${LAT_SECONDS:-10}"
 # extra variables for the "on" runs, e.g. ON_ENV="OTEL_TRACES_SAMPLER=always_off"
 ON_ENV="${ON_ENV:-}"
 
-for envfile in "$ROOT/.test-env/env" /work/main/.test-env/env; do
-    if [[ -z "${LOXEXP_ROTEL:-}" && -f "$envfile" ]]; then
-        # shellcheck disable=SC1090
-        source "$envfile"
-    fi
-done
+if [[ -z "${LOXEXP_ROTEL:-}" && -f "$ROOT/.test-env/env" ]]; then
+    # shellcheck disable=SC1091
+    source "$ROOT/.test-env/env"
+fi
 ROTEL="${LOXEXP_ROTEL:?rotel not found: run scripts/install-test-deps.sh}"
 WRK="${LOXEXP_WRK:-$(command -v wrk || true)}"
 [[ -x "$WRK" ]] || { echo "wrk not found: run scripts/install-test-deps.sh" >&2; exit 1; }

@@ -22,7 +22,7 @@ targets="${FUZZ_TARGETS:-tables structure envelope}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz from crates.io" >&2
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 
 declare -A max_len=([tables]=4096 [structure]=16384 [envelope]=4096)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs every third-party component the tests run against (idempotent):
-#   Debian: prometheus (promtool), nginx + echo module, wrk, openssl, valgrind
-#   PyPI (venv in .test-env/venv): rotel, loxwebsocket, opentelemetry-proto, protobuf, grpcio
+#   Debian: prometheus (promtool), nginx + echo module, wrk, openssl, systemd-analyze,
+#           g++ (libFuzzer), jq (bench.sh), python3-venv
+#   PyPI (venv in .test-env/venv, pinned): rotel, loxwebsocket, opentelemetry-proto,
+#           protobuf, grpcio
 # Prints the environment file path tests read: .test-env/env
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +17,9 @@ command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)          # libFuzzer (scripts/fuzz.sh)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)            # scripts/bench.sh
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -26,10 +31,16 @@ venv="$envdir/venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-pkgs=(rotel loxwebsocket opentelemetry-proto protobuf grpcio)
-if ! "$venv/bin/python" -c 'import rotel, loxwebsocket, opentelemetry.proto, google.protobuf, grpc' 2>/dev/null; then
+# Pinned: the tests read rotel's debug output line by line, so a new release could break
+# them without a change here. Bump deliberately, and run scripts/test.sh after.
+pkgs=(rotel==0.0.1a15 loxwebsocket==0.6.0 opentelemetry-proto==1.45.2 protobuf==7.36.2
+  grpcio==1.85.1)
+pins="$venv/.pinned"
+if [ "$(cat "$pins" 2>/dev/null)" != "${pkgs[*]}" ] ||
+  ! "$venv/bin/python" -c 'import rotel, loxwebsocket, opentelemetry.proto, google.protobuf, grpc' 2>/dev/null; then
   echo "installing PyPI packages: ${pkgs[*]}"
-  "$venv/bin/pip" install -q --pre "${pkgs[@]}"
+  "$venv/bin/pip" install -q "${pkgs[@]}"
+  echo "${pkgs[*]}" >"$pins"
 fi
 rotel=$("$venv/bin/python" -c 'import rotel,os;print(os.path.join(os.path.dirname(rotel.__file__),"rotel-agent"))')
 
