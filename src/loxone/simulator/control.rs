@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::options::EstimatedFlag;
-use super::shared::{format_timestamp, Fault, MalformedKind, Shared, SimCounters};
+use super::shared::{format_timestamp, Fault, MalformedKind, Shared, SimCounters, StructureData};
+use super::SimError;
 use crate::loxone::uuid::LoxUuid;
 
 /// Handle to inject faults into and read counters from a running simulator. Cheap to clone.
@@ -89,11 +90,20 @@ impl SimControl {
     /// and returns it.
     pub fn change_structure(&self) -> String {
         let mut guard = self.shared.structure.write();
-        // never go backwards: the file's stamp may lie in the future
-        let old = parse_timestamp(&guard.last_modified).unwrap_or(0);
-        let lm = format_timestamp(super::shared::Shared::unix_now().max(old + 1));
+        let lm = next_last_modified(&guard.last_modified);
         *guard = Arc::new(guard.with_last_modified(&lm));
         lm
+    }
+
+    /// Serves an edited structure file from now on, with a new `lastModified` as
+    /// [`change_structure`](Self::change_structure) gives, and returns that stamp. The edit
+    /// may rename and regroup; values stay with their state UUIDs.
+    pub fn edit_structure(&self, edit: impl FnOnce(&str) -> String) -> Result<String, SimError> {
+        let mut guard = self.shared.structure.write();
+        let lm = next_last_modified(&guard.last_modified);
+        let edited = StructureData::load(edit(&guard.text).as_bytes())?;
+        *guard = Arc::new(edited.with_last_modified(&lm));
+        Ok(lm)
     }
 
     /// Sets a value state and sends the change to every subscribed socket. False for a
@@ -158,6 +168,12 @@ impl SimControl {
     pub fn control_count(&self) -> usize {
         self.shared.structure().structure.control_count()
     }
+}
+
+/// Now, or one second after `old` when that lies in the future: never backwards.
+fn next_last_modified(old: &str) -> String {
+    let old = parse_timestamp(old).unwrap_or(0);
+    format_timestamp(super::shared::Shared::unix_now().max(old + 1))
 }
 
 fn parse_timestamp(s: &str) -> Option<u64> {

@@ -410,6 +410,7 @@ impl Session {
             _ => {
                 a.kill(&token);
                 drop(a);
+                Counters::inc(&self.shared.counters.tokens_killed);
                 let mut out = vec![self.ll(
                     control,
                     self.shared.opts.killtoken_code,

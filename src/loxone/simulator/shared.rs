@@ -176,6 +176,7 @@ pub struct Counters {
     pub(crate) value_events_sent: AtomicU64,
     pub(crate) blocked_connections: AtomicU64,
     pub(crate) refused_connections: AtomicU64,
+    pub(crate) tokens_killed: AtomicU64,
 }
 
 /// A snapshot of the simulator's internal counters.
@@ -205,6 +206,8 @@ pub struct SimCounters {
     pub blocked_connections: u64,
     /// TCP connections dropped during a reboot.
     pub refused_connections: u64,
+    /// Valid tokens revoked with `killtoken`.
+    pub tokens_killed: u64,
 }
 
 impl Counters {
@@ -228,6 +231,7 @@ impl Counters {
             value_events_sent: r(&self.value_events_sent),
             blocked_connections: r(&self.blocked_connections),
             refused_connections: r(&self.refused_connections),
+            tokens_killed: r(&self.tokens_killed),
         }
     }
 }
