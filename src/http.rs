@@ -514,31 +514,74 @@ mod tests {
         }
     }
 
-    /// A collector that takes its number of milliseconds.
-    struct Slow(u64);
-    impl crate::metrics::registry::Collector for Slow {
+    /// A collector that says when a scrape is inside it and holds every scrape there until
+    /// released.
+    #[derive(Default)]
+    struct Gate {
+        /// (a scrape entered, released)
+        state: std::sync::Mutex<(bool, bool)>,
+        changed: std::sync::Condvar,
+    }
+    impl Gate {
+        fn wait_entered(&self) {
+            let mut s = self.state.lock().unwrap();
+            while !s.0 {
+                s = self.changed.wait(s).unwrap();
+            }
+        }
+        fn release(&self) {
+            self.state.lock().unwrap().1 = true;
+            self.changed.notify_all();
+        }
+    }
+    impl crate::metrics::registry::Collector for Gate {
         fn collect(&self, _out: &mut Vec<crate::metrics::model::Family>) {
-            std::thread::sleep(std::time::Duration::from_millis(self.0));
+            let mut s = self.state.lock().unwrap();
+            s.0 = true;
+            self.changed.notify_all();
+            while !s.1 {
+                s = self.changed.wait(s).unwrap();
+            }
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // three workers: two may sit in the gate, the third drives the timeout
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
     async fn scrapes_beyond_the_limit_get_503_at_once() {
         use tower::ServiceExt as _;
+        let gate = Arc::new(Gate::default());
         let registry = Arc::new(Registry::new());
-        registry.register(Arc::new(Slow(400)));
+        registry.register(gate.clone());
         let router = router(Arc::new(test_state(registry, ScrapeLimit::new(1))));
         let get = || {
             axum::http::Request::get("/metrics")
                 .body(axum::body::Body::empty())
                 .unwrap()
         };
+        // a failing assertion must not leave scrapes stuck in the gate (the runtime's
+        // shutdown would wait for them)
+        struct ReleaseOnDrop(Arc<Gate>);
+        impl Drop for ReleaseOnDrop {
+            fn drop(&mut self) {
+                self.0.release();
+            }
+        }
+        let _release = ReleaseOnDrop(gate.clone());
         let first = tokio::spawn(router.clone().oneshot(get()));
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let started = std::time::Instant::now();
-        let second = router.clone().oneshot(get()).await.unwrap();
+        let entered = gate.clone();
+        tokio::task::spawn_blocking(move || entered.wait_entered())
+            .await
+            .unwrap();
+        // the first scrape holds the only permit until released: the second is answered
+        // without waiting for it (a wait would end in the timeout)
+        let second = tokio::spawn(router.clone().oneshot(get()));
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), second)
+            .await
+            .expect("answered while the first scrape still runs")
+            .unwrap()
+            .unwrap();
         assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(started.elapsed() < std::time::Duration::from_millis(200));
+        gate.release();
         assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
         // the slot is free again
         assert_eq!(
