@@ -2,7 +2,8 @@
 //! test CA, mutual TLS, bearer auth (a wrong token is a non-retryable failure visible in
 //! health), and fault toggles (503/429 with Retry-After, 500, slow answers, dropped
 //! connections, gRPC UNAVAILABLE / RESOURCE_EXHAUSTED) driving the state machine through
-//! RETRYING and FAILED and back to IDLE while the registry stays fast to read.
+//! RETRYING and FAILED and back to IDLE while `/metrics`, served over the same registry,
+//! stays fast.
 
 mod common;
 #[path = "support/otlp/harness.rs"]
@@ -14,8 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use harness::*;
-use loxone_exporter::config::{OtlpConfig, OtlpProtocol, OtlpTls};
+use loxone_exporter::config::{FilterConfig, OtlpConfig, OtlpProtocol, OtlpTls};
+use loxone_exporter::http::{router, HttpState, RenderMemory, ScrapeLimit, DEFAULT_TELEMETRY_PATH};
 use loxone_exporter::metrics::health::{ExportState, OtlpHealth};
+use loxone_exporter::metrics::self_health::SelfHealth;
+use loxone_exporter::metrics::store::StateStore;
 use loxone_exporter::metrics::{Registry, Value};
 use loxone_exporter::otlp::convert::{build_resource, Converter, ResourceInfo};
 use loxone_exporter::otlp::export::run_export_loop_with_stats;
@@ -187,13 +191,15 @@ async fn mutual_tls_needs_the_client_certificate() {
 
 struct Running {
     registry: Arc<Registry>,
+    /// `/metrics` of a real HTTP server over the same registry.
+    metrics_url: String,
     health: OtlpHealth,
     stats: Arc<ExportStats>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn run_loop(config: OtlpConfig) -> Running {
+async fn run_loop(config: OtlpConfig) -> Running {
     let registry = Arc::new(Registry::new());
     registry.register(TestCollector::new());
     let health = OtlpHealth::new(ExportState::Disabled);
@@ -208,8 +214,24 @@ fn run_loop(config: OtlpConfig) -> Running {
         "loop:1".into(),
         shutdown.clone(),
     ));
+    let http = Arc::new(HttpState {
+        registry: registry.clone(),
+        store: StateStore::new(&FilterConfig::default(), false).expect("store"),
+        self_health: Arc::new(SelfHealth::new()),
+        otlp: Some(health.clone()),
+        otlp_target: None,
+        telemetry_path: DEFAULT_TELEMETRY_PATH.into(),
+        render: RenderMemory::default(),
+        scrape_limit: ScrapeLimit::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let metrics_url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router(http)).await });
     Running {
         registry,
+        metrics_url,
         health,
         stats,
         shutdown,
@@ -233,7 +255,7 @@ async fn wrong_token_is_a_non_retryable_failure_visible_in_health() {
         Some(&env.pki.ca),
         Some("WRONG-t0ken-xyz"),
     );
-    let r = run_loop(c);
+    let r = run_loop(c).await;
     eventually(Duration::from_secs(10), "first attempt", || {
         (r.stats.attempts() >= 1).then_some(())
     })
@@ -262,24 +284,18 @@ async fn wrong_token_is_a_non_retryable_failure_visible_in_health() {
     r.task.await.unwrap();
 }
 
-/// Waits until the loop's health satisfies `pred`, checking on the way that reading the
-/// registry (what `/metrics` does) stays fast while exports fail.
+/// Waits until the loop's health satisfies `pred`, scraping `/metrics` on the way: it must
+/// answer, with the export's health in it, whatever the exports do.
 async fn until(
     r: &Running,
     what: &str,
     secs: u64,
     pred: impl Fn(&loxone_exporter::metrics::health::OtlpStatus) -> bool,
 ) {
+    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let t = Instant::now();
-        let snap = r.registry.snapshot();
-        let took = t.elapsed();
-        assert!(
-            took < Duration::from_millis(100),
-            "registry read took {took:?}"
-        );
-        assert!(snap.family("loxone_otlp_export_status").is_some());
+        scrape(&client, r).await;
         let st = r.health.get();
         if pred(&st) {
             return;
@@ -290,6 +306,44 @@ async fn until(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// GET `/metrics`: 200, with the export's health in it.
+async fn scrape(client: &reqwest::Client, r: &Running) {
+    let response = client
+        .get(&r.metrics_url)
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("loxone_otlp_export_status "), "{body}");
+}
+
+/// `/metrics` never waits for an export: while collector answers hang, a scrape started
+/// during an export attempt ends before that attempt does. (Attempts are counted when
+/// they end.) A scrape that waited for the export could never see that, however fast the
+/// machine; a slow machine may need a few tries, so one success in ten suffices.
+async fn scrape_overtakes_a_hanging_export(r: &Running) {
+    let client = reqwest::Client::new();
+    let mut tries = Vec::new();
+    for _ in 0..10 {
+        eventually(
+            Duration::from_secs(15),
+            "an export attempt in flight",
+            || (r.health.get().state == ExportState::Exporting).then_some(()),
+        )
+        .await;
+        let attempts = r.stats.attempts();
+        let t = Instant::now();
+        scrape(&client, r).await;
+        let took = t.elapsed();
+        if r.stats.attempts() == attempts && r.health.get().state == ExportState::Exporting {
+            return;
+        }
+        tries.push(took);
+    }
+    panic!("every scrape ended after the export it started during: {tries:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,8 +358,17 @@ async fn http_faults_drive_retrying_failed_and_back_to_idle() {
     );
     c.interval = Duration::from_secs(1);
     c.timeout = Duration::from_secs(1);
+    // the delays nginx asks for reach the state machine
+    for (fault, after) in [("http503", 2), ("http429", 1)] {
+        env.nginx.set_fault(Some(fault));
+        let o = send(&c, "x").await;
+        assert!(
+            matches!(&o, ExportOutcome::Retry { after: Some(a), .. } if *a == Duration::from_secs(after)),
+            "{fault}: {o:?}"
+        );
+    }
     env.nginx.set_fault(Some("http503"));
-    let r = run_loop(c);
+    let r = run_loop(c).await;
     let has = |s: &loxone_exporter::metrics::health::OtlpStatus, text: &str| {
         s.last_error.as_deref().is_some_and(|e| e.contains(text))
     };
@@ -324,6 +387,7 @@ async fn http_faults_drive_retrying_failed_and_back_to_idle() {
     .await;
     env.nginx.set_fault(Some("delay"));
     until(&r, "timeout", 10, |s| has(s, "timed out")).await;
+    scrape_overtakes_a_hanging_export(&r).await;
     until(&r, "FAILED after 10", 30, |s| {
         s.state == ExportState::Failed && s.consecutive_failures >= 10
     })
