@@ -292,7 +292,9 @@ async fn until(
     secs: u64,
     pred: impl Fn(&loxone_exporter::metrics::health::OtlpStatus) -> bool,
 ) {
-    let client = reqwest::Client::new();
+    let client = loxone_exporter::tls_provider::reqwest_builder()
+        .build()
+        .expect("http client");
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         scrape(&client, r).await;
@@ -325,7 +327,9 @@ async fn scrape(client: &reqwest::Client, r: &Running) {
 /// they end.) A scrape that waited for the export could never see that, however fast the
 /// machine; a slow machine may need a few tries, so one success in ten suffices.
 async fn scrape_overtakes_a_hanging_export(r: &Running) {
-    let client = reqwest::Client::new();
+    let client = loxone_exporter::tls_provider::reqwest_builder()
+        .build()
+        .expect("http client");
     let mut tries = Vec::new();
     for _ in 0..10 {
         eventually(

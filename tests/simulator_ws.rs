@@ -269,7 +269,9 @@ async fn reboot_refuses_then_503_then_recovers() {
     );
     assert!(sim.counters().refused_connections >= 1);
     let url = format!("http://{}/jdev/cfg/apiKey", sim.http_addr());
-    let client = reqwest::Client::new();
+    let client = loxone_exporter::tls_provider::reqwest_builder()
+        .build()
+        .expect("http client");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
         match client.get(&url).send().await {
