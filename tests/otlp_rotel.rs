@@ -21,6 +21,7 @@ use loxone_exporter::otlp::export::{
     local_host_name, process_start_time, run_export_loop_with_stats,
 };
 use loxone_exporter::otlp::health::{health_collector_with_stats, ExportStats};
+use loxone_exporter::otlp::transport::{ExportOutcome, Transport};
 use tokio_util::sync::CancellationToken;
 
 async fn roundtrip(protocol: OtlpProtocol) {
@@ -249,6 +250,17 @@ async fn fifty_thousand_series_reach_rotel_over_grpc_split_under_4_mib() {
     );
     config.compression = OtlpCompression::None;
     config.timeout = Duration::from_secs(30);
+    // ... and rotel does refuse it, so the split below is what gets the data there
+    let unsplit = Transport::new(&config)
+        .expect("transport")
+        .send(whole.bodies[0].clone())
+        .await;
+    assert!(
+        // OUT_OF_RANGE is retryable per the OTLP spec: unsplit, this would be retried forever
+        matches!(&unsplit, ExportOutcome::Retry { reason, .. } if reason.contains("OUT_OF_RANGE") && reason.contains("too large")),
+        "{} bytes in one request: {unsplit:?}",
+        whole.bodies[0].len()
+    );
     let split =
         Converter::new(resource, SystemTime::now(), config.max_request_bytes).convert(&snap);
     assert!(split.bodies.len() >= 2);
