@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 struct Daemon {
     child: Child,
-    port: u16,
 }
 
 impl Drop for Daemon {
@@ -42,7 +41,7 @@ fn start(config: &Path, port: u16) -> Daemon {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn exporter");
-    let d = Daemon { child, port };
+    let d = Daemon { child };
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -64,7 +63,7 @@ fn start_listening(config: &Path, listen: &str, host: &str, port: u16) -> Daemon
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn exporter");
-    let d = Daemon { child, port };
+    let d = Daemon { child };
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect((host, port)).is_err() {
         assert!(
@@ -393,18 +392,26 @@ fn listen_address_flag_overrides_the_file_and_ipv6_works() {
     let file_port = common::free_port();
     let cfg = write_config(dir.path(), file_port);
     let port = common::free_port();
-    let Ok(probe) = TcpListener::bind(("::1", 0)) else {
-        eprintln!("NOTE: no IPv6 loopback on this host; IPv6 part not run");
-        return;
-    };
-    drop(probe);
-    let mut d = start_listening(&cfg, &format!("[::1]:{port}"), "::1", port);
+    let mut d = start_listening(&cfg, &format!("127.0.0.1:{port}"), "127.0.0.1", port);
     assert!(
         TcpStream::connect(("127.0.0.1", file_port)).is_err(),
         "file port must not be used"
     );
     let _ = d.child.kill();
-    let _ = d.port;
+    // an IPv6 address, where the host has an IPv6 loopback (a property of the host, not
+    // a component the test script could install)
+    let Ok(probe) = TcpListener::bind(("::1", 0)) else {
+        eprintln!("NOTE: no IPv6 loopback on this host; IPv6 part not run");
+        return;
+    };
+    drop(probe);
+    let port6 = common::free_port();
+    let mut d = start_listening(&cfg, &format!("[::1]:{port6}"), "::1", port6);
+    assert!(
+        TcpStream::connect(("127.0.0.1", file_port)).is_err(),
+        "file port must not be used"
+    );
+    let _ = d.child.kill();
 }
 
 /// `:PORT` is every interface: IPv4 and, where the host has it, IPv6 (as node_exporter).
@@ -437,7 +444,7 @@ fn demo_shows_changing_values_within_a_second() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _d = Daemon { child, port };
+    let _d = Daemon { child };
     let deadline = Instant::now() + Duration::from_secs(20);
     let values = |text: &str| -> Vec<String> {
         text.lines()
@@ -488,7 +495,7 @@ fn notify_socket_gets_ready_after_the_listener_is_bound() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut d = Daemon { child, port };
+    let mut d = Daemon { child };
     let mut buf = [0u8; 512];
     let n = sock.recv(&mut buf).expect("READY=1 within 15 s");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -557,7 +564,7 @@ fn healthcheck_follows_the_listen_flag_and_the_web_config() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let _d = Daemon { child, port };
+        let _d = Daemon { child };
         // healthy once the demo's Miniserver is connected
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = needs_auth.then(|| format!("https://hc:hc-pass@127.0.0.1:{port}/healthz"));
