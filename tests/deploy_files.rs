@@ -162,6 +162,7 @@ fn compose_file_is_valid_and_consistent() {
         "healthcheck",
         "user",
         "env_file",
+        "hostname",
     ]
     .into();
     let named_volumes: BTreeSet<&str> = compose["volumes"]
@@ -214,8 +215,19 @@ fn compose_file_is_valid_and_consistent() {
     assert_eq!(s(&exporter["build"]["context"]), ".");
     let args = exporter["build"]["args"].as_mapping().unwrap();
     for a in ["VERSION", "COMMIT", "BUILD_DATE"] {
-        assert!(args.contains_key(a), "build arg {a} missing");
+        // an unset variable must reach build.rs empty, so it falls back to the crate's
+        // version and the build's date instead of baking in a placeholder like "dev"
+        let value = args
+            .get(a)
+            .map(s)
+            .unwrap_or_else(|| panic!("build arg {a} missing"));
+        assert!(
+            value.ends_with(":-}"),
+            "build arg {a}: {value} has a non-empty default"
+        );
     }
+    // the OTLP service.instance.id (host:port) names the same instance as the scrape
+    assert_eq!(s(&exporter["hostname"]), "exporter");
     let ports: Vec<&str> = exporter["ports"]
         .as_sequence()
         .unwrap()
