@@ -598,7 +598,8 @@ fn is_known_metric(name: &str) -> bool {
     thread_local! {
         static SERVED: BTreeSet<String> = served_metric_names();
     }
-    SERVED.with(|s| s.contains(name))
+    // `up`: Prometheus's own series for each scrape target
+    name == "up" || SERVED.with(|s| s.contains(name))
 }
 
 #[test]
