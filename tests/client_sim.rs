@@ -450,6 +450,43 @@ async fn malformed_frames_are_counted_without_disconnecting() {
 }
 
 #[tokio::test]
+async fn a_miniserver_hung_mid_message_is_left_after_the_liveness_timeout() {
+    let sim = start_sim(|_| {}).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    // an 8 MiB table announced and never sent: by the header alone the client would wait
+    // 3 s + 128 s (64 KiB/s); no byte for the liveness timeout (3 s) ends it
+    sim.control().hang_mid_message();
+    wait_for("reconnected", || {
+        sim.counters().ws_connections >= 2 && client.connected()
+    })
+    .await;
+    assert!(client.state.error_count("timeout") >= 1);
+    value_flows(&sim, &client, 8.25).await;
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_miniserver_that_stops_reading_is_left_and_reconnected() {
+    let sim = start_sim(|_| {}).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    // pings keep coming, pongs and keepalives cannot leave: the client must neither wait
+    // on its keepalive forever nor queue pongs without end
+    sim.control().deaf_ping_flood();
+    wait_for("reconnected", || {
+        sim.counters().ws_connections >= 2 && client.connected()
+    })
+    .await;
+    let last = client.state.health();
+    assert!(last.connected);
+    value_flows(&sim, &client, 9.75).await;
+    client.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn two_miniservers_one_down() {
     let sim = start_sim(|o| o.rate = 50.0).await;
     let dead = {

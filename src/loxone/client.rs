@@ -287,7 +287,7 @@ pub async fn run_miniserver_with(
                 if outcome.authenticated {
                     policy.authenticated();
                 }
-                match classify(&outcome, &mut carry) {
+                match classify(&outcome, options.backoff_max, &mut carry) {
                     None => break,
                     Some(c) => c,
                 }
@@ -334,13 +334,16 @@ pub async fn run_miniserver_with(
 }
 
 /// Maps a session outcome to the retry class, the error kind and a log/health message;
-/// `None` for shutdown. Drops the stored token on close codes 4004/4005.
+/// `None` for shutdown. Drops the stored token on close codes 4004/4005. Only a session
+/// whose live values flowed for `stable_after` resets the backoff: one dropped right after
+/// it came up would otherwise be reconnected to (full login, structure check) every second.
 fn classify(
     outcome: &SessionOutcome,
+    stable_after: Duration,
     carry: &mut Carry,
 ) -> Option<(Failure, &'static str, String)> {
     let after_ok = |f: Failure| {
-        if outcome.established {
+        if outcome.established && outcome.live_for >= stable_after {
             Failure::AfterEstablished
         } else {
             f
@@ -592,7 +595,31 @@ mod tests {
             end,
             authenticated: established,
             established,
+            live_for: if established {
+                Duration::from_secs(3600)
+            } else {
+                Duration::ZERO
+            },
         }
+    }
+
+    /// The default longest backoff: sessions that lived this long reset the backoff.
+    const STABLE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn only_a_session_that_stayed_up_resets_the_backoff() {
+        let mut carry = Carry::default();
+        let closed = SessionEnd::Closed {
+            code: Some(1000),
+            reason: String::new(),
+        };
+        let mut short = outcome(closed, true);
+        short.live_for = Duration::from_millis(800);
+        let (f, _, _) = classify(&short, STABLE, &mut carry).unwrap();
+        assert_eq!(f, Failure::Other, "dropped right after it came up");
+        short.live_for = STABLE;
+        let (f, _, _) = classify(&short, STABLE, &mut carry).unwrap();
+        assert_eq!(f, Failure::AfterEstablished);
     }
 
     #[test]
@@ -609,17 +636,26 @@ mod tests {
             code: Some(code),
             reason: reason.into(),
         };
-        let (f, kind, _) =
-            classify(&outcome(closed(4003, "blocked (120)"), false), &mut carry).unwrap();
+        let (f, kind, _) = classify(
+            &outcome(closed(4003, "blocked (120)"), false),
+            STABLE,
+            &mut carry,
+        )
+        .unwrap();
         assert_eq!((f, kind), (Failure::Blocked { seconds: Some(120) }, "auth"));
         assert!(carry.token.is_some());
-        let (f, _, _) = classify(&outcome(closed(4005, ""), true), &mut carry).unwrap();
+        let (f, _, _) = classify(&outcome(closed(4005, ""), true), STABLE, &mut carry).unwrap();
         assert_eq!(f, Failure::AfterEstablished);
         assert!(carry.token.is_none(), "4005 drops the token");
-        let (f, _, _) = classify(&outcome(closed(4006, ""), true), &mut carry).unwrap();
+        let (f, _, _) = classify(&outcome(closed(4006, ""), true), STABLE, &mut carry).unwrap();
         assert_eq!(f, Failure::Credentials);
-        let (f, kind, _) = classify(&outcome(SessionEnd::OutOfService, false), &mut carry).unwrap();
+        let (f, kind, _) = classify(
+            &outcome(SessionEnd::OutOfService, false),
+            STABLE,
+            &mut carry,
+        )
+        .unwrap();
         assert_eq!((f, kind), (Failure::Other, "closed"));
-        assert!(classify(&outcome(SessionEnd::Shutdown, true), &mut carry).is_none());
+        assert!(classify(&outcome(SessionEnd::Shutdown, true), STABLE, &mut carry).is_none());
     }
 }

@@ -262,6 +262,8 @@ pub struct RewriteTextFrames<S> {
     /// Rewritten bytes not yet handed to the reader; `taken` of them were.
     pending: Vec<u8>,
     taken: usize,
+    /// When bytes last came in (liveness counts bytes of a message still arriving).
+    last_read: Option<tokio::time::Instant>,
 }
 
 impl<S> RewriteTextFrames<S> {
@@ -273,7 +275,13 @@ impl<S> RewriteTextFrames<S> {
             raw: vec![0; READ_CHUNK].into_boxed_slice(),
             pending: Vec::with_capacity(READ_CHUNK + 64),
             taken: 0,
+            last_read: None,
         }
+    }
+
+    /// When the last bytes were read from the stream, if any were.
+    pub fn last_read(&self) -> Option<tokio::time::Instant> {
+        self.last_read
     }
 }
 
@@ -304,6 +312,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for RewriteTextFrames<S> {
                 // end of stream (a header cut off by it is dropped with the connection)
                 return Poll::Ready(Ok(()));
             }
+            this.last_read = Some(tokio::time::Instant::now());
             // may produce nothing (a header still incomplete): then read on
             this.rewriter.process(raw.filled(), &mut this.pending);
         }

@@ -277,7 +277,10 @@ impl Endpoint {
                 // a typical event table whole (measured: at 1000 one-event tables/s, 16 KiB
                 // of memset per read was ~4 % of the client's CPU); big messages simply
                 // take more reads; the text-frame rewriter reads the socket in the same size
-                .read_buffer_size(super::client_text_frames::READ_CHUNK);
+                .read_buffer_size(super::client_text_frames::READ_CHUNK)
+                // tungstenite buffers every pong it owes without limit by default: a
+                // Miniserver that pings but stops reading would grow it by the GB
+                .max_write_buffer_size(MAX_WRITE_BUFFER);
             let (ws, _response) = tokio_tungstenite::client_async_with_config(
                 request,
                 RewriteTextFrames::new(io),
@@ -340,6 +343,11 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Most bytes queued for a Miniserver that does not read them (commands are tiny; beyond
+/// this, owed pongs wait and newer ones replace them). Above tungstenite's 128 KiB write
+/// buffer, as it requires.
+const MAX_WRITE_BUFFER: usize = 512 * 1024;
+
 /// An open WebSocket to a Miniserver.
 pub struct WsConnection {
     ws: WebSocketStream<RewriteTextFrames<Box<dyn Io>>>,
@@ -380,6 +388,11 @@ impl WsConnection {
                 Some(Ok(_)) => continue,
             }
         }
+    }
+
+    /// When bytes last arrived from the Miniserver (complete message or not).
+    pub fn last_read(&self) -> Option<tokio::time::Instant> {
+        self.ws.get_ref().last_read()
     }
 
     /// Sends a close frame and flushes; errors are ignored (the socket is going away).

@@ -50,6 +50,10 @@ pub trait Transport: Send {
     fn recv(&mut self) -> impl Future<Output = Result<Received, TransportError>> + Send;
     /// Closes the socket (best effort).
     fn close(&mut self) -> impl Future<Output = ()> + Send;
+    /// When bytes last arrived, complete message or not (`None`: not tracked).
+    fn last_read(&self) -> Option<Instant> {
+        None
+    }
 }
 
 impl Transport for WsConnection {
@@ -66,6 +70,10 @@ impl Transport for WsConnection {
 
     fn close(&mut self) -> impl Future<Output = ()> + Send {
         WsConnection::close(self)
+    }
+
+    fn last_read(&self) -> Option<Instant> {
+        WsConnection::last_read(self)
     }
 }
 
@@ -106,6 +114,22 @@ pub enum SessionError {
         what: &'static str,
         /// Limit.
         after: Duration,
+    },
+    /// The Miniserver did not take a command off the socket in time (it stopped reading).
+    #[error("could not send {what} within {after:?}: the Miniserver does not read")]
+    SendTimeout {
+        /// Command name.
+        what: &'static str,
+        /// Limit.
+        after: Duration,
+    },
+    /// Answers came, but none could be read as an answer.
+    #[error("unreadable answer to {what}: {reason}")]
+    Unreadable {
+        /// Command name.
+        what: &'static str,
+        /// Why the last one could not be read.
+        reason: String,
     },
     /// A command was answered with an error code.
     #[error("{what} refused with code {code} ({text})")]
@@ -151,8 +175,10 @@ impl SessionError {
     pub fn kind(&self) -> &'static str {
         match self {
             SessionError::Transport(_) => "closed",
-            SessionError::Timeout { .. } => "timeout",
-            SessionError::Refused { .. } | SessionError::Crypto(_) => "protocol",
+            SessionError::Timeout { .. } | SessionError::SendTimeout { .. } => "timeout",
+            SessionError::Refused { .. }
+            | SessionError::Unreadable { .. }
+            | SessionError::Crypto(_) => "protocol",
             SessionError::Credentials { .. }
             | SessionError::EncryptionUnavailable
             | SessionError::Auth(_) => "auth",
@@ -175,9 +201,10 @@ pub enum SessionEnd {
     },
     /// The Miniserver announced out-of-service (reboot, update).
     OutOfService,
-    /// Nothing arrived for the liveness timeout.
+    /// Nothing arrived for the liveness timeout, or a message announced by its header did
+    /// not arrive at the slowest rate accepted.
     Silent {
-        /// The timeout that elapsed.
+        /// Time since the last complete message.
         after: Duration,
     },
     /// Something failed.
@@ -210,6 +237,8 @@ pub struct SessionOutcome {
     pub authenticated: bool,
     /// The receive loop was reached (live values flowing).
     pub established: bool,
+    /// How long live values flowed (zero when never established).
+    pub live_for: Duration,
 }
 
 /// Counters of one session (logged at its end).
@@ -260,7 +289,7 @@ pub async fn run_session<T: Transport>(
         state,
         last_rx: Instant::now(),
         authenticated: false,
-        established: false,
+        established: None,
         stats: SessionStats::default(),
     };
     let end = session.run(carry, shutdown).await;
@@ -276,7 +305,10 @@ pub async fn run_session<T: Transport>(
     SessionOutcome {
         end,
         authenticated: session.authenticated,
-        established: session.established,
+        established: session.established.is_some(),
+        live_for: session
+            .established
+            .map_or(Duration::ZERO, |at| at.elapsed()),
     }
 }
 
@@ -292,7 +324,8 @@ struct Session<'a, T> {
     state: &'a Arc<MiniserverState>,
     last_rx: Instant,
     authenticated: bool,
-    established: bool,
+    /// When the receive loop was reached.
+    established: Option<Instant>,
     stats: SessionStats,
 }
 
@@ -364,7 +397,7 @@ impl<T: Transport> Session<'_, T> {
             )
             .await?;
         self.expect_ok(&ll, "enablebinstatusupdate")?;
-        self.established = true;
+        self.established = Some(Instant::now());
         self.state.set_connected(true);
         self.state.set_last_error(None);
         info!(
@@ -378,10 +411,14 @@ impl<T: Transport> Session<'_, T> {
 
     // ---- transport helpers -------------------------------------------------------------
 
-    async fn send(&mut self, text: String) -> Step<()> {
-        self.transport
-            .send_text(text)
+    /// Sends one message; a Miniserver that does not take it off the socket within the
+    /// command timeout ends the session (an unbounded wait would also stall the liveness
+    /// check and shutdown).
+    async fn send(&mut self, text: String, what: &'static str) -> Step<()> {
+        let after = self.options.command_timeout;
+        tokio::time::timeout(after, self.transport.send_text(text))
             .await
+            .map_err(|_| SessionError::SendTimeout { what, after })?
             .map_err(SessionEnd::from)
     }
 
@@ -492,18 +529,29 @@ impl<T: Transport> Session<'_, T> {
         } else {
             cmd.to_owned()
         };
-        self.send(wire).await?;
+        self.send(wire, what).await?;
         let after = self.options.command_timeout;
         let deadline = Instant::now() + after;
+        // a text that is no LL answer is skipped (it may be something unsolicited), but when
+        // no answer follows, the error says what came instead of "no answer"
+        let mut unreadable = None;
         loop {
-            let text = timeout_at(deadline, self.next_text())
-                .await
-                .map_err(|_| SessionError::Timeout { what, after })??;
+            let text = match timeout_at(deadline, self.next_text()).await {
+                Ok(text) => text?,
+                Err(_) => {
+                    return Err(match unreadable {
+                        Some(reason) => SessionError::Unreadable { what, reason },
+                        None => SessionError::Timeout { what, after },
+                    }
+                    .into())
+                }
+            };
             match parse_ll(&text) {
                 Ok(ll) => return Ok(ll),
-                Err(_) => {
+                Err(e) => {
                     self.stats.unsolicited += 1;
                     debug!(miniserver = %self.config.name, bytes = text.len(), "text message that is no command answer ignored");
+                    unreadable = Some(e.to_string());
                 }
             }
         }
@@ -785,7 +833,7 @@ impl<T: Transport> Session<'_, T> {
 
     async fn fetch_structure(&mut self) -> Step<String> {
         const WHAT: &str = "data/LoxAPP3.json";
-        self.send(WHAT.to_owned()).await?;
+        self.send(WHAT.to_owned(), WHAT).await?;
         let started = Instant::now();
         loop {
             // The structure timeout, plus the time the announced payload needs at the
@@ -796,9 +844,20 @@ impl<T: Transport> Session<'_, T> {
                 .pending()
                 .map_or(0, |h| u64::from(h.payload_len) / SLOWEST_RATE_BYTES_PER_SEC);
             let after = self.options.structure_timeout + Duration::from_secs(extra);
-            let received = timeout_at(started + after, self.transport.recv())
-                .await
-                .map_err(|_| SessionError::Timeout { what: WHAT, after })??;
+            let received = match timeout_at(
+                self.structure_deadline(started, after),
+                self.transport.recv(),
+            )
+            .await
+            {
+                Ok(received) => received?,
+                // bytes came after the deadline was set: wait on (recv is cancel-safe)
+                Err(_) if self.structure_deadline(started, after) > Instant::now() => continue,
+                Err(_) => {
+                    let after = Duration::from_secs(started.elapsed().as_secs());
+                    return Err(SessionError::Timeout { what: WHAT, after }.into());
+                }
+            };
             let Some(text) = self.on_received(received)? else {
                 continue;
             };
@@ -819,14 +878,32 @@ impl<T: Transport> Session<'_, T> {
         }
     }
 
+    /// The structure download's deadline: `after` from the request, and no later than the
+    /// liveness timeout after the last byte (a header announcing more than is sent, or a
+    /// server that hung mid-file, is not waited for until `after`).
+    fn structure_deadline(&self, started: Instant, after: Duration) -> Instant {
+        let overall = started + after;
+        match self.transport.last_read() {
+            Some(read) => overall.min(read.max(started) + self.options.liveness_timeout),
+            None => overall,
+        }
+    }
+
     // ---- receive loop --------------------------------------------------------------------
 
+    /// A message announced by its header gets the time it needs at the slowest rate we
+    /// accept, but only while its bytes keep coming: no byte at all for the liveness
+    /// timeout is silence whatever the header promised.
     fn liveness_deadline(&self) -> Instant {
         let extra = self
             .framer
             .pending()
             .map_or(0, |h| u64::from(h.payload_len) / SLOWEST_RATE_BYTES_PER_SEC);
-        self.last_rx + self.options.liveness_timeout + Duration::from_secs(extra)
+        let by_message = self.last_rx + self.options.liveness_timeout + Duration::from_secs(extra);
+        match self.transport.last_read() {
+            Some(read) => by_message.min(read.max(self.last_rx) + self.options.liveness_timeout),
+            None => by_message,
+        }
     }
 
     fn next_refresh(&self, carry: &Carry) -> Option<Instant> {
@@ -895,14 +972,25 @@ impl<T: Transport> Session<'_, T> {
                     let deadline = self.liveness_deadline();
                     if deadline <= Instant::now() {
                         return SessionEnd::Silent {
-                            after: self.options.liveness_timeout,
+                            after: self.last_rx.elapsed(),
                         };
                     }
                     liveness.as_mut().reset(deadline);
                 }
                 Event::Keepalive => {
-                    if let Err(end) = self.send(KEEPALIVE.to_owned()).await {
-                        return end;
+                    let sent = tokio::select! {
+                        biased;
+                        _ = &mut cancelled => None,
+                        r = self.send(KEEPALIVE.to_owned(), KEEPALIVE) => Some(r),
+                    };
+                    match sent {
+                        None => {
+                            let span = self.span.clone();
+                            self.kill_token_and_close(carry).instrument(span).await;
+                            return SessionEnd::Shutdown;
+                        }
+                        Some(Err(end)) => return end,
+                        Some(Ok(())) => {}
                     }
                 }
                 Event::Refresh => {
@@ -1429,6 +1517,55 @@ mod tests {
         sd.cancel();
         let (outcome, _) = task.await.unwrap();
         assert!(matches!(outcome.end, SessionEnd::Shutdown));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreadable_answers_are_reported_as_such_not_as_silence() {
+        let rig = Rig::new();
+        // Answers every command at once, with text that is no LL answer.
+        #[derive(Default)]
+        struct Garbler(std::collections::VecDeque<WireMessage>);
+        impl Transport for Garbler {
+            async fn send_text(&mut self, _t: String) -> Result<(), TransportError> {
+                let text = "<html>busy</html>";
+                let header = Header {
+                    kind: MessageKind::Text,
+                    estimated: false,
+                    payload_len: text.len() as u32,
+                };
+                self.0
+                    .push_back(WireMessage::Binary(header.encode(0x80).to_vec()));
+                self.0.push_back(WireMessage::Text(text.into()));
+                Ok(())
+            }
+            async fn recv(&mut self) -> Result<Received, TransportError> {
+                match self.0.pop_front() {
+                    Some(m) => Ok(Received::Message(m)),
+                    None => std::future::pending().await,
+                }
+            }
+            async fn close(&mut self) {}
+        }
+        let mut carry = Carry::default();
+        let outcome = run_session(
+            &tracing::Span::current(),
+            &mut Garbler::default(),
+            &rig.prelude,
+            &mut carry,
+            &rig.config,
+            &rig.options,
+            &rig.state,
+            &CancellationToken::new(),
+        )
+        .await;
+        match outcome.end {
+            SessionEnd::Failed(e @ SessionError::Unreadable { what, .. }) => {
+                assert_eq!(what, "keyexchange");
+                assert_eq!(e.kind(), "protocol");
+                assert!(e.to_string().contains("not JSON"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -73,6 +73,18 @@ impl SimControl {
         let _ = self.shared.faults.send(Fault::Malformed(kind));
     }
 
+    /// Every open socket gets a header announcing an 8 MiB value table, then nothing more
+    /// until the client goes away.
+    pub fn hang_mid_message(&self) {
+        let _ = self.shared.faults.send(Fault::HangMidMessage);
+    }
+
+    /// Every open socket stops being read and is flooded with pings until the client goes
+    /// away: the pongs it owes cannot be sent.
+    pub fn deaf_ping_flood(&self) {
+        let _ = self.shared.faults.send(Fault::DeafPingFlood);
+    }
+
     /// Reboot: out-of-service and close every socket; for the first half of `down` TCP
     /// connections are refused (dropped at once), for the second half HTTP answers 503 and
     /// WebSocket upgrades fail.

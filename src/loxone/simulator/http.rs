@@ -262,6 +262,8 @@ fn control_api(shared: &Arc<Shared>, method: &Method, rest: &str, query: &str) -
             Some(k) => ctl.inject_malformed(k),
             None => return html_error(StatusCode::BAD_REQUEST),
         },
+        "hang" => ctl.hang_mid_message(),
+        "deaf" => ctl.deaf_ping_flood(),
         "reboot" => ctl.reboot(Duration::from_secs_f64(
             num("secs").unwrap_or(10.0).clamp(0.0, 3600.0),
         )),

@@ -735,6 +735,49 @@ where
     .await;
 }
 
+/// Sends a header announcing an 8 MiB value table and nothing after it; reads (and drops)
+/// whatever the client sends until it goes away.
+async fn hang_mid_message<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let header = Header {
+        kind: MessageKind::ValueStates,
+        estimated: false,
+        payload_len: 8 * 1024 * 1024,
+    };
+    if ws
+        .send(Message::Binary(Bytes::copy_from_slice(
+            &header.encode(0x80),
+        )))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+/// Never reads again and sends pings (500 every 10 ms, 125-byte payloads) until the socket
+/// fails: the client's pongs pile up in its buffers.
+async fn deaf_ping_flood<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let payload = Bytes::from_static(&[0x5a; 125]);
+    loop {
+        for _ in 0..500 {
+            if ws.feed(Message::Ping(payload.clone())).await.is_err() {
+                return;
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Executes actions; returns false when the socket was closed.
 async fn execute<S>(ws: &mut WebSocketStream<S>, shared: &Shared, actions: Vec<Action>) -> bool
 where
@@ -946,6 +989,14 @@ pub async fn run<S>(
                     return;
                 }
                 Ok(Fault::TokensChanged) => continue, // re-checked at the top of the loop
+                Ok(Fault::HangMidMessage) => {
+                    hang_mid_message(&mut ws).await;
+                    return;
+                }
+                Ok(Fault::DeafPingFlood) => {
+                    deaf_ping_flood(&mut ws).await;
+                    return;
+                }
                 Ok(Fault::Malformed(kind)) => {
                     if !malformed(&mut ws, &shared, kind).await {
                         return;

@@ -144,6 +144,10 @@ pub enum Fault {
     TokensChanged,
     /// Send a malformed message.
     Malformed(MalformedKind),
+    /// Announce a big value table, then send nothing more (a server hung mid-message).
+    HangMidMessage,
+    /// Stop reading the socket and flood it with pings (a server whose receive side hung).
+    DeafPingFlood,
 }
 
 /// Switches changed at run time by the control API.
