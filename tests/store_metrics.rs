@@ -242,3 +242,48 @@ fn promtool_accepts_metrics_from_real_structures() {
         );
     }
 }
+
+/// A scrape waiting for a Miniserver's values gets its turn while a huge value table is
+/// applied, instead of waiting for the whole table (a hostile Miniserver's 60 MB tables
+/// held `/metrics` back for 100 ms and more).
+#[test]
+fn a_scrape_is_not_held_back_for_a_whole_huge_table() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    const EVENTS: usize = 2_000_000;
+    let s = structure("gen2-home-cz.json");
+    let store = StateStore::new(&FilterConfig::default(), false).unwrap();
+    let ms = store.add_miniserver("home");
+    ms.load_structure(&s);
+    let uuids = all_state_uuids(&s);
+    let registry = Registry::new();
+    registry.register(store.clone());
+    let progress = Arc::new(AtomicUsize::new(0));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let applier = {
+        let progress = progress.clone();
+        std::thread::spawn(move || {
+            ms.apply_values((0..EVENTS).map(|i| {
+                progress.store(i, Ordering::Relaxed);
+                if i == 100 {
+                    // the table's lock is held here: let the scrape start waiting for it
+                    ready_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                }
+                (uuids[i % uuids.len()], i as f64)
+            }))
+        })
+    };
+    ready_rx.recv().unwrap();
+    go_tx.send(()).unwrap();
+    let snap = registry.snapshot();
+    let scraped_at = progress.load(Ordering::Relaxed);
+    applier.join().unwrap();
+    assert!(snap.family("loxone_control_value").is_some());
+    assert!(
+        scraped_at < EVENTS - 1,
+        "the scrape waited for all {EVENTS} events"
+    );
+}

@@ -31,6 +31,10 @@ use crate::config::FilterConfig;
 use crate::loxone::structure::{Control, Structure};
 use crate::loxone::uuid::LoxUuid;
 
+/// Value events applied under one hold of a Miniserver's lock before a waiting scrape gets
+/// its turn (a few hundred µs of work).
+const ENTRIES_PER_LOCK_HOLD: u32 = 16 * 1024;
+
 /// Control types that carry text only (the original's list).
 const TEXT_ONLY_TYPES: [&str; 3] = ["TextInput", "Webpage", "TextState"];
 /// State names that carry text; a control whose states are all of these is text-only.
@@ -410,12 +414,20 @@ impl MiniserverState {
     /// Applies one value-event table; returns how many slots were updated. Sets the last
     /// update time when the table had at least one entry.
     pub fn apply_values(&self, events: impl IntoIterator<Item = (LoxUuid, f64)>) -> usize {
-        let mut live = self.live.lock();
-        let live = &mut *live;
+        let mut guard = self.live.lock();
         let mut updated = 0;
         let mut any = false;
+        let mut until_bump = ENTRIES_PER_LOCK_HOLD;
         for (uuid, value) in events {
             any = true;
+            // a huge table must not hold a scrape back for its whole length: hand the lock
+            // to a waiting scrape now and then (free when nobody waits)
+            until_bump -= 1;
+            if until_bump == 0 {
+                until_bump = ENTRIES_PER_LOCK_HOLD;
+                parking_lot::MutexGuard::bump(&mut guard);
+            }
+            let live = &mut *guard;
             for &slot in live.table.slots_for(&uuid) {
                 if let Some(v) = live.values.get_mut(slot as usize) {
                     *v = Some(value);
@@ -424,7 +436,7 @@ impl MiniserverState {
             }
         }
         if any {
-            live.last_update = unix_now();
+            guard.last_update = unix_now();
         }
         updated
     }
