@@ -566,6 +566,12 @@ async fn tls_self_signed_and_fingerprint_pinning() {
     })
     .await;
     assert!(!client.connected());
+    let last_error = client.state.health().last_error.unwrap_or_default();
+    assert!(
+        last_error.contains("tls_fingerprint")
+            && last_error.contains(&hex::encode(Sha256::digest(&der))),
+        "names the setting and the certificate seen: {last_error}"
+    );
     client.stop().await;
     sim.shutdown().await;
 }

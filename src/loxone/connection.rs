@@ -196,7 +196,7 @@ impl Endpoint {
                 .await
                 .map_err(|source| ConnectError::Tls {
                     authority: self.authority.clone(),
-                    source,
+                    source: readable_tls_error(source),
                 })?;
             Ok(Box::new(stream) as Box<dyn Io>)
         };
@@ -473,6 +473,32 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], ConnectError> {
     })
 }
 
+/// rustls shows a custom certificate error with `Debug`; a fingerprint mismatch reads
+/// better in its own words.
+fn readable_tls_error(e: std::io::Error) -> std::io::Error {
+    let mismatch = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                other.0.downcast_ref::<FingerprintMismatch>()
+            }
+            _ => None,
+        })
+        .map(ToString::to_string);
+    match mismatch {
+        Some(text) => std::io::Error::new(std::io::ErrorKind::InvalidData, text),
+        None => e,
+    }
+}
+
+/// The Miniserver's certificate is not the one `tls_fingerprint` pins.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the Miniserver's certificate has SHA-256 fingerprint {0}, not the tls_fingerprint configured"
+)]
+struct FingerprintMismatch(String);
+
 /// Accepts the Miniserver's self-signed certificate (optionally only the pinned one) while
 /// still checking that the peer signed the handshake with that certificate's key.
 #[derive(Debug)]
@@ -493,8 +519,12 @@ impl ServerCertVerifier for MiniserverCertVerifier {
         if let Some(pin) = &self.pin {
             let digest = Sha256::digest(end_entity.as_ref());
             if digest.as_slice() != pin {
+                // names the setting and what the Miniserver presented (a fingerprint of a
+                // public certificate is no secret), not rustls's generic failure
                 return Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::ApplicationVerificationFailure,
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                        FingerprintMismatch(hex::encode(digest)),
+                    ))),
                 ));
             }
         }
