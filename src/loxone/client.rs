@@ -259,7 +259,9 @@ pub async fn run_miniserver_with(
         let (failure, kind, message) = match attempt {
             Err(e) => {
                 let kind = match &e {
-                    PreludeError::Connect(ConnectError::Timeout { .. }) => "timeout",
+                    PreludeError::Connect(
+                        ConnectError::Timeout { .. } | ConnectError::HttpTimeout { .. },
+                    ) => "timeout",
                     PreludeError::Connect(_) | PreludeError::Status { .. } => "connect",
                     PreludeError::Envelope { .. } | PreludeError::PublicKey(_) => "protocol",
                 };

@@ -84,6 +84,14 @@ pub enum ConnectError {
         /// Cause.
         reason: String,
     },
+    /// An HTTP request took longer than allowed.
+    #[error("HTTP GET {path} timed out after {after:?}")]
+    HttpTimeout {
+        /// Path requested.
+        path: &'static str,
+        /// Limit.
+        after: Duration,
+    },
     /// Took longer than allowed.
     #[error("{what} timed out after {after:?}")]
     Timeout {
@@ -210,7 +218,11 @@ impl Endpoint {
 
     /// One HTTP/1.1 GET without credentials; returns status and body (at most
     /// [`MAX_HTTP_BODY`] bytes). The whole exchange is bounded by `timeout`.
-    pub async fn http_get(&self, path: &str, timeout: Duration) -> Result<HttpReply, ConnectError> {
+    pub async fn http_get(
+        &self,
+        path: &'static str,
+        timeout: Duration,
+    ) -> Result<HttpReply, ConnectError> {
         let http_err = |reason: String| ConnectError::Http {
             path: path.to_string(),
             reason,
@@ -227,10 +239,14 @@ impl Endpoint {
                 .header(hyper::header::USER_AGENT, "loxone-exporter")
                 .body(Empty::<Bytes>::new())
                 .map_err(|e| http_err(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| http_err(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| {
+                // hyper's "operation was canceled": its connection task ended first
+                http_err(if e.is_canceled() || e.is_incomplete_message() {
+                    "the connection was closed before an answer came".to_string()
+                } else {
+                    e.to_string()
+                })
+            })?;
             let status = resp.status().as_u16();
             let body = Limited::new(resp.into_body(), MAX_HTTP_BODY)
                 .collect()
@@ -244,8 +260,8 @@ impl Endpoint {
         };
         tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| ConnectError::Timeout {
-                what: "HTTP request",
+            .map_err(|_| ConnectError::HttpTimeout {
+                path,
                 after: timeout,
             })?
     }
@@ -591,6 +607,45 @@ mod tests {
         let ep = Endpoint::from_config(&cfg).unwrap();
         assert_eq!(ep.ws_url(), "wss://[fe80::1]:8443/ws/rfc6455");
         assert!(ep.is_tls());
+    }
+
+    /// An HTTP request that gets no answer names its path; one whose connection is closed
+    /// says so instead of hyper's "operation was canceled".
+    #[tokio::test]
+    async fn http_failures_say_what_happened() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cfg = MiniserverConfig::new("ms", "127.0.0.1", "u", "p");
+        cfg.port = addr.port();
+        let ep = Endpoint::from_config(&cfg).unwrap();
+        // first connection: read the request, never answer; second: read it and close
+        let server = tokio::spawn(async move {
+            let (mut silent, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = silent.read(&mut buf).await;
+            let (mut closing, _) = listener.accept().await.unwrap();
+            let _ = closing.read(&mut buf).await;
+            drop(closing);
+            silent
+        });
+        let e = ep
+            .http_get("/jdev/cfg/apiKey", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "HTTP GET /jdev/cfg/apiKey timed out after 300ms"
+        );
+        let e = ep
+            .http_get("/jdev/cfg/apiKey", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("closed before an answer came"),
+            "{e}"
+        );
+        drop(server.await.unwrap());
     }
 
     /// A hand-written WebSocket server sends a TEXT frame that is not UTF-8 between valid
