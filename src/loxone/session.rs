@@ -1078,6 +1078,22 @@ mod tests {
     }
 
     impl Rig {
+        /// One session over `transport`, from a fresh carry, never shut down.
+        async fn session_on(&self, transport: &mut impl Transport) -> SessionOutcome {
+            let mut carry = Carry::default();
+            run_session(
+                &tracing::Span::current(),
+                transport,
+                &self.prelude,
+                &mut carry,
+                &self.config,
+                &self.options,
+                &self.state,
+                &CancellationToken::new(),
+            )
+            .await
+        }
+
         fn new() -> Self {
             let store = StateStore::new(&Default::default(), false).unwrap();
             let state = store.add_miniserver("ms");
@@ -1546,18 +1562,7 @@ mod tests {
             }
             async fn close(&mut self) {}
         }
-        let mut carry = Carry::default();
-        let outcome = run_session(
-            &tracing::Span::current(),
-            &mut Garbler::default(),
-            &rig.prelude,
-            &mut carry,
-            &rig.config,
-            &rig.options,
-            &rig.state,
-            &CancellationToken::new(),
-        )
-        .await;
+        let outcome = rig.session_on(&mut Garbler::default()).await;
         match outcome.end {
             SessionEnd::Failed(e @ SessionError::Unreadable { what, .. }) => {
                 assert_eq!(what, "keyexchange");
@@ -1582,18 +1587,7 @@ mod tests {
             }
             async fn close(&mut self) {}
         }
-        let mut carry = Carry::default();
-        let outcome = run_session(
-            &tracing::Span::current(),
-            &mut Mute,
-            &rig.prelude,
-            &mut carry,
-            &rig.config,
-            &rig.options,
-            &rig.state,
-            &CancellationToken::new(),
-        )
-        .await;
+        let outcome = rig.session_on(&mut Mute).await;
         match outcome.end {
             SessionEnd::Failed(SessionError::Timeout { what, .. }) => {
                 assert_eq!(what, "keyexchange")
