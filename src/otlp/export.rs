@@ -212,7 +212,7 @@ pub struct ExportLoop<S: MetricsSink> {
     random: Box<dyn FnMut() -> f64 + Send>,
     /// Earliest time the server allows the next request (Retry-After / RetryInfo).
     not_before: Option<Instant>,
-    last_logged_error: Option<String>,
+    failure_log: FailureLog,
     /// Points the previous conversion left out as too large (logged when it changes).
     last_oversized: usize,
 }
@@ -245,7 +245,7 @@ impl<S: MetricsSink> ExportLoop<S> {
             backoff,
             random,
             not_before: None,
-            last_logged_error: None,
+            failure_log: FailureLog::default(),
             last_oversized: 0,
         })
     }
@@ -345,7 +345,7 @@ impl<S: MetricsSink> ExportLoop<S> {
             ExportOutcome::Retry { reason, .. } | ExportOutcome::Drop { reason } => {
                 tracing::warn!(error = %reason, "final OTLP export on shutdown not delivered");
                 // no retry follows: keep `record` from logging "will retry" as well
-                self.last_logged_error = Some(reason.clone());
+                self.failure_log.quiet_after(reason);
             }
         }
         let far = Instant::now();
@@ -417,7 +417,7 @@ impl<S: MetricsSink> ExportLoop<S> {
                 }
                 self.backoff.reset();
                 self.not_before = None;
-                self.last_logged_error = None;
+                self.failure_log = FailureLog::default();
                 let wall = unix_seconds(SystemTime::now());
                 self.health.update(|s| {
                     s.state = ExportState::Idle;
@@ -453,15 +453,16 @@ impl<S: MetricsSink> ExportLoop<S> {
     }
 
     fn fail(&mut self, state: ExportState, failures: u32, reason: String) {
-        if self.last_logged_error.as_deref() != Some(reason.as_str()) {
-            if state == ExportState::Failed {
+        match self.failure_log.level(state, &reason) {
+            Some(tracing::Level::ERROR) => {
                 tracing::error!(consecutive_failures = failures, error = %reason, "OTLP export failed; retrying on the next scheduled export");
-            } else {
+            }
+            Some(_) => {
                 tracing::warn!(consecutive_failures = failures, error = %reason, "OTLP export failed; will retry");
             }
-            self.last_logged_error = Some(reason.clone());
-        } else {
-            tracing::debug!(consecutive_failures = failures, error = %reason, ?state, "OTLP export failed again");
+            None => {
+                tracing::debug!(consecutive_failures = failures, error = %reason, ?state, "OTLP export failed again");
+            }
         }
         self.health.update(|s| {
             s.state = state;
@@ -472,6 +473,36 @@ impl<S: MetricsSink> ExportLoop<S> {
 
     fn set_state(&self, state: ExportState) {
         self.health.update(|s| s.state = state);
+    }
+}
+
+/// Which failed attempts reach the log: a new reason (WARN while retrying, ERROR once
+/// FAILED), and the step into FAILED even with the same reason (the tenth identical
+/// failure turns `/healthz` "degraded": the log must say so too). Repeats go to debug.
+#[derive(Debug, Default)]
+struct FailureLog {
+    reason: Option<String>,
+    failed: bool,
+}
+
+impl FailureLog {
+    /// The level to log this failure at (`None`: debug only), remembering it.
+    fn level(&mut self, state: ExportState, reason: &str) -> Option<tracing::Level> {
+        let failed = state == ExportState::Failed;
+        let news = self.reason.as_deref() != Some(reason) || (failed && !self.failed);
+        self.reason = Some(reason.to_owned());
+        self.failed = failed;
+        news.then_some(if failed {
+            tracing::Level::ERROR
+        } else {
+            tracing::Level::WARN
+        })
+    }
+
+    /// Something else already logged `reason` (the final export): stay quiet about it.
+    fn quiet_after(&mut self, reason: &str) {
+        self.reason = Some(reason.to_owned());
+        self.failed = true;
     }
 }
 
@@ -599,6 +630,20 @@ mod tests {
     use parking_lot::Mutex;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn entering_failed_is_logged_even_when_the_reason_repeats() {
+        use tracing::Level;
+        let mut log = super::FailureLog::default();
+        let (retrying, failed) = (ExportState::Retrying, ExportState::Failed);
+        assert_eq!(log.level(retrying, "refused"), Some(Level::WARN));
+        assert_eq!(log.level(retrying, "refused"), None);
+        assert_eq!(log.level(failed, "refused"), Some(Level::ERROR));
+        assert_eq!(log.level(failed, "refused"), None);
+        assert_eq!(log.level(failed, "timed out"), Some(Level::ERROR));
+        log.quiet_after("gone");
+        assert_eq!(log.level(failed, "gone"), None);
+    }
 
     /// Gauge whose value counts how many snapshots were taken.
     struct SnapshotCounter(AtomicU64);
