@@ -363,15 +363,14 @@ impl<T: Transport> Session<'_, T> {
         let setup = tokio::select! {
             biased;
             _ = shutdown.cancelled() => None,
-            r = self.setup(carry).instrument(span.clone()) => Some(r),
+            r = self.setup(carry).instrument(span) => Some(r),
         };
         match setup {
             None => {
                 // Mid-setup (e.g. during the structure download): a token already granted
                 // or reused on this socket is killed on a best-effort basis (an answer to
                 // the abandoned command may be in the way), then the socket is closed.
-                self.kill_token_and_close(carry).instrument(span).await;
-                SessionEnd::Shutdown
+                self.shut_down(carry).await
             }
             Some(Err(end)) => end,
             Some(Ok(())) => self.receive_loop(carry, shutdown).await,
@@ -423,9 +422,15 @@ impl<T: Transport> Session<'_, T> {
     }
 
     /// The end of a session on shutdown: `killtoken` (if there is a token), then close.
-    async fn kill_token_and_close(&mut self, carry: &mut Carry) {
-        self.kill_token(carry).await;
-        self.close_bounded().await;
+    async fn shut_down(&mut self, carry: &mut Carry) -> SessionEnd {
+        let span = self.span.clone();
+        async {
+            self.kill_token(carry).await;
+            self.close_bounded().await;
+        }
+        .instrument(span)
+        .await;
+        SessionEnd::Shutdown
     }
 
     async fn close_bounded(&mut self) {
@@ -839,11 +844,7 @@ impl<T: Transport> Session<'_, T> {
             // The structure timeout, plus the time the announced payload needs at the
             // slowest rate we accept: a big file on a slow link is not cut off and
             // downloaded again forever. Recomputed per message: the header comes first.
-            let extra = self
-                .framer
-                .pending()
-                .map_or(0, |h| u64::from(h.payload_len) / SLOWEST_RATE_BYTES_PER_SEC);
-            let after = self.options.structure_timeout + Duration::from_secs(extra);
+            let after = self.options.structure_timeout + self.announced_payload_time();
             let received = match timeout_at(
                 self.structure_deadline(started, after),
                 self.transport.recv(),
@@ -882,10 +883,24 @@ impl<T: Transport> Session<'_, T> {
     /// liveness timeout after the last byte (a header announcing more than is sent, or a
     /// server that hung mid-file, is not waited for until `after`).
     fn structure_deadline(&self, started: Instant, after: Duration) -> Instant {
-        let overall = started + after;
+        self.while_bytes_come(started, started + after)
+    }
+
+    /// The time the message whose header arrived needs at the slowest rate we accept.
+    fn announced_payload_time(&self) -> Duration {
+        Duration::from_secs(
+            self.framer
+                .pending()
+                .map_or(0, |h| u64::from(h.payload_len) / SLOWEST_RATE_BYTES_PER_SEC),
+        )
+    }
+
+    /// `deadline`, but no later than the liveness timeout after the last byte read (or
+    /// `since`, if that is later): a wait for a message ends when its bytes stop coming.
+    fn while_bytes_come(&self, since: Instant, deadline: Instant) -> Instant {
         match self.transport.last_read() {
-            Some(read) => overall.min(read.max(started) + self.options.liveness_timeout),
-            None => overall,
+            Some(read) => deadline.min(read.max(since) + self.options.liveness_timeout),
+            None => deadline,
         }
     }
 
@@ -895,15 +910,9 @@ impl<T: Transport> Session<'_, T> {
     /// accept, but only while its bytes keep coming: no byte at all for the liveness
     /// timeout is silence whatever the header promised.
     fn liveness_deadline(&self) -> Instant {
-        let extra = self
-            .framer
-            .pending()
-            .map_or(0, |h| u64::from(h.payload_len) / SLOWEST_RATE_BYTES_PER_SEC);
-        let by_message = self.last_rx + self.options.liveness_timeout + Duration::from_secs(extra);
-        match self.transport.last_read() {
-            Some(read) => by_message.min(read.max(self.last_rx) + self.options.liveness_timeout),
-            None => by_message,
-        }
+        let by_message =
+            self.last_rx + self.options.liveness_timeout + self.announced_payload_time();
+        self.while_bytes_come(self.last_rx, by_message)
     }
 
     fn next_refresh(&self, carry: &Carry) -> Option<Instant> {
@@ -963,11 +972,7 @@ impl<T: Transport> Session<'_, T> {
                 _ = &mut refresh, if refresh_at.is_some() => Event::Refresh,
             };
             match event {
-                Event::Shutdown => {
-                    let span = self.span.clone();
-                    self.kill_token_and_close(carry).instrument(span).await;
-                    return SessionEnd::Shutdown;
-                }
+                Event::Shutdown => return self.shut_down(carry).await,
                 Event::LivenessCheck => {
                     let deadline = self.liveness_deadline();
                     if deadline <= Instant::now() {
@@ -984,11 +989,7 @@ impl<T: Transport> Session<'_, T> {
                         r = self.send(KEEPALIVE.to_owned(), KEEPALIVE) => Some(r),
                     };
                     match sent {
-                        None => {
-                            let span = self.span.clone();
-                            self.kill_token_and_close(carry).instrument(span).await;
-                            return SessionEnd::Shutdown;
-                        }
+                        None => return self.shut_down(carry).await,
                         Some(Err(end)) => return end,
                         Some(Ok(())) => {}
                     }
@@ -1000,12 +1001,11 @@ impl<T: Transport> Session<'_, T> {
                     let refreshed = tokio::select! {
                         biased;
                         _ = &mut cancelled => None,
-                        r = self.refresh_token(carry).instrument(span.clone()) => Some(r),
+                        r = self.refresh_token(carry).instrument(span) => Some(r),
                     };
                     let Some(refreshed) = refreshed else {
                         // the token is unchanged until a refresh succeeds: kill that one
-                        self.kill_token_and_close(carry).instrument(span).await;
-                        return SessionEnd::Shutdown;
+                        return self.shut_down(carry).await;
                     };
                     match refreshed {
                         Ok(true) => refresh_at = self.next_refresh(carry),
