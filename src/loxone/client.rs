@@ -345,7 +345,7 @@ fn classify(
     carry: &mut Carry,
 ) -> Option<(Failure, &'static str, String)> {
     let after_ok = |f: Failure| {
-        if outcome.established && outcome.live_for >= stable_after {
+        if outcome.live_for.is_some_and(|live| live >= stable_after) {
             Failure::AfterEstablished
         } else {
             f
@@ -596,12 +596,7 @@ mod tests {
         SessionOutcome {
             end,
             authenticated: established,
-            established,
-            live_for: if established {
-                Duration::from_secs(3600)
-            } else {
-                Duration::ZERO
-            },
+            live_for: established.then_some(Duration::from_secs(3600)),
         }
     }
 
@@ -616,10 +611,10 @@ mod tests {
             reason: String::new(),
         };
         let mut short = outcome(closed, true);
-        short.live_for = Duration::from_millis(800);
+        short.live_for = Some(Duration::from_millis(800));
         let (f, _, _) = classify(&short, STABLE, &mut carry).unwrap();
         assert_eq!(f, Failure::Other, "dropped right after it came up");
-        short.live_for = STABLE;
+        short.live_for = Some(STABLE);
         let (f, _, _) = classify(&short, STABLE, &mut carry).unwrap();
         assert_eq!(f, Failure::AfterEstablished);
     }

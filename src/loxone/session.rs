@@ -235,10 +235,15 @@ pub struct SessionOutcome {
     pub end: SessionEnd,
     /// Login succeeded on this socket.
     pub authenticated: bool,
+    /// How long live values flowed; `None` when the receive loop was never reached.
+    pub live_for: Option<Duration>,
+}
+
+impl SessionOutcome {
     /// The receive loop was reached (live values flowing).
-    pub established: bool,
-    /// How long live values flowed (zero when never established).
-    pub live_for: Duration,
+    pub fn established(&self) -> bool {
+        self.live_for.is_some()
+    }
 }
 
 /// Counters of one session (logged at its end).
@@ -305,10 +310,7 @@ pub async fn run_session<T: Transport>(
     SessionOutcome {
         end,
         authenticated: session.authenticated,
-        established: session.established.is_some(),
-        live_for: session
-            .established
-            .map_or(Duration::ZERO, |at| at.elapsed()),
+        live_for: session.established.map(|at| at.elapsed()),
     }
 }
 
@@ -1216,7 +1218,7 @@ mod tests {
         shutdown.cancel();
         let (outcome, carry) = task.await.unwrap();
         assert!(matches!(outcome.end, SessionEnd::Shutdown));
-        assert!(outcome.established && outcome.authenticated);
+        assert!(outcome.established() && outcome.authenticated);
         assert!(carry.token.is_none(), "token is given up on shutdown");
         assert_eq!(
             commands(&h),
@@ -1314,7 +1316,7 @@ mod tests {
         until(|| rig.state.health().connected).await;
         sd.cancel();
         let (outcome, _) = task.await.unwrap();
-        assert!(outcome.established);
+        assert!(outcome.established());
         let cmds = commands(&h);
         let pos = |p: &str| cmds.iter().position(|c| c.starts_with(p)).unwrap();
         assert!(pos("authwithtoken") < pos("jdev/sys/getjwt"), "{cmds:?}");
@@ -1363,7 +1365,7 @@ mod tests {
         until(|| rig.state.health().connected).await;
         sd.cancel();
         let (outcome, carry) = task.await.unwrap();
-        assert!(outcome.established);
+        assert!(outcome.established());
         assert!(carry.token.is_none());
         let cmds = commands(&h);
         assert_eq!(cmds[0], "jdev/sys/getkey");
@@ -1382,7 +1384,7 @@ mod tests {
         assert_eq!(rig.value_of(&uuid_action), Some(21.5));
         sd.cancel();
         let (outcome, _) = task.await.unwrap();
-        assert!(outcome.established);
+        assert!(outcome.established());
     }
 
     #[tokio::test(start_paused = true)]
@@ -1463,7 +1465,7 @@ mod tests {
         until(|| rig.state.health().connected).await;
         sd.cancel();
         let (outcome, _) = task.await.unwrap();
-        assert!(outcome.established);
+        assert!(outcome.established());
     }
 
     #[tokio::test]
