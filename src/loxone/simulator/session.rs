@@ -735,24 +735,26 @@ where
     .await;
 }
 
+/// An exact (not estimated) binary header message announcing `len` bytes of `kind`.
+fn exact_header(kind: MessageKind, len: u32) -> Message {
+    Message::Binary(Bytes::copy_from_slice(
+        &Header {
+            kind,
+            estimated: false,
+            payload_len: len,
+        }
+        .encode(0x80),
+    ))
+}
+
 /// Sends a header announcing an 8 MiB value table and nothing after it; reads (and drops)
 /// whatever the client sends until it goes away.
 async fn hang_mid_message<S>(ws: &mut WebSocketStream<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let header = Header {
-        kind: MessageKind::ValueStates,
-        estimated: false,
-        payload_len: 8 * 1024 * 1024,
-    };
-    if ws
-        .send(Message::Binary(Bytes::copy_from_slice(
-            &header.encode(0x80),
-        )))
-        .await
-        .is_err()
-    {
+    let header = exact_header(MessageKind::ValueStates, 8 * 1024 * 1024);
+    if ws.send(header).await.is_err() {
         return;
     }
     while let Some(Ok(_)) = ws.next().await {}
@@ -811,21 +813,11 @@ async fn malformed<S>(ws: &mut WebSocketStream<S>, shared: &Shared, kind: Malfor
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let hdr = |k: MessageKind, len: u32| {
-        Message::Binary(Bytes::copy_from_slice(
-            &Header {
-                kind: k,
-                estimated: false,
-                payload_len: len,
-            }
-            .encode(0x80),
-        ))
-    };
     let msgs: Vec<Message> = match kind {
         MalformedKind::TruncatedValueTable => {
             let p = vec![0xAB; 30];
             vec![
-                hdr(MessageKind::ValueStates, 30),
+                exact_header(MessageKind::ValueStates, 30),
                 Message::Binary(Bytes::from(p)),
             ]
         }
@@ -834,7 +826,7 @@ where
             p.extend_from_slice(&1000u32.to_le_bytes());
             p.extend_from_slice(b"abcd");
             vec![
-                hdr(MessageKind::TextStates, p.len() as u32),
+                exact_header(MessageKind::TextStates, p.len() as u32),
                 Message::Binary(Bytes::from(p)),
             ]
         }
@@ -843,7 +835,7 @@ where
                 b"{\"LL\":{\"control\":\"x\",\"value\":\"\xff\xfe\",\"Code\":\"200\"}}".to_vec();
             // a TEXT frame, as firmware sends it (loxone-protocol.md §2.2)
             vec![
-                hdr(MessageKind::Text, p.len() as u32),
+                exact_header(MessageKind::Text, p.len() as u32),
                 Message::Frame(Frame::message(
                     Bytes::from(p),
                     OpCode::Data(Data::Text),
@@ -851,7 +843,9 @@ where
                 )),
             ]
         }
-        MalformedKind::OversizedHeader => vec![hdr(MessageKind::ValueStates, 200 * 1024 * 1024)],
+        MalformedKind::OversizedHeader => {
+            vec![exact_header(MessageKind::ValueStates, 200 * 1024 * 1024)]
+        }
         MalformedKind::GarbageHeader => {
             vec![Message::Binary(Bytes::from_static(&[
                 0x42, 0x02, 0, 0, 24, 0, 0, 0,
@@ -861,7 +855,7 @@ where
             let mut p = vec![0x1f, 0x8b, 0x08, 0x00];
             p.extend_from_slice(&[0u8; 60]);
             vec![
-                hdr(MessageKind::BinaryFile, p.len() as u32),
+                exact_header(MessageKind::BinaryFile, p.len() as u32),
                 Message::Binary(Bytes::from(p)),
             ]
         }
