@@ -449,41 +449,49 @@ async fn malformed_frames_are_counted_without_disconnecting() {
     sim.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_miniserver_hung_mid_message_is_left_after_the_liveness_timeout() {
+/// Connects, injects `fault`, and waits until the client has left that socket and is
+/// connected again; live values must then flow, and `check` sees the client.
+async fn left_and_reconnected(
+    fault: impl FnOnce(&simulator::SimControl),
+    marker: f64,
+    check: impl FnOnce(&Client),
+) {
     let sim = start_sim(|_| {}).await;
     let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
     wait_for("connected", || client.connected()).await;
-    // an 8 MiB table announced and never sent: by the header alone the client would wait
-    // 3 s + 128 s (64 KiB/s); no byte for the liveness timeout (3 s) ends it
-    sim.control().hang_mid_message();
+    fault(&sim.control());
     wait_for("reconnected", || {
         sim.counters().ws_connections >= 2 && client.connected()
     })
     .await;
-    assert!(client.state.error_count("timeout") >= 1);
-    value_flows(&sim, &client, 8.25).await;
+    value_flows(&sim, &client, marker).await;
+    check(&client);
     client.stop().await;
     sim.shutdown().await;
 }
 
 #[tokio::test]
+async fn a_miniserver_hung_mid_message_is_left_after_the_liveness_timeout() {
+    // an 8 MiB table announced and never sent: by the header alone the client would wait
+    // 3 s + 128 s (64 KiB/s); no byte for the liveness timeout (3 s) ends it
+    left_and_reconnected(
+        |ctl| ctl.hang_mid_message(),
+        8.25,
+        |client| assert!(client.state.error_count("timeout") >= 1),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_miniserver_that_stops_reading_is_left_and_reconnected() {
-    let sim = start_sim(|_| {}).await;
-    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
-    wait_for("connected", || client.connected()).await;
     // pings keep coming, pongs and keepalives cannot leave: the client must neither wait
     // on its keepalive forever nor queue pongs without end
-    sim.control().deaf_ping_flood();
-    wait_for("reconnected", || {
-        sim.counters().ws_connections >= 2 && client.connected()
-    })
+    left_and_reconnected(
+        |ctl| ctl.deaf_ping_flood(),
+        9.75,
+        |client| assert!(client.state.health().connected),
+    )
     .await;
-    let last = client.state.health();
-    assert!(last.connected);
-    value_flows(&sim, &client, 9.75).await;
-    client.stop().await;
-    sim.shutdown().await;
 }
 
 #[tokio::test]
