@@ -534,27 +534,43 @@ async fn send_http(
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let too_big = resp
-        .content_length()
-        .is_some_and(|l| l > MAX_RESPONSE_BYTES as u64);
-    let body = if too_big {
-        None
-    } else {
-        resp.bytes().await.ok()
+    let body = match read_body_capped(resp, MAX_RESPONSE_BYTES).await {
+        Some(body) => body,
+        None => {
+            return ExportOutcome::Drop {
+                reason: format!("HTTP {}: response body larger than 4 MiB", status.as_u16()),
+            }
+        }
     };
-    let body_too_big = body.as_ref().is_some_and(|b| b.len() > MAX_RESPONSE_BYTES);
-    if too_big || body_too_big {
-        return ExportOutcome::Drop {
-            reason: format!("HTTP {}: response body larger than 4 MiB", status.as_u16()),
-        };
-    }
-    let body = body.unwrap_or_default();
     classify_http(
         status.as_u16(),
         status.canonical_reason(),
         retry_after,
         &body,
     )
+}
+
+/// Reads a response body of at most `cap` bytes: `None` when it is longer, an empty body
+/// when it breaks off (the status alone then decides). Chunk by chunk, so a collector that
+/// streams an endless chunked body costs at most `cap` bytes of memory, not everything it
+/// manages to send before the timeout.
+async fn read_body_capped(mut resp: reqwest::Response, cap: usize) -> Option<Vec<u8>> {
+    if resp.content_length().is_some_and(|l| l > cap as u64) {
+        return None;
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(body),
+            Err(_) => return Some(Vec::new()),
+        }
+    }
 }
 
 fn gzip_bytes(data: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -1086,6 +1102,43 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!redirected.is_finished());
         redirected.abort();
+    }
+
+    #[tokio::test]
+    async fn an_endless_chunked_answer_is_cut_off_at_the_response_cap() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return 0usize;
+            }
+            // 64 KiB chunks until the client hangs up (or 1 GiB, far beyond the cap)
+            let chunk = [b"10000\r\n".as_slice(), &[0u8; 0x10000], b"\r\n"].concat();
+            let mut sent = 0usize;
+            while sent < 1 << 30 {
+                if sock.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += 0x10000;
+            }
+            sent
+        });
+        let transport =
+            Transport::new(&http_config(format!("http://127.0.0.1:{port}/v1/metrics"))).unwrap();
+        let outcome = transport.send(Bytes::from_static(b"x")).await;
+        // without the cap the whole stream is read until the 5 s timeout ends the request
+        assert!(
+            matches!(&outcome, ExportOutcome::Drop { reason } if reason.contains("larger than 4 MiB")),
+            "{outcome:?}"
+        );
+        drop(transport);
+        let sent = server.await.unwrap();
+        assert!(sent < 1 << 30, "the client read all {sent} bytes");
     }
 
     #[test]
