@@ -99,12 +99,14 @@ struct Target {
 
 fn parse_url(url: &str) -> Result<Target, String> {
     use base64::Engine as _;
+    // messages show the URL without its password
+    let shown = crate::secret::redact_url(url);
     let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
         (Some(rest), _) => (false, rest),
         (_, Some(rest)) => (true, rest),
         _ => {
             return Err(format!(
-                "only http:// and https:// URLs are supported: {url}"
+                "only http:// and https:// URLs are supported: {shown}"
             ))
         }
     };
@@ -126,24 +128,24 @@ fn parse_url(url: &str) -> Result<Target, String> {
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, after) = v6
             .split_once(']')
-            .ok_or_else(|| format!("unclosed '[' in {url}"))?;
+            .ok_or_else(|| format!("unclosed '[' in {shown}"))?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("bad port in {url}"))?,
+            Some(p) => p.parse().map_err(|_| format!("bad port in {shown}"))?,
             None if after.is_empty() => default_port,
-            None => return Err(format!("bad authority in {url}")),
+            None => return Err(format!("bad authority in {shown}")),
         };
         (h.to_string(), port)
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
-                p.parse().map_err(|_| format!("bad port in {url}"))?,
+                p.parse().map_err(|_| format!("bad port in {shown}"))?,
             ),
             None => (authority.to_string(), default_port),
         }
     };
     if host.is_empty() {
-        return Err(format!("no host in {url}"));
+        return Err(format!("no host in {shown}"));
     }
     Ok(Target {
         tls,
@@ -174,7 +176,8 @@ pub async fn run_pinned(url: String, timeout: Duration, pin: Option<[u8; 32]>) -
             1
         }
         Err(_) => {
-            eprintln!("unhealthy: no answer from {url} within {timeout:?}");
+            let shown = crate::secret::redact_url(&url);
+            eprintln!("unhealthy: no answer from {shown} within {timeout:?}");
             1
         }
     }

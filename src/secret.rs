@@ -57,18 +57,29 @@ impl From<String> for Secret {
 
 /// A URL fit for a log line or a web page: `user:password@` becomes `****@` and every
 /// query value becomes `****` (collectors that take an API key in the query string exist).
+/// Errs on the side of hiding: a URL without a scheme is redacted the same way (it is what
+/// a mistyped endpoint looks like), a password may hold `/`, `?` or `#`, and when an `@`
+/// comes after a `?` or `#` (a password with one of those, or an `@` in the query) all
+/// after the scheme is hidden.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, after)) = url.split_once("://") else {
-        return url.to_string();
+    let (mut out, after) = match url.split_once("://") {
+        Some((scheme, after)) => (format!("{scheme}://"), after),
+        None => (String::new(), url),
     };
-    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let (authority, rest) = after.split_at(end);
-    let authority = match authority.rfind('@') {
-        Some(at) => format!("{MASK}{}", &authority[at..]),
-        None => authority.to_string(),
+    // userinfo ends at the last '@'; a '/' before it belongs to the password
+    let after = match after.rfind('@') {
+        Some(at) if after[..at].contains(['?', '#']) => {
+            out.push_str(MASK);
+            return out;
+        }
+        Some(at) => {
+            out.push_str(MASK);
+            &after[at..]
+        }
+        None => after,
     };
-    let (path, query) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
-    let mut out = format!("{scheme}://{authority}{path}");
+    let (host_and_path, query) = after.split_at(after.find(['?', '#']).unwrap_or(after.len()));
+    out.push_str(host_and_path);
     if let Some(query) = query.strip_prefix('?') {
         let query = query.split('#').next().unwrap_or_default();
         out.push('?');
@@ -107,6 +118,39 @@ mod tests {
         );
         assert_eq!(redact_url("http://u@c?k=v#f"), "http://****@c?k=****");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn mistyped_and_odd_urls_hide_their_secrets_too() {
+        // no scheme: what a mistyped endpoint looks like in an error message
+        assert_eq!(
+            redact_url("c:4318/v1/metrics?api-key=SECRETKEY"),
+            "c:4318/v1/metrics?api-key=****"
+        );
+        assert_eq!(redact_url("user:SECRETPW@c:4318"), "****@c:4318");
+        // a password holding '/', '?' or '#'
+        assert_eq!(
+            redact_url("https://user:pa/ss@c:4318"),
+            "https://****@c:4318"
+        );
+        assert_eq!(redact_url("https://user:pa?ss@c:4318/x"), "https://****");
+        assert_eq!(redact_url("https://user:pa#ss@c:4318"), "https://****");
+        // an '@' in the query hides the rest rather than guess
+        assert_eq!(redact_url("http://c/v1?mail=a@b&k=v"), "http://****");
+        for url in [
+            "c:4318/v1/metrics?api-key=SECRETKEY",
+            "user:SECRETPW@c:4318",
+            "https://user:pa/ss@c:4318",
+            "https://user:pa?ss@c:4318/x",
+            "https://user:pa#ss@c:4318",
+            "ftp://user:SECRETPW@h/",
+        ] {
+            let shown = redact_url(url);
+            assert!(
+                !shown.contains("SECRET") && !shown.contains("ss@") && !shown.contains("pa"),
+                "{url} -> {shown}"
+            );
+        }
     }
 
     #[test]

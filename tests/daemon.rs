@@ -591,3 +591,34 @@ fn healthcheck_follows_the_listen_flag_and_the_web_config() {
         }
     }
 }
+
+/// `healthcheck` never prints the password of `--url`, whatever goes wrong: a listener that
+/// accepts and never answers (the container case: a hung exporter), a bad port, a wrong
+/// scheme, a refused connection.
+#[test]
+fn healthcheck_failures_never_print_the_url_password() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let closed_port = common::free_port();
+    for url in [
+        format!("http://hc:S3CRETPW@127.0.0.1:{silent_port}/healthz"),
+        "http://hc:S3CRETPW@127.0.0.1:99999/healthz".to_string(),
+        "ftp://hc:S3CRETPW@127.0.0.1/".to_string(),
+        format!("http://hc:S3CRETPW@[::1/healthz"),
+        format!("http://hc:S3CRETPW@127.0.0.1:{closed_port}/healthz"),
+    ] {
+        let out = Command::new(common::exporter_bin())
+            .args(["healthcheck", "--timeout", "1", "--url", &url])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("unhealthy"), "{url}: {said}");
+        assert!(!said.contains("S3CRETPW"), "{url}: {said}");
+    }
+    drop(silent);
+}

@@ -832,15 +832,17 @@ pub(crate) fn parse_endpoint(raw: &str) -> Result<EndpointUrl, String> {
             "has scheme '{scheme}', which is not supported (http:// or https:// only)"
         ));
     }
+    // before any other check, so that no message quotes a piece of a password: one may
+    // hold '/', '?' or '#', which would otherwise end the authority early
+    if after.contains('@') {
+        return Err("contains '@': credentials are not supported in the URL (use opentelemetry.auth.headers; write any other '@' as %40)".into());
+    }
     let end = after.find(['/', '?', '#']).unwrap_or(after.len());
     let (authority, rest) = after.split_at(end);
     if rest.contains('#') {
         return Err("has a '#' fragment, which is never sent to a collector (remove it)".into());
     }
     let (rest, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
-    if authority.contains('@') {
-        return Err("contains credentials, which are not supported in the URL (use opentelemetry.auth.headers)".into());
-    }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let Some((addr, tail)) = v6.split_once(']') else {
             return Err("has an IPv6 address without its closing ']'".into());
@@ -1078,6 +1080,18 @@ mod tests {
         assert!(parse_endpoint("http://c:1/v1/metrics#frag")
             .unwrap_err()
             .contains("fragment"));
+        // a password holding '/', '?' or '#' ended the authority early: "has port 'pa'"
+        for url in [
+            "https://user:pa/ss@c:4318",
+            "https://user:pa?ss@c:4318",
+            "https://user:pa#ss@c:4318",
+        ] {
+            let rule = parse_endpoint(url).unwrap_err();
+            assert!(
+                rule.contains("credentials") && !rule.contains("pa"),
+                "{url}: {rule}"
+            );
+        }
         let q = parse_endpoint("http://c:1/otlp?key=v").unwrap();
         assert_eq!((q.rest.as_str(), q.query.as_str()), ("/otlp", "?key=v"));
     }
