@@ -70,8 +70,15 @@ fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Check) => match load_config(&cli) {
             Ok(config) => {
-                print!("{}", config::render_effective(&config));
-                println!("Configuration OK");
+                let mut report = config::render_effective(&config);
+                // the self-telemetry variables the daemon would ignore, with its words
+                let traces = telemetry::settings::resolve(&config.opentelemetry, &env_lookup);
+                for w in &traces.warnings {
+                    report.push_str(&format!("Warning: {w}\n"));
+                }
+                report.push_str("Configuration OK\n");
+                // a reader that stops early (`check | head`) is not an error worth a panic
+                let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), report.as_bytes());
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -622,3 +622,85 @@ fn healthcheck_failures_never_print_the_url_password() {
     }
     drop(silent);
 }
+
+/// Self-telemetry variables that cannot work (a header typed with ':' for '=', an endpoint
+/// without a scheme) are warnings in `check` and in the daemon's log, as the OpenTelemetry
+/// specification asks of bad variables: the daemon starts without them instead of exiting,
+/// and no message shows the header's value or the endpoint's key.
+#[test]
+fn bad_trace_variables_are_warnings_without_secrets_and_the_daemon_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cfg = write_config(dir.path(), port);
+    let bad = [
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "collector:4318/v1/traces?api-key=SECRETKEY",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "Authorization:Basic dXNlcjpTRUNSRVQ=",
+        ),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+    ];
+    let out = Command::new(common::exporter_bin())
+        .arg("check")
+        .arg("-c")
+        .arg(&cfg)
+        .envs(bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Warning: OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            && stdout.contains("Warning: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("SECRETKEY") && !stdout.contains("dXNl"),
+        "{stdout}"
+    );
+
+    let mut child = Command::new(common::exporter_bin())
+        .arg("-c")
+        .arg(&cfg)
+        .envs(bad)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("the daemon exited ({status}): {err}");
+        }
+        assert!(Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = child.wait();
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            && err.contains("spans are not exported"),
+        "{err}"
+    );
+    assert!(!err.contains("SECRETKEY") && !err.contains("dXNl"), "{err}");
+}

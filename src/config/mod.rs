@@ -24,6 +24,8 @@ pub use load::{
 };
 pub use render::render_effective;
 
+pub(crate) use otlp::{header_problem, parse_endpoint};
+
 /// Default HTTP listen port (the original's).
 pub const DEFAULT_LISTEN_PORT: u16 = 9504;
 /// Default listen address.

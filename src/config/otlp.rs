@@ -977,17 +977,13 @@ fn parse_kv_list(errs: &mut Errors, var: &str, v: &str, secret: bool) -> Vec<(St
 }
 
 /// Adds or replaces (same name, ignoring case) a header after checking it.
-fn set_header(
-    errs: &mut Errors,
-    headers: &mut Vec<(String, Secret)>,
-    at: &str,
-    name: String,
-    value: String,
-) {
+/// Why `name` and `value` cannot make an HTTP header, in words that never show the value
+/// (nor a name that may hold one); `None` when they can. Shared by the metrics headers and
+/// the self-telemetry traces headers.
+pub(crate) fn header_problem(name: &str, value: &str) -> Option<String> {
     let is_token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() {
-        errs.push(format!("{at}: a header name is empty"));
-        return;
+        return Some("a header name is empty".into());
     }
     if let Some(bad) = name.bytes().position(|b| !is_token(b)) {
         // Only the part before the bad character is shown: a ':' typed for '=' puts the
@@ -998,16 +994,28 @@ fn set_header(
             b if b.is_ascii_graphic() => format!("'{}'", b as char),
             _ => "a character".to_string(),
         };
-        errs.push(format!(
-            "{at}: header name {} is followed by {what}, which is not allowed in an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only; the rest is not shown because it may be a secret value; write name=value)",
+        return Some(format!(
+            "header name {} is followed by {what}, which is not allowed in an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only; the rest is not shown because it may be a secret value; write name=value)",
             quote(&shown)
         ));
-        return;
     }
     if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        errs.push(format!(
-            "{at}: the value of header '{name}' contains a control character such as a line break (not allowed in headers; the value is not shown because it is secret)"
+        return Some(format!(
+            "the value of header '{name}' contains a control character such as a line break (not allowed in headers; the value is not shown because it is secret)"
         ));
+    }
+    None
+}
+
+fn set_header(
+    errs: &mut Errors,
+    headers: &mut Vec<(String, Secret)>,
+    at: &str,
+    name: String,
+    value: String,
+) {
+    if let Some(problem) = header_problem(&name, &value) {
+        errs.push(format!("{at}: {problem}"));
         return;
     }
     let value = Secret::new(value);

@@ -416,7 +416,11 @@ fn grpc_exporter(
     for (name, value) in &target.headers {
         let key =
             MetadataKey::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).map_err(|_| {
-                TelemetryError::Exporter(format!("invalid OTLP traces header name {name:?}"))
+                // names are checked when the settings are read; this is a last guard, and
+                // it does not show the name, which may hold a value typed after a ':'
+                TelemetryError::Exporter(
+                    "an OTLP traces header name is not a valid gRPC metadata key".into(),
+                )
             })?;
         let value = MetadataValue::try_from(value.expose()).map_err(|_| {
             TelemetryError::Exporter(format!(

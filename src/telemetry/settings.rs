@@ -117,17 +117,30 @@ fn parse_protocol(value: &str) -> Option<OtlpProtocol> {
     }
 }
 
-/// `k=v,k=v` with percent-decoded values (W3C baggage-like, `;` properties unsupported).
-pub fn parse_headers(value: &str) -> Vec<(String, Secret)> {
-    value
-        .split(',')
-        .filter_map(|item| {
-            let (k, v) = item.split_once('=')?;
-            let k = percent_encoding::percent_decode_str(k.trim()).decode_utf8_lossy();
-            let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
-            (!k.is_empty()).then(|| (k.into_owned(), Secret::new(v.into_owned())))
-        })
-        .collect()
+/// `k=v,k=v` with percent-decoded values (W3C baggage-like, `;` properties unsupported),
+/// read from the variable `name`. An entry that cannot be a header is left out with a
+/// warning that never shows its value, as the specification asks of bad variables.
+fn parse_headers(name: &str, value: &str, warnings: &mut Vec<String>) -> Vec<(String, Secret)> {
+    let mut headers = Vec::new();
+    for (i, item) in value.split(',').enumerate() {
+        if item.trim().is_empty() {
+            continue;
+        }
+        let Some((k, v)) = item.split_once('=') else {
+            warnings.push(format!(
+                "{name}: entry {} has no '=' (write name=value; the entry is not shown because it may be a secret); ignored",
+                i + 1
+            ));
+            continue;
+        };
+        let k = percent_encoding::percent_decode_str(k.trim()).decode_utf8_lossy();
+        let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
+        match crate::config::header_problem(&k, &v) {
+            Some(problem) => warnings.push(format!("{name}: entry {}: {problem}; ignored", i + 1)),
+            None => headers.push((k.into_owned(), Secret::new(v.into_owned()))),
+        }
+    }
+    headers
 }
 
 /// `scheme://authority` of a URL (no path), or `None` when it has no scheme.
@@ -363,7 +376,10 @@ pub fn resolve(metrics: &OtlpConfig, env: &dyn Fn(&str) -> Option<String>) -> Te
 
     let mut sinks = Vec::new();
     if want_otlp {
+        // the variable an endpoint came from, for a warning about it
+        let mut source = "the OTLP traces endpoint";
         let target = if let Some(ep) = traces_endpoint {
+            source = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
             let protocol = explicit_protocol.unwrap_or(if metrics.enabled {
                 metrics.protocol
             } else {
@@ -379,7 +395,10 @@ pub fn resolve(metrics: &OtlpConfig, env: &dyn Fn(&str) -> Option<String>) -> Te
         } else {
             let protocol = explicit_protocol.unwrap_or(OtlpProtocol::HttpProtobuf);
             let endpoint = match var(env, "OTEL_EXPORTER_OTLP_ENDPOINT") {
-                Some(base) => generic_endpoint(&base, protocol),
+                Some(base) => {
+                    source = "OTEL_EXPORTER_OTLP_ENDPOINT";
+                    generic_endpoint(&base, protocol)
+                }
                 None => match protocol {
                     OtlpProtocol::Grpc => DEFAULT_GRPC_ENDPOINT.to_string(),
                     OtlpProtocol::HttpProtobuf => DEFAULT_HTTP_TRACES_ENDPOINT.to_string(),
@@ -387,7 +406,15 @@ pub fn resolve(metrics: &OtlpConfig, env: &dyn Fn(&str) -> Option<String>) -> Te
             };
             target_for(metrics, env, endpoint, protocol, false, &mut warnings)
         };
-        sinks.push(SpanSink::Otlp(target));
+        // a bad URL here is a warning, not a failed start (bad variables are ignored, as
+        // the specification asks), and the message never shows a password or query value
+        match crate::config::parse_endpoint(&target.endpoint) {
+            Ok(_) => sinks.push(SpanSink::Otlp(target)),
+            Err(rule) => warnings.push(format!(
+                "{source}: '{}' {rule}; spans are not exported",
+                crate::secret::redact_url(&target.endpoint)
+            )),
+        }
     }
     if want_console {
         sinks.push(SpanSink::Console);
@@ -415,14 +442,11 @@ fn target_for(
     same_collector: bool,
     warnings: &mut Vec<String>,
 ) -> TracesTarget {
-    let env_headers = var(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-        .or_else(|| var(env, "OTEL_EXPORTER_OTLP_HEADERS"))
-        .map(|h| parse_headers(&h));
+    let traces_headers = var(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        .map(|h| parse_headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS", &h, warnings));
     if same_collector {
         let mut headers = metrics.headers.clone();
-        if let Some(extra) =
-            var(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS").map(|h| parse_headers(&h))
-        {
+        if let Some(extra) = traces_headers {
             for (k, v) in extra {
                 headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&k));
                 headers.push((k, v));
@@ -448,7 +472,12 @@ fn target_for(
             tls: tls_from_env(env, &endpoint),
             endpoint,
             protocol,
-            headers: env_headers.unwrap_or_default(),
+            headers: traces_headers
+                .or_else(|| {
+                    var(env, "OTEL_EXPORTER_OTLP_HEADERS")
+                        .map(|h| parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &h, warnings))
+                })
+                .unwrap_or_default(),
             timeout: timeout_from_env(env, warnings),
             compression: compression_from_env(env),
             same_collector: false,
@@ -483,6 +512,70 @@ mod tests {
         match s.sinks.first() {
             Some(SpanSink::Otlp(t)) => t,
             other => panic!("expected an OTLP sink, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_traces_headers_and_endpoints_are_warnings_that_never_show_a_secret() {
+        // a ':' typed for '=': the base64 padding '=' made the whole credential the name
+        let s = resolve(
+            &OtlpConfig::default(),
+            &env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://c:4318/v1/traces",
+                ),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                    "Authorization:Basic dXNlcjpTRUNSRVQ=,x-ok=fine,OnlyAS3cretToken",
+                ),
+            ]),
+        );
+        let t = otlp(&s);
+        assert_eq!(t.headers.len(), 1, "{:?}", t.headers);
+        assert_eq!(t.headers[0].0, "x-ok");
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("'Authorization' is followed by ':'"));
+        assert!(s.warnings[1].contains("entry 3 has no '='"));
+        for w in &s.warnings {
+            assert!(!w.contains("dXNl") && !w.contains("S3cret"), "{w}");
+        }
+        // the generic variable, when it is the one used
+        let s = resolve(
+            &OtlpConfig::default(),
+            &env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://c:4318/v1/traces",
+                ),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api key=S3cret"),
+            ]),
+        );
+        assert!(otlp(&s).headers.is_empty());
+        assert!(s.warnings[0].starts_with("OTEL_EXPORTER_OTLP_HEADERS: entry 1"));
+        // endpoints that are not URLs: no sink, a warning naming the variable
+        for (var, value) in [
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "collector:4318/v1/traces?api-key=SECRETKEY",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:99999/v1/traces",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "user:SECRETPW@c:4318"),
+        ] {
+            let s = resolve(
+                &OtlpConfig::default(),
+                &env(&[(var, value), ("OTEL_TRACES_EXPORTER", "otlp")]),
+            );
+            assert!(s.sinks.is_empty(), "{value}");
+            let all = s.warnings.join("\n");
+            assert!(
+                all.starts_with(var) && all.contains("spans are not exported"),
+                "{all}"
+            );
+            assert!(!all.contains("SECRET"), "{all}");
         }
     }
 
