@@ -604,7 +604,7 @@ fn healthcheck_failures_never_print_the_url_password() {
         format!("http://hc:S3CRETPW@127.0.0.1:{silent_port}/healthz"),
         "http://hc:S3CRETPW@127.0.0.1:99999/healthz".to_string(),
         "ftp://hc:S3CRETPW@127.0.0.1/".to_string(),
-        format!("http://hc:S3CRETPW@[::1/healthz"),
+        "http://hc:S3CRETPW@[::1/healthz".to_string(),
         format!("http://hc:S3CRETPW@127.0.0.1:{closed_port}/healthz"),
     ] {
         let out = Command::new(common::exporter_bin())
