@@ -253,6 +253,9 @@ pub fn load_str_with_env_names(
 /// original does); the error text keeps serde_yaml's description and position but drops
 /// any quoted value (it could be a secret).
 fn parse_yaml(yaml: &str) -> Result<Value, String> {
+    if let Some(problem) = yaml_nesting_problem(yaml) {
+        return Err(problem);
+    }
     let mut value = serde_yaml::from_str::<Value>(yaml).map_err(|e| yaml_error_text(&e))?;
     // one pass merges one level: a merged mapping may bring its own `<<` (an anchor on a
     // mapping that merges another); aliases are copies, so the nesting is finite
@@ -268,6 +271,89 @@ fn parse_yaml(yaml: &str) -> Result<Value, String> {
         })?;
     }
     Ok(value)
+}
+
+/// Why `yaml` is refused before parsing, if it is: `[`/`{` nested deeper than
+/// [`MAX_FLOW_NESTING`]. The YAML parser takes time that grows with the square of the depth
+/// (40k levels: 7 s), and a configuration needs two or three.
+pub(crate) fn yaml_nesting_problem(yaml: &str) -> Option<String> {
+    let (line, column) = flow_nesting_beyond(yaml, MAX_FLOW_NESTING)?;
+    Some(format!(
+        "line {line} column {column}: brackets nested more than {MAX_FLOW_NESTING} levels deep (refused before parsing: the YAML parser takes time that grows with the square of the depth)"
+    ))
+}
+
+/// Deepest `[`/`{` nesting accepted; a configuration needs two or three levels.
+const MAX_FLOW_NESTING: usize = 64;
+
+/// Where (1-based line and column) `[`/`{` flow collections first nest deeper than `limit`,
+/// if they do. A light scan, not a parser: brackets and quotes count only where YAML starts
+/// a node (after `:`, `,`, `-`, `?`, an opening bracket, or at the start of a line), so a
+/// bracket or apostrophe inside plain text (`Kid's room [2]`) is never counted and a valid
+/// file is never refused.
+fn flow_nesting_beyond(yaml: &str, limit: usize) -> Option<(usize, usize)> {
+    #[derive(PartialEq)]
+    enum In {
+        Plain,
+        Single,
+        Double,
+        Comment,
+    }
+    let mut state = In::Plain;
+    let mut depth = 0usize;
+    // the last character that was not a space on this line ('\n' at the start of a line)
+    let mut last = '\n';
+    let mut after_space = true;
+    let mut escaped = false;
+    let (mut line, mut column) = (1usize, 0usize);
+    for c in yaml.chars() {
+        column += 1;
+        if c == '\n' {
+            (line, column) = (line + 1, 0);
+            if state == In::Comment {
+                state = In::Plain;
+            }
+            last = '\n';
+            after_space = true;
+            continue;
+        }
+        let node_start = matches!(last, '\n' | ':' | ',' | '-' | '?' | '[' | '{');
+        match state {
+            In::Comment => continue,
+            In::Single => {
+                if c == '\'' {
+                    state = In::Plain;
+                }
+            }
+            In::Double => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    state = In::Plain;
+                }
+            }
+            In::Plain => match c {
+                '#' if after_space => state = In::Comment,
+                '\'' if node_start => state = In::Single,
+                '"' if node_start => state = In::Double,
+                '[' | '{' if node_start => {
+                    depth += 1;
+                    if depth > limit {
+                        return Some((line, column));
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        after_space = c == ' ' || c == '\t';
+        if !after_space {
+            last = c;
+        }
+    }
+    None
 }
 
 /// Most nested merges resolved; deeper ones are left and reported as unknown keys.
@@ -879,6 +965,31 @@ fn fingerprint(errs: &mut Errors, f: &Sourced<String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_bracket_nesting_is_refused_before_parsing_and_ordinary_brackets_are_not() {
+        // ordinary files: brackets and apostrophes in quotes, plain text and comments
+        let ordinary = "exclude_names: [\"Test[0-9]*\", 'Kid''s [room', Debug_*] # [[[[\n\
+            exclude_rooms:\n  - Kid's room [2\n  - {a: [b, {c: [d]}]}\n\
+            include_names: [\"a\\\"[[[\"]\n";
+        assert_eq!(flow_nesting_beyond(ordinary, 4), None);
+        assert_eq!(flow_nesting_beyond(ordinary, 3), Some((4, 17)));
+        assert!(parse_yaml(ordinary).is_ok());
+        // the limit itself is fine, one more is not; the position is the bracket past it
+        let nested = |n: usize| format!("exclude_names: {}{}\n", "[".repeat(n), "]".repeat(n));
+        assert!(parse_yaml(&nested(MAX_FLOW_NESTING)).is_ok());
+        let err = parse_yaml(&nested(MAX_FLOW_NESTING + 1)).unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "line 1 column {}: brackets nested more than 64",
+                15 + 65
+            )),
+            "{err}"
+        );
+        // 40k levels took the parser 6.7 s, 100k over a minute; now refused at the 65th
+        assert!(parse_yaml(&nested(100_000)).is_err());
+        assert_eq!(flow_nesting_beyond(&"[".repeat(100_000), 64), Some((1, 65)));
+    }
 
     #[test]
     fn hostnames_follow_rfc1123_like_the_original() {

@@ -24,6 +24,7 @@ pub use load::{
 };
 pub use render::render_effective;
 
+pub(crate) use load::yaml_nesting_problem;
 pub(crate) use otlp::{header_problem, parse_endpoint};
 
 /// Default HTTP listen port (the original's).

@@ -135,6 +135,12 @@ struct RawHttp {
 /// Parses and validates the text of a web configuration file. `path` is used in messages and
 /// as the base for relative file names. An empty file is valid (plain HTTP, no auth).
 pub fn parse_web_config(text: &str, path: &Path) -> Result<WebConfig, WebError> {
+    if let Some(message) = crate::config::yaml_nesting_problem(text) {
+        return Err(WebError::Syntax {
+            path: path.to_path_buf(),
+            message,
+        });
+    }
     let raw: Option<RawWebConfig> = serde_yaml::from_str(text).map_err(|e| WebError::Syntax {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -391,6 +397,18 @@ mod tests {
     use super::*;
 
     const HASH: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
+
+    #[test]
+    fn deeply_nested_brackets_are_refused_before_parsing() {
+        // the file is read again on every request: a parse taking seconds would stall each
+        let text = format!("headers: {}{}", "[".repeat(50_000), "]".repeat(50_000));
+        match parse_web_config(&text, Path::new("w.yml")) {
+            Err(WebError::Syntax { message, .. }) => {
+                assert!(message.contains("nested more than 64"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn parse(text: &str) -> Result<WebConfig, WebError> {
         parse_web_config(text, Path::new("/etc/lx/web.yml"))
