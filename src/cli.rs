@@ -101,6 +101,10 @@ pub fn parse_listen_address(s: &str) -> Result<(Option<IpAddr>, u16), FlagError>
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
+    // digits only: `str::parse` also takes a leading '+'
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port '{s}' is not a number (allowed 1-65535)"));
+    }
     match s.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
         Ok(p) => Err(format!("port {p} is out of range (allowed 1-65535)")),
@@ -251,6 +255,8 @@ mod tests {
             "1.2.3.4:70000",
             ":0",
             "[::1]:x",
+            "1.2.3.4:+80",
+            ":+9504",
         ] {
             let e = parse_listen_address(bad).unwrap_err();
             assert_eq!(e.flag, "--web.listen-address", "{bad}");
