@@ -156,14 +156,21 @@ pub async fn send_requests<S: MetricsSink>(
         let Some((outcome, points)) = in_flight.next().await else {
             break;
         };
-        match &outcome {
-            ExportOutcome::Sent => tally.accepted_points += points as u64,
-            ExportOutcome::PartialSuccess { rejected, .. } => {
+        let outcome = match outcome {
+            ExportOutcome::Sent => {
                 tally.accepted_points += points as u64;
-                tally.rejected_points += (*rejected).max(0);
+                ExportOutcome::Sent
             }
-            ExportOutcome::Retry { .. } | ExportOutcome::Drop { .. } => {}
-        }
+            ExportOutcome::PartialSuccess { rejected, message } => {
+                // the collector's count, bounded by what this request carried: a count of
+                // i64::MAX made the counter wrap and go down
+                let rejected = rejected.clamp(0, i64::try_from(points).unwrap_or(i64::MAX));
+                tally.accepted_points += points as u64;
+                tally.rejected_points += rejected;
+                ExportOutcome::PartialSuccess { rejected, message }
+            }
+            failure @ (ExportOutcome::Retry { .. } | ExportOutcome::Drop { .. }) => failure,
+        };
         tally.outcome = worse(
             std::mem::replace(&mut tally.outcome, ExportOutcome::Sent),
             outcome,
@@ -191,7 +198,7 @@ fn worse(a: ExportOutcome, b: ExportOutcome) -> ExportOutcome {
                 message,
             },
         ) => PartialSuccess {
-            rejected: r1.max(0) + r2.max(0),
+            rejected: r1.max(0).saturating_add(r2.max(0)),
             message,
         },
         (p @ PartialSuccess { .. }, Sent) | (Sent, p @ PartialSuccess { .. }) => p,
@@ -1029,6 +1036,26 @@ mod tests {
         let s = sink.state.lock();
         assert_eq!(s.0, vec![0, 1, 2, 3]);
         assert_eq!(s.2, 2, "at most two in flight, and two were");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_collector_cannot_reject_more_points_than_a_request_carried() {
+        // i64::MAX in two answers wrapped the sum; negative counts mean nothing
+        let partial = |rejected| ExportOutcome::PartialSuccess {
+            rejected,
+            message: "bad".into(),
+        };
+        let sink = ById {
+            outcomes: vec![partial(i64::MAX), partial(i64::MAX), partial(-7)],
+            ..Default::default()
+        };
+        let tally = send_requests(&sink, requests(3), 2).await;
+        assert_eq!(tally.accepted_points, 30);
+        assert_eq!(tally.rejected_points, 20);
+        assert!(matches!(
+            tally.outcome,
+            ExportOutcome::PartialSuccess { rejected: 20, .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -89,13 +89,15 @@ impl ExportStats {
 
     /// Adds data points the collector accepted.
     pub fn add_exported(&self, points: u64) {
-        self.inner.lock().exported_points += points;
+        let mut s = self.inner.lock();
+        s.exported_points = s.exported_points.saturating_add(points);
     }
 
     /// Adds data points not delivered: rejected in a partial-success answer, or too large
     /// to send.
     pub fn add_rejected(&self, points: u64) {
-        self.inner.lock().rejected_points += points;
+        let mut s = self.inner.lock();
+        s.rejected_points = s.rejected_points.saturating_add(points);
     }
 
     /// Counts one attempt dropped after a non-retryable error.

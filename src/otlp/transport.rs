@@ -791,46 +791,56 @@ const TOKEN_MARKERS: [&str; 11] = [
 /// Makes an error text safe to log and show: removes every known secret value, masks the
 /// word after anything that looks like a credential marker (`Bearer `, `token=`, …), strips
 /// control characters and caps the length.
+///
+/// Linear in the text's length: the text comes from the collector (up to 4 MiB), and this
+/// runs on a runtime worker after the request's timeout, so nothing bounds it but its own
+/// cost. Masking comes before the cap so that a cut can never leave half a secret.
 pub fn sanitize(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_string();
     for s in secrets {
-        if s.len() >= 3 {
+        if s.len() >= 3 && out.contains(s) {
             out = out.replace(s, MASK);
         }
     }
     for marker in TOKEN_MARKERS {
-        let mut from = 0;
-        loop {
-            let lower = out.to_ascii_lowercase();
-            let Some(pos) = lower[from..].find(marker).map(|p| p + from) else {
-                break;
-            };
-            let mut start = pos + marker.len();
-            while out[start..].starts_with(' ') {
-                start += 1;
-            }
-            let end = out[start..]
-                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ';'))
-                .map_or(out.len(), |e| start + e);
-            if end > start {
-                if &out[start..end] != MASK {
-                    out.replace_range(start..end, MASK);
-                }
-                from = start + MASK.len();
-            } else {
-                from = start;
-            }
-        }
+        out = mask_words_after(&out, marker);
     }
     let mut cleaned: String = out
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(MAX_REASON_CHARS)
         .collect();
-    if out.chars().count() > MAX_REASON_CHARS {
+    if out.chars().nth(MAX_REASON_CHARS).is_some() {
         cleaned.push('…');
     }
     cleaned
+}
+
+/// `text` with the word after each case-insensitive `marker` (ASCII, lowercase) replaced
+/// by `****`, in one pass.
+fn mask_words_after(text: &str, marker: &str) -> String {
+    // ASCII lowercasing keeps every byte where it was, so positions carry over
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(pos) = lower[from..].find(marker).map(|p| p + from) {
+        let mut start = pos + marker.len();
+        while text[start..].starts_with(' ') {
+            start += 1;
+        }
+        let end = text[start..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ';'))
+            .map_or(text.len(), |e| start + e);
+        if end > start {
+            out.push_str(&text[copied..start]);
+            out.push_str(MASK);
+            copied = end;
+        }
+        from = end.max(start);
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 #[cfg(test)]
@@ -1001,6 +1011,23 @@ mod tests {
         let long = "x".repeat(1000);
         assert!(sanitize(&long, &[]).chars().count() <= MAX_REASON_CHARS + 1);
         assert_eq!(sanitize("line\nbreak", &[]), "line break");
+        assert_eq!(
+            sanitize("token=a token=**** TOKEN: b apikey=", &[]),
+            "token=**** token=**** TOKEN: **** apikey="
+        );
+    }
+
+    #[test]
+    fn sanitize_is_linear_in_a_huge_collector_message() {
+        // a 4 MiB error text of markers (the largest answer read): the masking rewrote and
+        // lowercased the whole text once per hit, minutes of CPU on a runtime worker
+        let text = "token=x ".repeat(512 * 1024);
+        let s = sanitize(&text, &["s3cretvalue", "tok123abc"]);
+        assert!(s.starts_with("token=**** token=****"), "{s}");
+        assert_eq!(s.chars().count(), MAX_REASON_CHARS + 1);
+        // a secret at the end is gone too, before the cap: masking comes first
+        let tail = format!("{}Bearer tok123abc", "a ".repeat(2 * 1024 * 1024));
+        assert!(!sanitize(&tail, &["tok123abc"]).contains("tok123abc"));
     }
 
     #[test]
