@@ -593,6 +593,56 @@ async fn a_removed_user_is_locked_out_of_open_keep_alive_connections_too() {
     server.stop().await;
 }
 
+/// `cp`, `>` and editors truncate the file before writing it; an empty file is a valid web
+/// config (plain HTTP, nobody asked for a password). A reload must not turn a protection
+/// off: neither basic auth on an open connection, nor TLS for new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_or_weaker_web_config_never_turns_protection_off() {
+    // basic auth: an empty file, then a file with no users, keep the users
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.yml");
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    std::fs::write(&path, format!("basic_auth_users:\n  {USER}: '{hash}'\n")).unwrap();
+    let server = Server::start(Some(path.clone())).await;
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(status_on(&mut conn, "").await, 401);
+    for weaker in ["", "basic_auth_users: {}\n"] {
+        std::fs::write(&path, weaker).unwrap();
+        assert_eq!(status_on(&mut conn, "").await, 401, "{weaker:?}");
+        let mut fresh = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        assert_eq!(status_on(&mut fresh, "").await, 401, "{weaker:?}");
+    }
+    server.stop().await;
+
+    // TLS: an emptied file leaves new connections on TLS, plain HTTP gets nothing
+    let setup = Setup::new("");
+    let server = Server::start(Some(setup.web_yml())).await;
+    let fetch = || async {
+        setup
+            .client()
+            .get(server.url("/metrics"))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap()
+    };
+    // loaded (the server reads the file in its task) before it is emptied
+    assert_eq!(fetch().await.status(), StatusCode::OK);
+    std::fs::write(setup.web_yml(), "").unwrap();
+    let r = fetch().await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(peer_cert(&r), setup.server_der);
+    let plain = format!("http://127.0.0.1:{}/metrics", server.addr.port());
+    let answer = plain_client().get(&plain).send().await;
+    assert!(
+        answer
+            .as_ref()
+            .map_or(true, |r| r.status() != StatusCode::OK),
+        "plain HTTP served: {answer:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn plain_http_cuts_off_a_client_that_never_finishes_its_headers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -7,7 +7,9 @@
 //! still seen) for each new connection and each request (a few small files: well under a
 //! millisecond, next to a scrape's render). A changed fingerprint rebuilds the TLS and auth state; if the new
 //! state cannot be built, the last good one stays in use and one error is logged per broken
-//! version. A connection keeps the TLS session it started with, but every request is checked
+//! version. A new version may add or change protections but never turn TLS, required client
+//! certificates or basic auth off (see [`Protection`]): that takes a restart.
+//! A connection keeps the TLS session it started with, but every request is checked
 //! against the current users (exporter-toolkit does the same): a removed user is locked out
 //! of open keep-alive connections too.
 //!
@@ -135,8 +137,50 @@ struct Reloader {
     /// `None`: plain HTTP, nothing to reload.
     path: Option<PathBuf>,
     current: Arc<Active>,
+    /// What the current state protects.
+    protection: Protection,
     /// Fingerprint of the files the last build attempt saw (good or bad).
     seen: [u8; 32],
+}
+
+/// The protections a web configuration turns on. A reload may add or change them, never
+/// take one away: `cp`, `>` and most editors truncate a file before writing it, and an
+/// empty file is a valid configuration (plain HTTP, no users), so a reload that catches
+/// the moment between would serve `/metrics` in clear text to anyone. Turning a protection
+/// off takes a restart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Protection {
+    tls: bool,
+    client_certificates_required: bool,
+    basic_auth: bool,
+}
+
+impl Protection {
+    fn of(config: &WebConfig) -> Self {
+        Protection {
+            tls: config.tls.is_some(),
+            client_certificates_required: config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_auth == super::config::ClientAuth::RequireAndVerify),
+            basic_auth: !config.basic_auth_users.is_empty(),
+        }
+    }
+
+    /// The protections `self` has and `new` lacks, in words.
+    fn lost_in(self, new: Protection) -> Vec<&'static str> {
+        let mut lost = Vec::new();
+        if self.tls && !new.tls {
+            lost.push("TLS");
+        }
+        if self.client_certificates_required && !new.client_certificates_required {
+            lost.push("required client certificates");
+        }
+        if self.basic_auth && !new.basic_auth {
+            lost.push("basic auth");
+        }
+        lost
+    }
 }
 
 impl Reloader {
@@ -145,6 +189,11 @@ impl Reloader {
             return Ok(Reloader {
                 path: None,
                 current: Arc::new(Active::plain()),
+                protection: Protection {
+                    tls: false,
+                    client_certificates_required: false,
+                    basic_auth: false,
+                },
                 seen: [0; 32],
             });
         };
@@ -155,6 +204,7 @@ impl Reloader {
         Ok(Reloader {
             path: Some(path),
             current,
+            protection: Protection::of(&config),
             seen,
         })
     }
@@ -168,8 +218,17 @@ impl Reloader {
         if fp != self.seen {
             self.seen = fp;
             match parsed.and_then(|c| Active::build(&c, path).map(|a| (c, a))) {
+                Ok((config, _)) if !self.protection.lost_in(Protection::of(&config)).is_empty() => {
+                    let lost = self.protection.lost_in(Protection::of(&config));
+                    tracing::error!(
+                        path = %path.display(),
+                        "web config changed to turn off {}; keeping the previous one (turning a protection off needs a restart; a file caught while being rewritten looks like this too)",
+                        lost.join(" and ")
+                    );
+                }
                 Ok((config, active)) => {
                     log_loaded(path, &config, true);
+                    self.protection = Protection::of(&config);
                     self.current = Arc::new(active);
                 }
                 Err(e) => tracing::error!(
