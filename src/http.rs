@@ -54,10 +54,12 @@ pub struct HttpState {
 /// Default of `--web.max-requests` (node_exporter's).
 pub const DEFAULT_MAX_REQUESTS: usize = 40;
 
-/// How many `/metrics` requests may render at once; the rest get 503 at once instead of
-/// each holding a full body in memory (200 parallel scrapes of 10k series took 400 MB).
+/// How many `/metrics` requests may be in flight at once, from rendering until the body
+/// has been sent (or the connection is gone); the rest get 503 at once instead of each
+/// holding a full body in memory (200 parallel scrapes of 10k series took 400 MB; clients
+/// that pipeline requests and never read held one body per connection).
 #[derive(Debug)]
-pub struct ScrapeLimit(tokio::sync::Semaphore);
+pub struct ScrapeLimit(Arc<tokio::sync::Semaphore>);
 
 impl ScrapeLimit {
     /// At most `max` at once; 0 means no limit (as many permits as a semaphore holds).
@@ -67,12 +69,12 @@ impl ScrapeLimit {
         } else {
             max
         };
-        ScrapeLimit(tokio::sync::Semaphore::new(permits))
+        ScrapeLimit(Arc::new(tokio::sync::Semaphore::new(permits)))
     }
 
-    /// A permit held while rendering; `None` when the limit is reached.
-    fn try_enter(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.0.try_acquire().ok()
+    /// A permit held while rendering and sending; `None` when the limit is reached.
+    fn try_enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
     }
 }
 
@@ -168,13 +170,21 @@ async fn metrics(
     );
     crate::telemetry::continue_trace(&span, &headers);
     let limit = state.clone();
-    let Some(_permit) = limit.scrape_limit.try_enter() else {
+    let Some(permit) = limit.scrape_limit.try_enter() else {
         span.record("http.response.status_code", 503i64);
         return too_many_requests();
     };
     let resp = render_metrics(State(state), headers)
         .instrument(span.clone())
         .await;
+    // the body keeps the permit: it is dropped once sent, or with the connection
+    let resp = resp.map(|body| {
+        use http_body_util::BodyExt as _;
+        Body::new(body.map_frame(move |frame| {
+            let _held = &permit;
+            frame
+        }))
+    });
     // an int, as the semantic conventions say (tracing-opentelemetry turns a u16 into text)
     span.record(
         "http.response.status_code",
@@ -588,6 +598,30 @@ mod tests {
             router.oneshot(get()).await.unwrap().status(),
             StatusCode::OK
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_not_yet_sent_holds_its_slot() {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+        let registry = Arc::new(Registry::new());
+        registry.register(Arc::new(Sized(AtomicUsize::new(10))));
+        let router = router(Arc::new(test_state(registry, ScrapeLimit::new(1))));
+        let get = || {
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        // a client that asks and does not read: its body, rendered, waits to be sent
+        let unread = router.clone().oneshot(get()).await.unwrap();
+        assert_eq!(unread.status(), StatusCode::OK);
+        let second = router.clone().oneshot(get()).await.unwrap();
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // sent (or the connection gone): the slot is free, the whole body was there
+        let body = unread.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"# HELP sized"));
+        let third = router.oneshot(get()).await.unwrap();
+        assert_eq!(third.status(), StatusCode::OK);
     }
 
     #[test]
