@@ -60,8 +60,32 @@ fn web_config_errors(cli: &Cli) -> Option<String> {
     web::validate_web_config(path).err().map(|e| e.to_string())
 }
 
+/// Raises the soft limit of open files to the hard one, as Go programs such as
+/// node_exporter do at start: the soft limit is often 1024 (systemd's default), which about
+/// a thousand idle connections from anyone who can reach the port use up, and then the
+/// Miniserver sockets cannot reconnect either. Failure changes nothing.
+fn raise_open_files_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed in
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     loxone_exporter::alloc::configure();
+    raise_open_files_limit();
     let cli = Cli::parse();
     if cli.version {
         print!("{}", build_info::version_text());

@@ -704,3 +704,44 @@ fn bad_trace_variables_are_warnings_without_secrets_and_the_daemon_starts() {
     );
     assert!(!err.contains("SECRETKEY") && !err.contains("dXNl"), "{err}");
 }
+
+/// The soft limit of open files is raised to the hard one at start (a soft 1024 is used up
+/// by about a thousand idle connections from anyone who can reach the port).
+#[test]
+fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
+    // (soft, hard) of a /proc/PID/limits text; "unlimited" stays a word
+    let open_files = |limits: &str| -> (String, String) {
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("a Max open files line");
+        let mut values = line.split_whitespace().skip(3);
+        (
+            values.next().unwrap().to_string(),
+            values.next().unwrap().to_string(),
+        )
+    };
+    let (_, hard) = open_files(&std::fs::read_to_string("/proc/self/limits").unwrap());
+    assert!(
+        hard == "unlimited" || hard.parse::<u64>().unwrap() > 256,
+        "this test needs a hard limit above 256, not {hard}"
+    );
+    let port = common::free_port();
+    let script =
+        format!("ulimit -S -n 256 && exec \"$0\" --demo --web.listen-address 127.0.0.1:{port}");
+    let child = Command::new("sh")
+        .args(["-c", &script])
+        .arg(common::exporter_bin())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
+    assert_eq!(open_files(&limits), (hard.clone(), hard));
+}

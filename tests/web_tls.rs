@@ -643,6 +643,30 @@ async fn a_truncated_or_weaker_web_config_never_turns_protection_off() {
     server.stop().await;
 }
 
+/// A client that connects and never starts its TLS handshake (10 s allowed) does not hold
+/// up a shutdown: `stop` allows 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_does_not_delay_shutdown() {
+    let setup = Setup::new("");
+    let server = Server::start(Some(setup.web_yml())).await;
+    let fetch = setup
+        .client()
+        .get(server.url("/healthz"))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetch.status(), StatusCode::OK);
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // accepted (the handshake has started waiting) before the shutdown
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.stop().await;
+    drop(silent);
+}
+
 #[tokio::test(start_paused = true)]
 async fn plain_http_cuts_off_a_client_that_never_finishes_its_headers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
