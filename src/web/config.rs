@@ -132,6 +132,24 @@ struct RawHttp {
     headers: Option<BTreeMap<String, String>>,
 }
 
+/// A serde message with every `"…"` span emptied: serde quotes a value of the wrong type
+/// (`invalid type: string "prometheus:$2b$10$…", expected a map`), and in this file that
+/// may be a password hash or a private key. Field names stay (serde puts them in
+/// backticks).
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        if c == '"' {
+            out.push_str(if inside { "…\"" } else { "\"" });
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Parses and validates the text of a web configuration file. `path` is used in messages and
 /// as the base for relative file names. An empty file is valid (plain HTTP, no auth).
 pub fn parse_web_config(text: &str, path: &Path) -> Result<WebConfig, WebError> {
@@ -143,7 +161,7 @@ pub fn parse_web_config(text: &str, path: &Path) -> Result<WebConfig, WebError> 
     }
     let raw: Option<RawWebConfig> = serde_yaml::from_str(text).map_err(|e| WebError::Syntax {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: without_quoted_values(&e.to_string()),
     })?;
     let raw = raw.unwrap_or_default();
     let field_err = |field: &str, message: String| WebError::Field {
@@ -397,6 +415,22 @@ mod tests {
     use super::*;
 
     const HASH: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
+
+    #[test]
+    fn wrong_types_never_echo_a_hash_or_a_key() {
+        for text in [
+            "basic_auth_users: prometheus:$2b$10$1OB7abcdefSECRETHASH\n",
+            "tls_server_config: \"-----BEGIN PRIVATE KEY----- MIIEvSECRETKEY\"\n",
+        ] {
+            match parse_web_config(text, Path::new("w.yml")) {
+                Err(WebError::Syntax { message, .. }) => {
+                    assert!(!message.contains("SECRET"), "{message}");
+                    assert!(message.contains("invalid type"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn deeply_nested_brackets_are_refused_before_parsing() {
