@@ -483,9 +483,11 @@ impl Decoder for PassThroughCodec {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
         let bytes = src.copy_to_bytes(src.remaining());
-        ExportMetricsServiceResponse::decode(bytes)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(format!("undecodable response: {e}")))
+        // status OK means accepted; an answer that does not decode only loses the partial
+        // success details (OTLP/HTTP treats an undecodable 200 the same way)
+        Ok(Some(
+            ExportMetricsServiceResponse::decode(bytes).unwrap_or_default(),
+        ))
     }
 }
 
@@ -652,6 +654,12 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
         reason.push_str(&error_chain(source));
     }
     let retry_info = retry_delay(status.details());
+    if never_processed(status) {
+        return ExportOutcome::Retry {
+            after: retry_info,
+            reason,
+        };
+    }
     match status.code() {
         Code::Cancelled
         | Code::DeadlineExceeded
@@ -668,6 +676,22 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
         },
         _ => ExportOutcome::Drop { reason },
     }
+}
+
+/// True when HTTP/2 says the collector never processed the request, whatever gRPC code the
+/// mapping gave (a GOAWAY without error comes out as INTERNAL): a collector shutting down
+/// gracefully or a proxy closing connections at their maximum age, while an export was in
+/// flight. gRPC clients treat these as UNAVAILABLE, so they are retried.
+fn never_processed(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -1129,6 +1153,99 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!redirected.is_finished());
         redirected.abort();
+    }
+
+    /// A one-connection HTTP/2 server that waits for the first request's HEADERS frame and
+    /// answers with the raw `frames`, then closes.
+    async fn raw_h2_server(frames: Vec<u8>) -> (u16, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            // our SETTINGS (empty)
+            sock.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            'frames: loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "client left before its request");
+                got.extend_from_slice(&buf[..n]);
+                // after the 24-byte preface: 9-byte frame headers; HEADERS is type 1
+                let mut at = 24;
+                while got.len() >= at + 9 {
+                    if got[at + 3] == 1 {
+                        break 'frames;
+                    }
+                    let len = usize::from(got[at]) << 16
+                        | usize::from(got[at + 1]) << 8
+                        | usize::from(got[at + 2]);
+                    at += 9 + len;
+                }
+            }
+            sock.write_all(&frames).await.unwrap();
+            // let the client read it all before the close
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = sock.shutdown().await;
+        });
+        (port, task)
+    }
+
+    /// An HTTP/2 frame header: length, type, flags, stream 1 (0 for GOAWAY).
+    fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let stream = if kind == 7 { 0 } else { 1 };
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&[0, 0, 0, stream]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn grpc_transport(port: u16) -> Transport {
+        Transport::new(&OtlpConfig {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            protocol: OtlpProtocol::Grpc,
+            timeout: Duration::from_secs(5),
+            ..OtlpConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_grpc_ok_with_an_undecodable_answer_is_accepted() {
+        // HPACK: ":status: 200" (static 8); content-type (static 31) "application/grpc"
+        let mut headers = vec![0x88, 0x0f, 0x10, 16];
+        headers.extend_from_slice(b"application/grpc");
+        // a gRPC message of 3 bytes that are no ExportMetricsServiceResponse
+        let data = [0, 0, 0, 0, 3, 0xff, 0xff, 0xff];
+        // trailers: "grpc-status: 0" (a new name, not indexed)
+        let mut trailers = vec![0x00, 11];
+        trailers.extend_from_slice(b"grpc-status");
+        trailers.extend_from_slice(&[1, b'0']);
+        let frames = [
+            h2_frame(1, 0x4, &headers),
+            h2_frame(0, 0, &data),
+            h2_frame(1, 0x4 | 0x1, &trailers),
+        ]
+        .concat();
+        let (port, server) = raw_h2_server(frames).await;
+        let outcome = grpc_transport(port).send(Bytes::from_static(b"")).await;
+        server.await.unwrap();
+        // it was INTERNAL "undecodable response", a drop; HTTP took a 200 as accepted
+        assert_eq!(outcome, ExportOutcome::Sent);
+    }
+
+    #[tokio::test]
+    async fn a_graceful_goaway_before_the_request_was_processed_is_retried() {
+        // GOAWAY: last stream 0, error code 0 (NO_ERROR): "closing, did not process it"
+        let (port, server) = raw_h2_server(h2_frame(7, 0, &[0; 8])).await;
+        let outcome = grpc_transport(port).send(Bytes::from_static(b"")).await;
+        server.await.unwrap();
+        // it was INTERNAL, not retryable: dropped, FAILED at once
+        assert!(
+            matches!(&outcome, ExportOutcome::Retry { .. }),
+            "{outcome:?}"
+        );
     }
 
     #[tokio::test]
