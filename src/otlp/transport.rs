@@ -215,16 +215,26 @@ impl Transport {
                 } => send_http(client, url, headers, *gzip, request).await,
             }
         };
+        let started = std::time::Instant::now();
+        let timed_out = || ExportOutcome::Retry {
+            after: None,
+            reason: format!("timed out after {timeout:?}"),
+        };
         // A zero timeout means "no limit" (OTEL_EXPORTER_OTLP_TIMEOUT=0).
         let outcome = if timeout.is_zero() {
             fut.await
         } else {
             match tokio::time::timeout(timeout, fut).await {
+                // Three timers share this deadline: ours, the client library's, and the
+                // gRPC deadline the collector is told. Whichever fires first, a retryable
+                // failure at the deadline reads the same, so the log's repeat rule and
+                // `/healthz` see one failure (it was "timed out", "CANCELLED: Timeout
+                // expired" or "DEADLINE_EXCEEDED" by turns).
+                Ok(ExportOutcome::Retry { after: None, .. }) if started.elapsed() >= timeout => {
+                    timed_out()
+                }
                 Ok(o) => o,
-                Err(_) => ExportOutcome::Retry {
-                    after: None,
-                    reason: format!("timed out after {timeout:?}"),
-                },
+                Err(_) => timed_out(),
             }
         };
         self.scrub(outcome)
@@ -1209,6 +1219,45 @@ mod tests {
             ..OtlpConfig::default()
         })
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_silent_collector_always_reads_as_the_same_timeout() {
+        // accepts, reads, never answers
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock);
+            }
+        });
+        let timeout = Duration::from_millis(300);
+        for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+            let endpoint = match protocol {
+                OtlpProtocol::Grpc => format!("http://127.0.0.1:{port}"),
+                OtlpProtocol::HttpProtobuf => format!("http://127.0.0.1:{port}/v1/metrics"),
+            };
+            let transport = Transport::new(&OtlpConfig {
+                endpoint,
+                protocol,
+                timeout,
+                ..OtlpConfig::default()
+            })
+            .unwrap();
+            for _ in 0..4 {
+                let outcome = transport.send(Bytes::from_static(b"x")).await;
+                assert_eq!(
+                    outcome,
+                    ExportOutcome::Retry {
+                        after: None,
+                        reason: "timed out after 300ms".into()
+                    },
+                    "{protocol:?}"
+                );
+            }
+        }
+        server.abort();
     }
 
     #[tokio::test]
