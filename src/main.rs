@@ -219,6 +219,11 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
         max_requests: cli.max_requests,
     };
     let demo = cli.demo;
+    // for the demo's "open …" line: https when the web config turns TLS on
+    let scheme = match cli.web_config.as_deref().map(web::healthcheck_pin) {
+        Some(Ok(Some(_))) => "https",
+        _ => "http",
+    };
     runtime.block_on(async move {
         let mut config = config;
         let listener = tokio::net::TcpListener::from_std(std_listener)
@@ -240,7 +245,7 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
             };
             tracing::info!(
                 simulator = %sim.http_addr(),
-                "demo: simulated Miniserver with a real structure file; open http://{shown}/ or http://{shown}/metrics"
+                "demo: simulated Miniserver with a real structure file; open {scheme}://{shown}/ or {scheme}://{shown}/metrics"
             );
             Some(sim)
         } else {
@@ -260,16 +265,26 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
 const TELEMETRY_FLUSH_BUDGET: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// Demo: one Miniserver named `demo` on a simulator started in-process (its port is filled
-/// in once the simulator is bound); listen settings and log flags from the command line.
+/// in once the simulator is bound); listen settings and log flags from the command line,
+/// and the OTLP settings of the environment (`LOXONE_OTLP_*`, `OTEL_*`), so the demo can
+/// feed a collector too. No other variable is read: a real Miniserver's `LOXONE_HOST` in
+/// the environment must not replace the simulator.
 fn demo_config(cli: &Cli) -> Result<Config, ExitCode> {
-    let mut config = Config::with_miniserver(config::MiniserverConfig::new(
-        "demo",
-        "127.0.0.1",
-        DEMO_USER,
-        DEMO_PASSWORD,
-    ));
-    config.log_format = config::LogFormat::Text;
-    finish_config(cli, Ok(config))
+    let yaml = format!(
+        "miniservers:\n  - name: demo\n    host: 127.0.0.1\n    username: {DEMO_USER}\n    password: {DEMO_PASSWORD}\nlog_format: text\n"
+    );
+    let otlp_only = |name: &str| {
+        (name.starts_with("LOXONE_OTLP_") || name.starts_with("OTEL_"))
+            .then(|| env_lookup(name))
+            .flatten()
+    };
+    let header_names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with(config::OTLP_HEADER_ENV_PREFIX))
+        .collect();
+    let loaded = config::load_str_with_env_names(&yaml, None, &otlp_only, &header_names)
+        .map_err(|e| e.0.into_iter().map(|e| e.to_string()).collect());
+    finish_config(cli, loaded)
 }
 
 const DEMO_USER: &str = "demo";

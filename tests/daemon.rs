@@ -745,3 +745,47 @@ fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
     assert_eq!(open_files(&limits), (hard.clone(), hard));
 }
+
+/// The demo takes its OTLP settings from the environment (so it can feed a collector), and
+/// nothing else: a real Miniserver's `LOXONE_HOST` there does not replace the simulator.
+#[test]
+fn demo_reads_the_otlp_variables_and_no_others() {
+    let port = common::free_port();
+    let collector = common::free_port();
+    let child = Command::new(common::exporter_bin())
+        .args([
+            "--demo",
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("LOXONE_OTLP_ENABLED", "true")
+        .env(
+            "LOXONE_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector}"),
+        )
+        .env("LOXONE_HOST", "192.0.2.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _d = Daemon { child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (_, _, body) = request(port, "GET", "/healthz", "");
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if json["miniservers"][0]["connected"] == true {
+                // the OTLP export is on (its health metrics exist only then)
+                let (_, _, metrics) = request(port, "GET", "/metrics", "");
+                let text = String::from_utf8_lossy(&metrics);
+                assert!(text.contains("loxone_otlp_export_status"), "OTLP is off");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo never connected to its simulator"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
