@@ -140,9 +140,11 @@ pub fn accepts_gzip(headers: &HeaderMap) -> bool {
     {
         let mut parts = item.split(';').map(str::trim);
         let coding = parts.next().unwrap_or("");
+        // parameter names are case-insensitive (RFC 9110): "Q=0" too
         let q_zero = parts.any(|p| {
-            p.strip_prefix("q=")
-                .and_then(|q| q.trim().parse::<f32>().ok())
+            p.split_once('=')
+                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, q)| q.trim().parse::<f32>().ok())
                 .is_some_and(|q| q <= 0.0)
         });
         if coding.eq_ignore_ascii_case("gzip") {
@@ -691,6 +693,7 @@ mod tests {
         assert!(h("gzip"));
         assert!(h("deflate, gzip;q=0.5"));
         assert!(!h("gzip;q=0"));
+        assert!(!h("gzip; Q=0"));
         assert!(!h("identity"));
         assert!(h("*"));
         // `*` covers only the codings not named

@@ -290,6 +290,55 @@ impl AcceptErrorLog {
     }
 }
 
+/// Longest gap between two log lines about failed TLS handshakes while they go on.
+const HANDSHAKE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs failed TLS handshakes at WARN (a scraper with a wrong or missing client certificate
+/// is otherwise invisible at the default level), at most once per
+/// [`HANDSHAKE_FAILURE_LOG_EVERY`] with the count in between (port scanners fail
+/// handshakes all day); every failure at DEBUG.
+#[derive(Default)]
+struct HandshakeFailureLog {
+    /// (when the last WARN was logged, failures since)
+    state: parking_lot::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl HandshakeFailureLog {
+    /// Counts a failure; true when it was logged at WARN.
+    fn failed(&self, peer: SocketAddr, error: &str) -> bool {
+        let now = std::time::Instant::now();
+        let unlogged = {
+            let mut s = self.state.lock();
+            match s.0 {
+                Some(at) if now.duration_since(at) < HANDSHAKE_FAILURE_LOG_EVERY => {
+                    s.1 += 1;
+                    None
+                }
+                _ => {
+                    let unlogged = s.1;
+                    *s = (Some(now), 0);
+                    Some(unlogged)
+                }
+            }
+        };
+        match unlogged {
+            Some(unlogged) => {
+                tracing::warn!(
+                    %peer,
+                    error,
+                    failed_since_last_line = unlogged,
+                    "TLS handshake failed (a client without the right certificate or not speaking TLS)"
+                );
+                true
+            }
+            None => {
+                tracing::debug!(%peer, error, "TLS handshake failed");
+                false
+            }
+        }
+    }
+}
+
 /// Open connections, and the most since memory was last handed back.
 #[derive(Default)]
 struct ConnectionCount {
@@ -346,6 +395,7 @@ pub(crate) async fn serve(
     let tracker = TaskTracker::new();
     let connections = Arc::new(ConnectionCount::default());
     let mut accept_errors = AcceptErrorLog::default();
+    let handshake_failures = Arc::new(HandshakeFailureLog::default());
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -368,6 +418,7 @@ pub(crate) async fn serve(
         let router = router.clone();
         let shutdown = shutdown.clone();
         let open = connections.opened();
+        let handshake_failures = handshake_failures.clone();
         tracker.spawn(async move {
             match tls {
                 Some(acceptor) => {
@@ -382,8 +433,12 @@ pub(crate) async fn serve(
                         Ok(Ok(tls)) => {
                             serve_connection(tls, peer, reloader, router, shutdown).await
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            handshake_failures.failed(peer, &e.to_string());
+                        }
+                        Err(_) => {
+                            handshake_failures.failed(peer, "timed out");
+                        }
                     }
                 }
                 None => serve_connection(stream, peer, reloader, router, shutdown).await,
@@ -487,6 +542,17 @@ mod tests {
         assert_eq!((log.last_logged, log.unlogged), (first, 200));
         log.accepted();
         assert_eq!((log.last_logged, log.unlogged), (None, 0));
+    }
+
+    #[test]
+    fn failed_handshakes_are_a_warning_once_per_period() {
+        let log = HandshakeFailureLog::default();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(log.failed(peer, "peer sent no certificates"));
+        for _ in 0..50 {
+            assert!(!log.failed(peer, "peer sent no certificates"));
+        }
+        assert_eq!(log.state.lock().1, 50);
     }
 
     #[test]
