@@ -206,6 +206,9 @@ fn worse(a: ExportOutcome, b: ExportOutcome) -> ExportOutcome {
     }
 }
 
+/// Longest gap between two WARN lines about the same partial success.
+const PARTIAL_SUCCESS_LOG_EVERY: Duration = Duration::from_secs(600);
+
 /// The export loop's state; see the module documentation.
 pub struct ExportLoop<S: MetricsSink> {
     sink: S,
@@ -220,6 +223,7 @@ pub struct ExportLoop<S: MetricsSink> {
     /// Earliest time the server allows the next request (Retry-After / RetryInfo).
     not_before: Option<Instant>,
     failure_log: FailureLog,
+    partial_log: PartialSuccessLog,
     /// Points the previous conversion left out as too large (logged when it changes).
     last_oversized: usize,
 }
@@ -253,6 +257,7 @@ impl<S: MetricsSink> ExportLoop<S> {
             random,
             not_before: None,
             failure_log: FailureLog::default(),
+            partial_log: PartialSuccessLog::default(),
             last_oversized: 0,
         })
     }
@@ -417,7 +422,11 @@ impl<S: MetricsSink> ExportLoop<S> {
         match outcome {
             ExportOutcome::Sent | ExportOutcome::PartialSuccess { .. } => {
                 if let ExportOutcome::PartialSuccess { rejected, message } = &outcome {
-                    tracing::warn!(rejected, message = %message, "OTLP collector accepted the export partially");
+                    if self.partial_log.warn(message, now) {
+                        tracing::warn!(rejected, message = %message, "OTLP collector accepted the export partially");
+                    } else {
+                        tracing::debug!(rejected, message = %message, "OTLP collector accepted the export partially");
+                    }
                 }
                 if self.backoff.failures() > 0 {
                     tracing::info!("OTLP export recovered");
@@ -510,6 +519,28 @@ impl FailureLog {
     fn quiet_after(&mut self, reason: &str) {
         self.reason = Some(reason.to_owned());
         self.failed = true;
+    }
+}
+
+/// The same partial success export after export (a collector rejecting some series for
+/// good) is a WARN when it is new, then once per [`PARTIAL_SUCCESS_LOG_EVERY`]; the
+/// rejected-points counter has every one.
+#[derive(Default)]
+struct PartialSuccessLog {
+    /// The message last logged at WARN, and when.
+    last: Option<(String, Instant)>,
+}
+
+impl PartialSuccessLog {
+    /// True when this partial success is worth a WARN (remembered as such).
+    fn warn(&mut self, message: &str, now: Instant) -> bool {
+        let repeat = self.last.as_ref().is_some_and(|(m, at)| {
+            m == message && now.duration_since(*at) < PARTIAL_SUCCESS_LOG_EVERY
+        });
+        if !repeat {
+            self.last = Some((message.to_owned(), now));
+        }
+        !repeat
     }
 }
 
@@ -1036,6 +1067,20 @@ mod tests {
         let s = sink.state.lock();
         assert_eq!(s.0, vec![0, 1, 2, 3]);
         assert_eq!(s.2, 2, "at most two in flight, and two were");
+    }
+
+    #[test]
+    fn a_repeated_partial_success_is_a_warning_once_per_period() {
+        let mut log = PartialSuccessLog::default();
+        let t0 = Instant::now();
+        assert!(log.warn("3 points rejected", t0));
+        assert!(!log.warn("3 points rejected", t0 + Duration::from_secs(30)));
+        assert!(log.warn("other reason", t0 + Duration::from_secs(60)));
+        assert!(!log.warn("other reason", t0 + Duration::from_secs(90)));
+        assert!(log.warn(
+            "other reason",
+            t0 + Duration::from_secs(60) + PARTIAL_SUCCESS_LOG_EVERY
+        ));
     }
 
     #[tokio::test(start_paused = true)]
