@@ -181,11 +181,10 @@ async fn metrics(
         .await;
     // the body keeps the permit: it is dropped once sent, or with the connection
     let resp = resp.map(|body| {
-        use http_body_util::BodyExt as _;
-        Body::new(body.map_frame(move |frame| {
-            let _held = &permit;
-            frame
-        }))
+        Body::new(PermitBody {
+            body,
+            _permit: permit,
+        })
     });
     // an int, as the semantic conventions say (tracing-opentelemetry turns a u16 into text)
     span.record(
@@ -193,6 +192,34 @@ async fn metrics(
         i64::from(resp.status().as_u16()),
     );
     resp
+}
+
+/// A response body holding its `--web.max-requests` slot until it is dropped: sent, or
+/// the connection gone. Size and end are the inner body's, so responses keep their
+/// `Content-Length` (HEAD included) instead of turning chunked.
+struct PermitBody {
+    body: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::body::HttpBody for PermitBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// 503 when `--web.max-requests` scrapes are already rendering (as promhttp answers).
@@ -617,6 +644,9 @@ mod tests {
         // a client that asks and does not read: its body, rendered, waits to be sent
         let unread = router.clone().oneshot(get()).await.unwrap();
         assert_eq!(unread.status(), StatusCode::OK);
+        // still a known length (Content-Length, not chunked)
+        use axum::body::HttpBody as _;
+        assert!(unread.body().size_hint().exact().is_some());
         let second = router.clone().oneshot(get()).await.unwrap();
         assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
         // sent (or the connection gone): the slot is free, the whole body was there
