@@ -623,6 +623,15 @@ fn healthcheck_failures_never_print_the_url_password() {
     drop(silent);
 }
 
+/// All a piped standard error says until the process closes it.
+fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut err).unwrap();
+    }
+    err
+}
+
 /// Self-telemetry variables that cannot work (a header typed with ':' for '=', an endpoint
 /// without a scheme) are warnings in `check` and in the daemon's log, as the OpenTelemetry
 /// specification asks of bad variables: the daemon starts without them instead of exiting,
@@ -673,14 +682,7 @@ fn bad_trace_variables_are_warnings_without_secrets_and_the_daemon_starts() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("the daemon exited ({status}): {err}");
+            panic!("the daemon exited ({status}): {}", stderr_of(&mut child));
         }
         assert!(Instant::now() < deadline, "never listened");
         std::thread::sleep(Duration::from_millis(20));
@@ -689,13 +691,7 @@ fn bad_trace_variables_are_warnings_without_secrets_and_the_daemon_starts() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     let _ = child.wait();
     assert!(
         err.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
