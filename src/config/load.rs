@@ -297,29 +297,49 @@ fn flow_nesting_beyond(yaml: &str, limit: usize) -> Option<(usize, usize)> {
         Plain,
         Single,
         Double,
-        Comment,
+        /// A comment, or a line of a block scalar (`|`, `>`): nothing counts until the end
+        /// of the line.
+        Skip,
     }
     let mut state = In::Plain;
     let mut depth = 0usize;
-    // the last character that was not a space on this line ('\n' at the start of a line)
+    // the last character that was not a space on this line ('\n' at the start of a line);
+    // a bracket inside plain text leaves 'a' here, so the next one is plain text too
     let mut last = '\n';
     let mut after_space = true;
     let mut escaped = false;
     let (mut line, mut column) = (1usize, 0usize);
+    // indentation of this line (while `at_line_start`), and of the line that opened a
+    // block scalar: more-indented lines after it are its text
+    let (mut indent, mut at_line_start) = (0usize, true);
+    let mut block_scalar_of: Option<usize> = None;
     for c in yaml.chars() {
         column += 1;
         if c == '\n' {
             (line, column) = (line + 1, 0);
-            if state == In::Comment {
+            if state == In::Skip {
                 state = In::Plain;
             }
             last = '\n';
             after_space = true;
+            (indent, at_line_start) = (0, true);
             continue;
         }
+        if at_line_start && state == In::Plain {
+            if c == ' ' {
+                indent += 1;
+                continue;
+            }
+            at_line_start = false;
+            match block_scalar_of {
+                Some(parent) if indent > parent => state = In::Skip,
+                _ => block_scalar_of = None,
+            }
+        }
         let node_start = matches!(last, '\n' | ':' | ',' | '-' | '?' | '[' | '{');
+        let mut plain_text = false;
         match state {
-            In::Comment => continue,
+            In::Skip => continue,
             In::Single => {
                 if c == '\'' {
                     state = In::Plain;
@@ -335,21 +355,25 @@ fn flow_nesting_beyond(yaml: &str, limit: usize) -> Option<(usize, usize)> {
                 }
             }
             In::Plain => match c {
-                '#' if after_space => state = In::Comment,
+                '#' if after_space => state = In::Skip,
                 '\'' if node_start => state = In::Single,
                 '"' if node_start => state = In::Double,
+                '|' | '>' if node_start && depth == 0 => block_scalar_of = Some(indent),
                 '[' | '{' if node_start => {
                     depth += 1;
                     if depth > limit {
                         return Some((line, column));
                     }
                 }
+                '[' | '{' => plain_text = true,
                 ']' | '}' => depth = depth.saturating_sub(1),
                 _ => {}
             },
         }
         after_space = c == ' ' || c == '\t';
-        if !after_space {
+        if plain_text {
+            last = 'a';
+        } else if !after_space {
             last = c;
         }
     }
@@ -973,6 +997,18 @@ mod tests {
             exclude_rooms:\n  - Kid's room [2\n  - {a: [b, {c: [d]}]}\n\
             include_names: [\"a\\\"[[[\"]\n";
         assert_eq!(flow_nesting_beyond(ordinary, 4), None);
+        // brackets in a plain scalar or a block scalar are text, however many
+        let many = "[".repeat(100);
+        for text in [
+            format!("password: x{many}\n"),
+            format!("password: |\n  {many}\n\n  {many}\nlog_level: info\n"),
+            format!("miniservers:\n  - password: >-\n      {many}\n    name: a\n"),
+        ] {
+            assert_eq!(flow_nesting_beyond(&text, 64), None, "{text}");
+        }
+        // a block scalar ends where the indentation does
+        let after = format!("a: |\n  text\nb: {}{}\n", "[".repeat(65), "]".repeat(65));
+        assert_eq!(flow_nesting_beyond(&after, 64), Some((3, 3 + 65)));
         assert_eq!(flow_nesting_beyond(ordinary, 3), Some((4, 17)));
         assert!(parse_yaml(ordinary).is_ok());
         // the limit itself is fine, one more is not; the position is the bracket past it

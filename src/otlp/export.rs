@@ -423,9 +423,9 @@ impl<S: MetricsSink> ExportLoop<S> {
             ExportOutcome::Sent | ExportOutcome::PartialSuccess { .. } => {
                 if let ExportOutcome::PartialSuccess { rejected, message } = &outcome {
                     if self.partial_log.warn(message, now) {
-                        tracing::warn!(rejected, message = %message, "OTLP collector accepted the export partially");
+                        tracing::warn!(rejected, collector_message = %message, "OTLP collector accepted the export partially");
                     } else {
-                        tracing::debug!(rejected, message = %message, "OTLP collector accepted the export partially");
+                        tracing::debug!(rejected, collector_message = %message, "OTLP collector accepted the export partially");
                     }
                 }
                 if self.backoff.failures() > 0 {

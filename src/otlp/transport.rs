@@ -667,7 +667,7 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
     if never_processed(status) {
         return ExportOutcome::Retry {
             after: retry_info,
-            reason,
+            reason: "gRPC: the collector closed the connection before processing the request (HTTP/2 GOAWAY or REFUSED_STREAM)".into(),
         };
     }
     match status.code() {
@@ -1292,7 +1292,7 @@ mod tests {
         server.await.unwrap();
         // it was INTERNAL, not retryable: dropped, FAILED at once
         assert!(
-            matches!(&outcome, ExportOutcome::Retry { .. }),
+            matches!(&outcome, ExportOutcome::Retry { reason, .. } if reason.contains("before processing")),
             "{outcome:?}"
         );
     }
