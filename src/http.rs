@@ -180,12 +180,7 @@ async fn metrics(
         .instrument(span.clone())
         .await;
     // the body keeps the permit: it is dropped once sent, or with the connection
-    let resp = resp.map(|body| {
-        Body::new(PermitBody {
-            body,
-            _permit: permit,
-        })
-    });
+    let resp = resp.map(|body| Body::new(PermitBody::new(body, permit)));
     // an int, as the semantic conventions say (tracing-opentelemetry turns a u16 into text)
     span.record(
         "http.response.status_code",
@@ -195,11 +190,34 @@ async fn metrics(
 }
 
 /// A response body holding its `--web.max-requests` slot until it is dropped: sent, or
-/// the connection gone. Size and end are the inner body's, so responses keep their
-/// `Content-Length` (HEAD included) instead of turning chunked.
+/// the connection gone. It hands the body to hyper in [`SEND_CHUNK`] pieces, so hyper,
+/// whose write queue is bounded (`MAX_CONNECTION_BUFFER` in `web::server`), takes the next
+/// piece only as the client reads: a client that never reads keeps the slot instead of
+/// leaving the whole body in hyper's queue. Size and end are the body's, so responses keep
+/// their `Content-Length` (HEAD included) instead of turning chunked.
 struct PermitBody {
     body: Body,
+    /// The rest of the data frame being handed out.
+    pending: axum::body::Bytes,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Largest piece of a `/metrics` body handed to hyper at once.
+const SEND_CHUNK: usize = 16 * 1024;
+
+impl PermitBody {
+    fn new(body: Body, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        PermitBody {
+            body,
+            pending: axum::body::Bytes::new(),
+            _permit: permit,
+        }
+    }
+
+    fn next_piece(&mut self) -> hyper::body::Frame<axum::body::Bytes> {
+        let n = self.pending.len().min(SEND_CHUNK);
+        hyper::body::Frame::data(self.pending.split_to(n))
+    }
 }
 
 impl axum::body::HttpBody for PermitBody {
@@ -210,15 +228,35 @@ impl axum::body::HttpBody for PermitBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        use std::task::Poll;
+        if !self.pending.is_empty() {
+            return Poll::Ready(Some(Ok(self.next_piece())));
+        }
+        match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    self.pending = data;
+                    Poll::Ready(Some(Ok(self.next_piece())))
+                }
+                Err(other) => Poll::Ready(Some(Ok(other))),
+            },
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.pending.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+        let inner = self.body.size_hint();
+        let pending = self.pending.len() as u64;
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(inner.lower() + pending);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }
 

@@ -785,3 +785,64 @@ fn demo_reads_the_otlp_variables_and_no_others() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A client that pipelines `/metrics` requests and never reads keeps its
+/// `--web.max-requests` slot once the kernel's socket buffer is full (the body then waits
+/// in the handler, not in hyper's queue); when it leaves, the slot is free.
+#[test]
+fn a_client_that_never_reads_keeps_its_metrics_slot() {
+    let port = common::free_port();
+    let child = Command::new(common::exporter_bin())
+        .args([
+            "--demo",
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--web.max-requests", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _d = Daemon { child };
+    let status = || request(port, "GET", "/metrics", "").0;
+    // the demo's page (about 200 KB) once its Miniserver is there
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(TcpStream::connect(("127.0.0.1", port)).is_ok() && {
+        let (_, _, body) = request(port, "GET", "/metrics", "");
+        body.len() > 150_000
+    }) {
+        assert!(Instant::now() < deadline, "the demo never served its page");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // two clients with a tiny receive buffer ask, again and again, and never read: the
+    // kernel takes a few MB of answers (tcp_wmem), then the rest waits in the exporter
+    let stalled: Vec<socket2::Socket> = (0..2)
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_recv_buffer_size(4096).unwrap();
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            s.connect(&addr.into()).unwrap();
+            let mut w: &socket2::Socket = &s;
+            w.write_all(&b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(60))
+                .unwrap();
+            s
+        })
+        .collect();
+    // both hold a slot: the next scrape is turned away (before: 200, the bodies sat in
+    // hyper's queue with their slots given back)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status() != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "stalled clients do not hold their slots"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status() != 200 {
+        assert!(Instant::now() < deadline, "slots not given back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

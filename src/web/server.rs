@@ -49,6 +49,11 @@ pub const REALM: &str = "loxone-exporter";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a client may take to send request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's read and write buffers per connection (its default is about 400 KiB): request
+/// headers beyond it get 431, and a response body is taken from the handler only as fast
+/// as the client reads, so a client that never reads holds little memory (and a `/metrics`
+/// body keeps its `--web.max-requests` slot).
+const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 /// How long open connections may finish their request after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -469,6 +474,7 @@ async fn serve_connection<I>(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_CONNECTION_BUFFER)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
