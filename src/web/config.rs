@@ -132,6 +132,21 @@ struct RawHttp {
     headers: Option<BTreeMap<String, String>>,
 }
 
+/// A value given where one of a few names is allowed, quoted when it looks like a
+/// mistyped name; anything else (a bcrypt hash or key text in the wrong place) is not
+/// shown.
+fn shown_choice(value: &str) -> String {
+    let name_like = value.len() <= 40
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if name_like {
+        format!("{value:?}")
+    } else {
+        "(not shown: it does not look like a name and may be a secret)".into()
+    }
+}
+
 /// A serde message with every `"…"` span emptied: serde quotes a value of the wrong type
 /// (`invalid type: string "prometheus:$2b$10$…", expected a map`), and in this file that
 /// may be a password hash or a private key. Field names stay (serde puts them in
@@ -226,7 +241,11 @@ pub fn parse_web_config(text: &str, path: &Path) -> Result<WebConfig, WebError> 
             if !allowed.iter().any(|a| a.eq_ignore_ascii_case(value.trim())) {
                 return Err(field_err(
                     &field,
-                    format!("invalid value {value:?} (allowed: {})", allowed.join(", ")),
+                    format!(
+                        "invalid value {} (allowed: {})",
+                        shown_choice(&value),
+                        allowed.join(", ")
+                    ),
                 ));
             }
         }
@@ -319,8 +338,9 @@ fn parse_tls(
             return Err(field_err(
                 "tls_server_config.client_auth_type",
                 format!(
-                    "invalid value {v:?} (allowed: NoClientCert, VerifyClientCertIfGiven, \
-                     RequireAndVerifyClientCert)"
+                    "invalid value {} (allowed: NoClientCert, VerifyClientCertIfGiven, \
+                     RequireAndVerifyClientCert)",
+                    shown_choice(v)
                 ),
             ))
         }
@@ -405,7 +425,7 @@ fn parse_version(
         )),
         Some(v) => Err(field_err(
             &field,
-            format!("invalid value {v:?} (allowed: TLS12, TLS13)"),
+            format!("invalid value {} (allowed: TLS12, TLS13)", shown_choice(v)),
         )),
     }
 }
@@ -421,11 +441,15 @@ mod tests {
         for text in [
             "basic_auth_users: prometheus:$2b$10$1OB7abcdefSECRETHASH\n",
             "tls_server_config: \"-----BEGIN PRIVATE KEY----- MIIEvSECRETKEY\"\n",
+            "tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: $2b$10$SECRETHASH\n",
         ] {
             match parse_web_config(text, Path::new("w.yml")) {
-                Err(WebError::Syntax { message, .. }) => {
+                Err(WebError::Syntax { message, .. } | WebError::Field { message, .. }) => {
                     assert!(!message.contains("SECRET"), "{message}");
-                    assert!(message.contains("invalid type"), "{message}");
+                    assert!(
+                        message.contains("invalid type") || message.contains("invalid value"),
+                        "{message}"
+                    );
                 }
                 other => panic!("{other:?}"),
             }

@@ -146,6 +146,11 @@ struct Reloader {
     protection: Protection,
     /// Fingerprint of the files the last build attempt saw (good or bad).
     seen: [u8; 32],
+    /// Fingerprint of the files the current state was built from.
+    active: [u8; 32],
+    /// Fingerprint of the last version refused (logged once, however often it comes back:
+    /// a file rewritten in a loop passes through the same empty version each time).
+    refused: Option<[u8; 32]>,
 }
 
 /// The protections a web configuration turns on. A reload may add or change them, never
@@ -200,6 +205,8 @@ impl Reloader {
                     basic_auth: false,
                 },
                 seen: [0; 32],
+                active: [0; 32],
+                refused: None,
             });
         };
         let (parsed, seen) = read_all(&path);
@@ -211,6 +218,8 @@ impl Reloader {
             current,
             protection: Protection::of(&config),
             seen,
+            active: seen,
+            refused: None,
         })
     }
 
@@ -220,26 +229,40 @@ impl Reloader {
             return self.current.clone();
         };
         let (parsed, fp) = read_all(path);
-        if fp != self.seen {
+        // unchanged, or back to what is in use (a rewrite caught halfway): nothing to do
+        if fp == self.seen || fp == self.active {
             self.seen = fp;
-            match parsed.and_then(|c| Active::build(&c, path).map(|a| (c, a))) {
-                Ok((config, _)) if !self.protection.lost_in(Protection::of(&config)).is_empty() => {
-                    let lost = self.protection.lost_in(Protection::of(&config));
+            return self.current.clone();
+        }
+        self.seen = fp;
+        let first_time = self.refused != Some(fp);
+        match parsed.and_then(|c| Active::build(&c, path).map(|a| (c, a))) {
+            Ok((config, _)) if !self.protection.lost_in(Protection::of(&config)).is_empty() => {
+                let lost = self.protection.lost_in(Protection::of(&config));
+                if first_time {
                     tracing::error!(
                         path = %path.display(),
                         "web config changed to turn off {}; keeping the previous one (turning a protection off needs a restart; a file caught while being rewritten looks like this too)",
                         lost.join(" and ")
                     );
                 }
-                Ok((config, active)) => {
-                    log_loaded(path, &config, true);
-                    self.protection = Protection::of(&config);
-                    self.current = Arc::new(active);
+                self.refused = Some(fp);
+            }
+            Ok((config, active)) => {
+                log_loaded(path, &config, true);
+                self.protection = Protection::of(&config);
+                self.current = Arc::new(active);
+                self.active = fp;
+                self.refused = None;
+            }
+            Err(e) => {
+                if first_time {
+                    tracing::error!(
+                        error = %e,
+                        "web config changed but cannot be used; keeping the previous one"
+                    );
                 }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "web config changed but cannot be used; keeping the previous one"
-                ),
+                self.refused = Some(fp);
             }
         }
         self.current.clone()
@@ -533,6 +556,36 @@ fn unauthorized() -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_rewritten_in_a_loop_is_refused_once_and_its_own_content_never_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yml");
+        let hash = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
+        let full = format!("basic_auth_users:\n  alice: '{hash}'\n");
+        std::fs::write(&path, &full).unwrap();
+        let mut reloader = Reloader::new(Some(path.clone())).unwrap();
+        let first = reloader.current();
+        for _ in 0..3 {
+            // `cp` of the same file: empty, then the same bytes again
+            std::fs::write(&path, "").unwrap();
+            assert!(
+                Arc::ptr_eq(&reloader.current(), &first),
+                "emptied file used"
+            );
+            assert!(reloader.refused.is_some());
+            std::fs::write(&path, &full).unwrap();
+            // its own content: the state in use stays (no rebuild, no bcrypt cache reset)
+            assert!(
+                Arc::ptr_eq(&reloader.current(), &first),
+                "same content rebuilt"
+            );
+        }
+        // a real change is taken and forgets the refusal
+        std::fs::write(&path, format!("{full}  bob: '{hash}'\n")).unwrap();
+        assert!(!Arc::ptr_eq(&reloader.current(), &first));
+        assert!(reloader.refused.is_none());
+    }
 
     #[test]
     fn failing_accepts_are_logged_once_per_period_with_a_count() {
