@@ -203,7 +203,7 @@ struct PermitBody {
 }
 
 /// Largest piece of a `/metrics` body handed to hyper at once.
-const SEND_CHUNK: usize = 16 * 1024;
+const SEND_CHUNK: usize = 64 * 1024;
 
 impl PermitBody {
     fn new(body: Body, permit: tokio::sync::OwnedSemaphorePermit) -> Self {

@@ -53,7 +53,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// headers beyond it get 431, and a response body is taken from the handler only as fast
 /// as the client reads, so a client that never reads holds little memory (and a `/metrics`
 /// body keeps its `--web.max-requests` slot).
-const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+const MAX_CONNECTION_BUFFER: usize = 128 * 1024;
 /// How long open connections may finish their request after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
