@@ -260,7 +260,7 @@ impl axum::body::HttpBody for PermitBody {
     }
 }
 
-/// 503 when `--web.max-requests` scrapes are already rendering (as promhttp answers).
+/// 503 when `--web.max-requests` scrapes are already in flight (as promhttp answers).
 fn too_many_requests() -> Response {
     tracing::debug!("/metrics: concurrent request limit reached");
     (
