@@ -144,12 +144,11 @@ struct Reloader {
     current: Arc<Active>,
     /// What the current state protects.
     protection: Protection,
-    /// Fingerprint of the files the last build attempt saw (good or bad).
-    seen: [u8; 32],
     /// Fingerprint of the files the current state was built from.
     active: [u8; 32],
-    /// Fingerprint of the last version refused (logged once, however often it comes back:
-    /// a file rewritten in a loop passes through the same empty version each time).
+    /// Fingerprint of the last version refused (broken, or turning a protection off): not
+    /// tried or logged again, however often it comes back (a file rewritten in a loop
+    /// passes through the same empty version each time).
     refused: Option<[u8; 32]>,
 }
 
@@ -158,7 +157,7 @@ struct Reloader {
 /// empty file is a valid configuration (plain HTTP, no users), so a reload that catches
 /// the moment between would serve `/metrics` in clear text to anyone. Turning a protection
 /// off takes a restart.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Protection {
     tls: bool,
     client_certificates_required: bool,
@@ -199,17 +198,12 @@ impl Reloader {
             return Ok(Reloader {
                 path: None,
                 current: Arc::new(Active::plain()),
-                protection: Protection {
-                    tls: false,
-                    client_certificates_required: false,
-                    basic_auth: false,
-                },
-                seen: [0; 32],
+                protection: Protection::default(),
                 active: [0; 32],
                 refused: None,
             });
         };
-        let (parsed, seen) = read_all(&path);
+        let (parsed, active) = read_all(&path);
         let config = parsed?;
         let current = Arc::new(Active::build(&config, &path)?);
         log_loaded(&path, &config, false);
@@ -217,8 +211,7 @@ impl Reloader {
             path: Some(path),
             current,
             protection: Protection::of(&config),
-            seen,
-            active: seen,
+            active,
             refused: None,
         })
     }
@@ -229,39 +222,34 @@ impl Reloader {
             return self.current.clone();
         };
         let (parsed, fp) = read_all(path);
-        // unchanged, or back to what is in use (a rewrite caught halfway): nothing to do
-        if fp == self.seen || fp == self.active {
-            self.seen = fp;
+        // unchanged, back to what is in use (a rewrite caught halfway), or refused already
+        if fp == self.active || self.refused == Some(fp) {
             return self.current.clone();
         }
-        self.seen = fp;
-        let first_time = self.refused != Some(fp);
         match parsed.and_then(|c| Active::build(&c, path).map(|a| (c, a))) {
-            Ok((config, _)) if !self.protection.lost_in(Protection::of(&config)).is_empty() => {
-                let lost = self.protection.lost_in(Protection::of(&config));
-                if first_time {
+            Ok((config, active)) => {
+                let protection = Protection::of(&config);
+                let lost = self.protection.lost_in(protection);
+                if lost.is_empty() {
+                    log_loaded(path, &config, true);
+                    self.protection = protection;
+                    self.current = Arc::new(active);
+                    self.active = fp;
+                    self.refused = None;
+                } else {
                     tracing::error!(
                         path = %path.display(),
                         "web config changed to turn off {}; keeping the previous one (turning a protection off needs a restart; a file caught while being rewritten looks like this too)",
                         lost.join(" and ")
                     );
+                    self.refused = Some(fp);
                 }
-                self.refused = Some(fp);
-            }
-            Ok((config, active)) => {
-                log_loaded(path, &config, true);
-                self.protection = Protection::of(&config);
-                self.current = Arc::new(active);
-                self.active = fp;
-                self.refused = None;
             }
             Err(e) => {
-                if first_time {
-                    tracing::error!(
-                        error = %e,
-                        "web config changed but cannot be used; keeping the previous one"
-                    );
-                }
+                tracing::error!(
+                    error = %e,
+                    "web config changed but cannot be used; keeping the previous one"
+                );
                 self.refused = Some(fp);
             }
         }
@@ -280,40 +268,76 @@ fn log_loaded(path: &Path, config: &WebConfig, reload: bool) {
     );
 }
 
-/// Longest gap between two log lines about failing accepts while they keep failing.
-const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Logs failing accepts (out of file descriptors, mostly) once per
-/// [`ACCEPT_ERROR_LOG_EVERY`] with the count in between, and the recovery.
-#[derive(Default)]
-struct AcceptErrorLog {
-    /// When the last line was logged, while failures go on.
+/// Counts a repeating failure so that it is logged at most once per `every`, with how many
+/// went unlogged in between: a condition that lasts (out of file descriptors, a scraper
+/// with the wrong certificate, port scanners) is one line per period, not one per event.
+struct Throttle {
+    every: Duration,
+    /// When the last line was logged.
     last_logged: Option<std::time::Instant>,
     /// Failures since that line.
     unlogged: u64,
 }
 
-impl AcceptErrorLog {
-    fn failed(&mut self, error: &std::io::Error) {
+impl Throttle {
+    fn new(every: Duration) -> Self {
+        Throttle {
+            every,
+            last_logged: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Counts one failure; `Some(failures unlogged before it)` when this one is to be
+    /// logged.
+    fn failed(&mut self) -> Option<u64> {
         let now = std::time::Instant::now();
         match self.last_logged {
-            Some(at) if now.duration_since(at) < ACCEPT_ERROR_LOG_EVERY => self.unlogged += 1,
+            Some(at) if now.duration_since(at) < self.every => {
+                self.unlogged += 1;
+                None
+            }
             _ => {
-                tracing::warn!(
-                    error = %error,
-                    failed_since_last_line = self.unlogged,
-                    "cannot accept HTTP connections; retrying every 50 ms"
-                );
                 self.last_logged = Some(now);
-                self.unlogged = 0;
+                Some(std::mem::take(&mut self.unlogged))
             }
         }
     }
 
+    /// The failures ended; true when any was logged (so the recovery is worth a line).
+    fn recovered(&mut self) -> bool {
+        self.unlogged = 0;
+        self.last_logged.take().is_some()
+    }
+}
+
+/// Longest gap between two log lines about failing accepts while they keep failing.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs failing accepts (out of file descriptors, mostly) once per
+/// [`ACCEPT_ERROR_LOG_EVERY`] with the count in between, and the recovery.
+struct AcceptErrorLog(Throttle);
+
+impl Default for AcceptErrorLog {
+    fn default() -> Self {
+        AcceptErrorLog(Throttle::new(ACCEPT_ERROR_LOG_EVERY))
+    }
+}
+
+impl AcceptErrorLog {
+    fn failed(&mut self, error: &std::io::Error) {
+        if let Some(unlogged) = self.0.failed() {
+            tracing::warn!(
+                error = %error,
+                failed_since_last_line = unlogged,
+                "cannot accept HTTP connections; retrying every 50 ms"
+            );
+        }
+    }
+
     fn accepted(&mut self) {
-        if self.last_logged.take().is_some() {
+        if self.0.recovered() {
             tracing::info!("accepting HTTP connections again");
-            self.unlogged = 0;
         }
     }
 }
@@ -324,31 +348,21 @@ const HANDSHAKE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Logs failed TLS handshakes at WARN (a scraper with a wrong or missing client certificate
 /// is otherwise invisible at the default level), at most once per
 /// [`HANDSHAKE_FAILURE_LOG_EVERY`] with the count in between (port scanners fail
-/// handshakes all day); every failure at DEBUG.
-#[derive(Default)]
-struct HandshakeFailureLog {
-    /// (when the last WARN was logged, failures since)
-    state: parking_lot::Mutex<(Option<std::time::Instant>, u64)>,
+/// handshakes all day); every failure at DEBUG. Shared by the connection tasks.
+struct HandshakeFailureLog(parking_lot::Mutex<Throttle>);
+
+impl Default for HandshakeFailureLog {
+    fn default() -> Self {
+        HandshakeFailureLog(parking_lot::Mutex::new(Throttle::new(
+            HANDSHAKE_FAILURE_LOG_EVERY,
+        )))
+    }
 }
 
 impl HandshakeFailureLog {
     /// Counts a failure; true when it was logged at WARN.
     fn failed(&self, peer: SocketAddr, error: &str) -> bool {
-        let now = std::time::Instant::now();
-        let unlogged = {
-            let mut s = self.state.lock();
-            match s.0 {
-                Some(at) if now.duration_since(at) < HANDSHAKE_FAILURE_LOG_EVERY => {
-                    s.1 += 1;
-                    None
-                }
-                _ => {
-                    let unlogged = s.1;
-                    *s = (Some(now), 0);
-                    Some(unlogged)
-                }
-            }
-        };
+        let unlogged = self.0.lock().failed();
         match unlogged {
             Some(unlogged) => {
                 tracing::warn!(
@@ -592,15 +606,15 @@ mod tests {
         let mut log = AcceptErrorLog::default();
         let emfile = std::io::Error::from_raw_os_error(24);
         log.failed(&emfile);
-        let first = log.last_logged;
+        let first = log.0.last_logged;
         assert!(first.is_some());
         for _ in 0..200 {
             log.failed(&emfile);
         }
         // 200 failures 50 ms apart would have been 200 lines; all counted, none logged
-        assert_eq!((log.last_logged, log.unlogged), (first, 200));
+        assert_eq!((log.0.last_logged, log.0.unlogged), (first, 200));
         log.accepted();
-        assert_eq!((log.last_logged, log.unlogged), (None, 0));
+        assert_eq!((log.0.last_logged, log.0.unlogged), (None, 0));
     }
 
     #[test]
@@ -611,7 +625,7 @@ mod tests {
         for _ in 0..50 {
             assert!(!log.failed(peer, "peer sent no certificates"));
         }
-        assert_eq!(log.state.lock().1, 50);
+        assert_eq!(log.0.lock().unlogged, 50);
     }
 
     #[test]
