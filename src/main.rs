@@ -278,12 +278,9 @@ fn demo_config(cli: &Cli) -> Result<Config, ExitCode> {
             .then(|| env_lookup(name))
             .flatten()
     };
-    let header_names: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .filter(|k| k.starts_with(config::OTLP_HEADER_ENV_PREFIX))
-        .collect();
-    let loaded = config::load_str_with_env_names(&yaml, None, &otlp_only, &header_names)
-        .map_err(|e| e.0.into_iter().map(|e| e.to_string()).collect());
+    let loaded =
+        config::load_str_with_env_names(&yaml, None, &otlp_only, &config::otlp_header_env_names())
+            .map_err(|e| e.0.into_iter().map(|e| e.to_string()).collect());
     finish_config(cli, loaded)
 }
 

@@ -83,6 +83,15 @@ const MINISERVER_KEYS: &[&str] = &[
 
 const PORT_RULE: &str = "a port 1-65535";
 
+/// The names of the process's `LOXONE_OTLP_AUTH_HEADER_*` variables (their number and
+/// names are open, so they are listed, not looked up).
+pub fn otlp_header_env_names() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with(OTLP_HEADER_ENV_PREFIX))
+        .collect()
+}
+
 /// Loads `path` (or `./config.yml`, then `./config.yaml`, or no file: environment only),
 /// applies the environment, validates.
 ///
@@ -90,10 +99,7 @@ const PORT_RULE: &str = "a port 1-65535";
 /// of `LOXONE_OTLP_AUTH_HEADER_*` variables are discovered from the process environment
 /// (a lookup cannot list names); their values, like every other variable, come from `env`.
 pub fn load(path: Option<&Path>, env: Env<'_>) -> Result<Config, ConfigErrors> {
-    let header_vars: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .filter(|k| k.starts_with(OTLP_HEADER_ENV_PREFIX))
-        .collect();
+    let header_vars = otlp_header_env_names();
     let (text, source) = match path {
         Some(p) => (read_file(p)?, Some(p.to_path_buf())),
         None => match find_default_config(Path::new(".")) {

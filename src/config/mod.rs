@@ -19,8 +19,8 @@ mod render;
 mod walk;
 
 pub use load::{
-    find_default_config, load, load_str, load_str_with_env_names, ConfigError, ConfigErrors, Env,
-    OTLP_HEADER_ENV_PREFIX,
+    find_default_config, load, load_str, load_str_with_env_names, otlp_header_env_names,
+    ConfigError, ConfigErrors, Env, OTLP_HEADER_ENV_PREFIX,
 };
 pub use render::render_effective;
 
