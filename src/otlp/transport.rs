@@ -529,7 +529,7 @@ async fn send_http(
     } else {
         body
     };
-    let resp = match req.body(body).send().await {
+    let mut resp = match req.body(body).send().await {
         Ok(r) => r,
         // No response at all: connection refused or reset, TLS failure, timeout. The spec
         // retries these; a TLS misconfiguration shows up as a persistent retryable error.
@@ -546,9 +546,11 @@ async fn send_http(
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let body = match read_body_capped(resp, MAX_RESPONSE_BYTES).await {
-        Some(body) => body,
-        None => {
+    // a body that breaks off counts as empty: the status alone then decides
+    let body = match read_body_capped(&mut resp, MAX_RESPONSE_BYTES).await {
+        Ok(Some(body)) => body,
+        Err(_) => Vec::new(),
+        Ok(None) => {
             return ExportOutcome::Drop {
                 reason: format!("HTTP {}: response body larger than 4 MiB", status.as_u16()),
             }
@@ -562,27 +564,25 @@ async fn send_http(
     )
 }
 
-/// Reads a response body of at most `cap` bytes: `None` when it is longer, an empty body
-/// when it breaks off (the status alone then decides). Chunk by chunk, so a collector that
-/// streams an endless chunked body costs at most `cap` bytes of memory, not everything it
-/// manages to send before the timeout.
-async fn read_body_capped(mut resp: reqwest::Response, cap: usize) -> Option<Vec<u8>> {
+/// Reads a response body of at most `cap` bytes: `Ok(None)` when it is longer. Chunk by
+/// chunk, so a collector that streams an endless chunked body costs at most `cap` bytes of
+/// memory, not everything it manages to send before the timeout. Shared by the metrics
+/// transport and the trace exporter's HTTP client.
+pub(crate) async fn read_body_capped(
+    resp: &mut reqwest::Response,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
     if resp.content_length().is_some_and(|l| l > cap as u64) {
-        return None;
+        return Ok(None);
     }
     let mut body = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > cap {
-                    return None;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Some(body),
-            Err(_) => return Some(Vec::new()),
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            return Ok(None);
         }
+        body.extend_from_slice(&chunk);
     }
+    Ok(Some(body))
 }
 
 fn gzip_bytes(data: &[u8]) -> std::io::Result<Vec<u8>> {

@@ -37,7 +37,7 @@ use crate::config::{OtlpCompression, OtlpProtocol};
 use crate::metrics::model::{Family, LabelSet, MetricKind, Sample};
 use crate::metrics::Collector;
 use crate::otlp::transport::{
-    error_chain, http_client, sanitize, tls_url, TlsFiles, MAX_RESPONSE_BYTES,
+    error_chain, http_client, read_body_capped, sanitize, tls_url, TlsFiles, MAX_RESPONSE_BYTES,
 };
 
 /// Counters of the span pipeline, exposed by [`TelemetryCollector`].
@@ -323,13 +323,9 @@ impl HttpClient for ReqwestHttpClient {
         for (k, v) in response.headers() {
             builder = builder.header(k, v);
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err("OTLP response body too large".into());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_body_capped(&mut response, MAX_RESPONSE_BYTES)
+            .await?
+            .ok_or("OTLP response body too large")?;
         Ok(builder.body(Bytes::from(body))?)
     }
 }
