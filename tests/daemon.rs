@@ -42,15 +42,20 @@ fn start(config: &Path, port: u16) -> Daemon {
         .spawn()
         .expect("spawn exporter");
     let d = Daemon { child };
+    wait_listening("127.0.0.1", port);
+    d
+}
+
+/// Waits up to 10 s until `host:port` accepts connections.
+fn wait_listening(host: &str, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((host, port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "exporter did not start listening"
+            "not listening on {host} port {port}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    d
 }
 
 /// Starts the exporter with `--web.listen-address listen` and waits until `host:port`
@@ -64,14 +69,7 @@ fn start_listening(config: &Path, listen: &str, host: &str, port: u16) -> Daemon
         .spawn()
         .expect("spawn exporter");
     let d = Daemon { child };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect((host, port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "not listening on {host} port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(host, port);
     d
 }
 
@@ -733,11 +731,7 @@ fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
         .spawn()
         .unwrap();
     let d = Daemon { child };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening("127.0.0.1", port);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
     assert_eq!(open_files(&limits), (hard.clone(), hard));
 }
