@@ -9,7 +9,7 @@
 //! signature still checked). `user:password@` in the URL becomes basic auth. The URL comes
 //! from `--url` or from the configuration's `listen_address`/`listen_port` (and
 //! `--web.listen-address`), with wildcard addresses mapped to loopback. A listener that
-//! requires client certificates (mTLS) cannot be checked: there is no client certificate.
+//! requires client certificates (mTLS) is checked with `--client-cert` / `--client-key`.
 //! Does not parse config files itself: the caller loads [`Config`] and passes it in.
 
 use std::sync::Arc;
@@ -35,6 +35,43 @@ pub struct HealthcheckArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
     pub timeout: Duration,
+    /// Client certificate (PEM, leaf first) to present when the listener requires one
+    /// (client_auth_type in --web.config.file).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// A client certificate chain and its key, for a listener with mTLS.
+pub type ClientIdentity = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+impl HealthcheckArgs {
+    /// Reads `--client-cert` / `--client-key` (`None` when not given). The message names the
+    /// file and never quotes its content.
+    pub fn client_identity(&self) -> Result<Option<ClientIdentity>, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) else {
+            return Ok(None);
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("--client-cert {}: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!(
+                "--client-cert {}: no PEM certificate in the file",
+                cert.display()
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| format!("--client-key {}: {e}", key.display()))?;
+        Ok(Some((chain, key)))
+    }
 }
 
 impl HealthcheckArgs {
@@ -160,13 +197,18 @@ fn parse_url(url: &str) -> Result<Target, String> {
 /// Queries `url` and returns the process exit code: 0 for HTTP 200, 1 otherwise. Prints one
 /// line saying why (stdout when healthy, stderr otherwise).
 pub async fn run(url: String, timeout: Duration) -> i32 {
-    run_pinned(url, timeout, None).await
+    run_pinned(url, timeout, None, None).await
 }
 
 /// [`run`], accepting over `https://` only the certificate with SHA-256 `pin` (any when
-/// `None`).
-pub async fn run_pinned(url: String, timeout: Duration, pin: Option<[u8; 32]>) -> i32 {
-    match tokio::time::timeout(timeout, check(&url, pin)).await {
+/// `None`) and presenting `identity` when the listener asks for a client certificate.
+pub async fn run_pinned(
+    url: String,
+    timeout: Duration,
+    pin: Option<[u8; 32]>,
+    identity: Option<ClientIdentity>,
+) -> i32 {
+    match tokio::time::timeout(timeout, check(&url, pin, identity)).await {
         Ok(Ok(line)) => {
             println!("healthy: {line}");
             0
@@ -183,7 +225,11 @@ pub async fn run_pinned(url: String, timeout: Duration, pin: Option<[u8; 32]>) -
     }
 }
 
-async fn check(url: &str, pin: Option<[u8; 32]>) -> Result<String, String> {
+async fn check(
+    url: &str,
+    pin: Option<[u8; 32]>,
+    identity: Option<ClientIdentity>,
+) -> Result<String, String> {
     let target = parse_url(url)?;
     // the URL as shown: never with its password
     let shown = crate::secret::redact_url(url);
@@ -194,7 +240,8 @@ async fn check(url: &str, pin: Option<[u8; 32]>) -> Result<String, String> {
     if !target.tls {
         return exchange(stream, &target, url).await;
     }
-    let config = crate::loxone::connection::pinned_client_config(pin)
+    let with_identity = identity.is_some();
+    let config = crate::loxone::connection::pinned_client_config_with_identity(pin, identity)
         .map_err(|e| format!("TLS setup: {e}"))?;
     let name = rustls::pki_types::ServerName::try_from(target.host.clone())
         .map_err(|_| format!("bad host in {url}"))?;
@@ -202,7 +249,15 @@ async fn check(url: &str, pin: Option<[u8; 32]>) -> Result<String, String> {
         .connect(name, stream)
         .await
         .map_err(|e| format!("TLS handshake with {url}: {e}"))?;
-    exchange(tls, &target, url).await
+    exchange(tls, &target, url)
+        .await
+        .map_err(|e| match with_identity {
+            // TLS 1.3 reports a refused client certificate only on the first read
+            false if e.contains("CertificateRequired") || e.contains("HandshakeFailure") => format!(
+                "{e}: the listener requires a client certificate; pass --client-cert and --client-key"
+            ),
+            _ => e,
+        })
 }
 
 /// Sends the GET on `stream` and judges the answer.
@@ -381,6 +436,8 @@ mod tests {
         let args = HealthcheckArgs {
             url: Some("http://x:1/healthz".into()),
             timeout: DEFAULT_TIMEOUT,
+            client_cert: None,
+            client_key: None,
         };
         assert_eq!(args.resolve_url(None, true), "http://x:1/healthz");
         let args = HealthcheckArgs { url: None, ..args };

@@ -123,12 +123,19 @@ fn main() -> ExitCode {
                 }
                 None => None,
             };
+            let identity = match args.client_identity() {
+                Ok(identity) => identity,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             let url = args.resolve_url(Some(&config), pin.is_some());
             let code = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(healthcheck::run_pinned(url, args.timeout, pin)),
+                Ok(rt) => rt.block_on(healthcheck::run_pinned(url, args.timeout, pin, identity)),
                 Err(e) => {
                     eprintln!("healthcheck: cannot start runtime: {e}");
                     1

@@ -590,6 +590,122 @@ fn healthcheck_follows_the_listen_flag_and_the_web_config() {
     }
 }
 
+/// `healthcheck` against a listener that requires client certificates (mTLS): without
+/// `--client-cert` it fails and says which flags to pass; with a certificate from the
+/// listener's client CA it is healthy; with one from another CA it fails.
+#[test]
+fn healthcheck_presents_a_client_certificate_to_a_listener_with_mtls() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        p.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    };
+    let leaf = |issuer: &CertifiedIssuer<'static, KeyPair>, server: bool| {
+        let sans = if server {
+            vec!["localhost".to_string()]
+        } else {
+            Vec::new()
+        };
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let client_ca = ca("scrapers");
+    let (server_cert, server_key) = leaf(&ca("server CA"), true);
+    write("server.crt", &server_cert);
+    write("server.key", &server_key);
+    write("clients.crt", &client_ca.pem());
+    let web = write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+         client_ca_file: clients.crt\n  client_auth_type: RequireAndVerifyClientCert\n",
+    );
+    let (cert, key) = leaf(&client_ca, false);
+    let (good_cert, good_key) = (write("hc.crt", &cert), write("hc.key", &key));
+    let (cert, key) = leaf(&ca("someone else"), false);
+    let (bad_cert, bad_key) = (write("other.crt", &cert), write("other.key", &key));
+
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(common::exporter_bin())
+        .args(["--demo", "--web.listen-address", &listen])
+        .arg("--web.config.file")
+        .arg(&web)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _d = Daemon { child };
+    let healthcheck = |identity: Option<(&Path, &Path)>| {
+        let mut cmd = Command::new(common::exporter_bin());
+        cmd.args(["--web.listen-address", &listen, "--web.config.file"])
+            .arg(&web)
+            .args(["healthcheck", "--timeout", "5"]);
+        if let Some((cert, key)) = identity {
+            cmd.arg("--client-cert")
+                .arg(cert)
+                .arg("--client-key")
+                .arg(key);
+        }
+        cmd.output().unwrap()
+    };
+    // healthy once the demo's Miniserver is connected
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = healthcheck(Some((&good_cert, &good_key)));
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP 200"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never healthy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = healthcheck(None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--client-cert"), "{err}");
+    let out = healthcheck(Some((&bad_cert, &bad_key)));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a foreign client certificate passed"
+    );
+    // a key file that holds no key: a clear error naming the flag, no panic
+    let out = healthcheck(Some((&good_cert, &good_cert)));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--client-key"), "{err}");
+    // one flag alone is a usage error
+    let out = Command::new(common::exporter_bin())
+        .args(["healthcheck", "--client-cert"])
+        .arg(&good_cert)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
 /// `healthcheck` never prints the password of `--url`, whatever goes wrong: a listener that
 /// accepts and never answers (the container case: a hung exporter), a bad port, a wrong
 /// scheme, a refused connection.

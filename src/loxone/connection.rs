@@ -28,7 +28,7 @@ use hyper::body::Bytes;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -441,13 +441,27 @@ pub fn tls_client_config(cfg: &MiniserverConfig) -> Result<Arc<ClientConfig>, Co
 /// `healthcheck` uses to talk to this exporter's own TLS listener, whose certificate it
 /// read from `--web.config.file`.
 pub fn pinned_client_config(pin: Option<[u8; 32]>) -> Result<Arc<ClientConfig>, ConnectError> {
+    pinned_client_config_with_identity(pin, None)
+}
+
+/// [`pinned_client_config`] presenting `identity` (certificate chain, private key) when the
+/// server asks for a client certificate: `healthcheck` against a listener with mTLS.
+pub fn pinned_client_config_with_identity(
+    pin: Option<[u8; 32]>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, ConnectError> {
     let provider = crate::tls_provider::provider();
-    let config = ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectError::TlsConfig(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(MiniserverCertVerifier { provider, pin }))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(MiniserverCertVerifier { provider, pin }));
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ConnectError::TlsConfig(format!("client certificate: {e}")))?,
+    };
     Ok(Arc::new(config))
 }
 
