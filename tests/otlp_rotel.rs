@@ -300,3 +300,52 @@ async fn fifty_thousand_series_reach_rotel_over_grpc_split_under_4_mib() {
         .unwrap()
         .unwrap();
 }
+
+/// The commonest OTLP mistake, the protocol and the port mixed up, against rotel's two real
+/// receivers: gRPC sent to the OTLP/HTTP port and HTTP/protobuf sent to the gRPC port both
+/// fail with an error that says which port and protocol belong together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_sent_to_the_other_protocols_port_says_so() {
+    let Some(rotel_bin) = common::component(common::ROTEL) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rotel = Rotel::start(&rotel_bin, dir.path(), common::free_port);
+    let registry = Registry::new();
+    registry.register(TestCollector::new());
+    let resource = build_resource(&ResourceInfo {
+        service_name: "s".into(),
+        instance_id: "h:1".into(),
+        host_name: "h".into(),
+        extra: vec![],
+    });
+    let body = Converter::new(resource, SystemTime::now(), usize::MAX)
+        .convert(&registry.snapshot())
+        .bodies
+        .remove(0);
+
+    let grpc_at_http = otlp_config(
+        &format!("http://127.0.0.1:{}", rotel.http_port),
+        OtlpProtocol::Grpc,
+    );
+    let outcome = Transport::new(&grpc_at_http)
+        .unwrap()
+        .send(body.clone())
+        .await;
+    assert!(
+        matches!(&outcome, ExportOutcome::Drop { reason }
+            if reason.contains("set protocol to http/protobuf") && reason.contains("4318")),
+        "{outcome:?}"
+    );
+
+    let http_at_grpc = otlp_config(
+        &format!("http://127.0.0.1:{}/v1/metrics", rotel.grpc_port),
+        OtlpProtocol::HttpProtobuf,
+    );
+    let outcome = Transport::new(&http_at_grpc).unwrap().send(body).await;
+    assert!(
+        matches!(&outcome, ExportOutcome::Retry { reason, .. }
+            if reason.contains("set protocol to grpc") && reason.contains("4317")),
+        "{outcome:?}"
+    );
+}

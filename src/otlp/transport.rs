@@ -47,6 +47,14 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 const GRPC_CONNECTIONS: usize = crate::otlp::export::CONCURRENT_REQUESTS;
 /// Longest error text kept.
 const MAX_REASON_CHARS: usize = 300;
+/// Added to the error when gRPC went to a plain HTTP server: a POST to the gRPC method's
+/// path answered with 404/405/415 and no `grpc-status`, as an OTLP/HTTP receiver answers.
+const GRPC_AT_AN_HTTP_PORT: &str = " (not a gRPC endpoint: if this is the collector's \
+    OTLP/HTTP port, usually 4318, set protocol to http/protobuf or use its gRPC port, usually 4317)";
+/// Added to the error when HTTP/1.1 went to an HTTP/2-only server, as an OTLP/gRPC receiver
+/// is: its answer is not HTTP/1.x.
+const HTTP_AT_A_GRPC_PORT: &str = " (the endpoint speaks only HTTP/2: if this is the \
+    collector's OTLP/gRPC port, usually 4317, set protocol to grpc or use its OTLP/HTTP port, usually 4318)";
 
 /// What to do after one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -534,10 +542,14 @@ async fn send_http(
         // No response at all: connection refused or reset, TLS failure, timeout. The spec
         // retries these; a TLS misconfiguration shows up as a persistent retryable error.
         Err(e) => {
+            let mut reason = format!("HTTP request failed: {}", error_chain(&e.without_url()));
+            if answered_in_http2_only(&reason) {
+                reason.push_str(HTTP_AT_A_GRPC_PORT);
+            }
             return ExportOutcome::Retry {
                 after: None,
-                reason: format!("HTTP request failed: {}", error_chain(&e.without_url())),
-            }
+                reason,
+            };
         }
     };
     let status = resp.status();
@@ -663,6 +675,9 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
         reason.push_str(": ");
         reason.push_str(&error_chain(source));
     }
+    if answered_like_plain_http(status.message()) {
+        reason.push_str(GRPC_AT_AN_HTTP_PORT);
+    }
     let retry_info = retry_delay(status.details());
     if never_processed(status) {
         return ExportOutcome::Retry {
@@ -702,6 +717,23 @@ fn never_processed(status: &tonic::Status) -> bool {
         source = e.source();
     }
     false
+}
+
+/// True for tonic's message about an answer without `grpc-status` whose HTTP status is what
+/// a plain HTTP server gives a POST to a path it does not serve (404, 405, 415). Other
+/// statuses without `grpc-status` (a proxy's 502 or 503) are not a protocol mix-up.
+fn answered_like_plain_http(message: &str) -> bool {
+    message
+        .strip_prefix("grpc-status header missing, mapped from HTTP status code ")
+        .is_some_and(|code| matches!(code.trim(), "404" | "405" | "415"))
+}
+
+/// True for hyper's two ways of meeting an HTTP/2-only server over HTTP/1.1: its SETTINGS
+/// frame arrives before our request went out ("unexpected message", a server talking while
+/// no request is pending) or as the answer to it ("invalid HTTP version").
+fn answered_in_http2_only(error_chain: &str) -> bool {
+    error_chain.contains("invalid HTTP version parsed")
+        || error_chain.contains("received unexpected message from connection")
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -978,6 +1010,40 @@ mod tests {
         let past = httpdate::fmt_http_date(now - Duration::from_secs(42));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn only_a_plain_http_answer_to_grpc_gets_the_port_hint() {
+        let missing = |code: u16| {
+            tonic::Status::new(
+                tonic::Code::Unknown,
+                format!("grpc-status header missing, mapped from HTTP status code {code}"),
+            )
+        };
+        for code in [404, 405, 415] {
+            let ExportOutcome::Drop { reason } = classify_grpc(&missing(code)) else {
+                panic!("{code}: not dropped");
+            };
+            assert!(reason.ends_with(GRPC_AT_AN_HTTP_PORT), "{reason}");
+        }
+        // a proxy in front of a collector that is down: no protocol mix-up
+        for code in [502, 503, 500] {
+            let o = classify_grpc(&missing(code));
+            assert!(!format!("{o:?}").contains("4318"), "{code}: {o:?}");
+        }
+        let o = classify_grpc(&tonic::Status::new(tonic::Code::Unimplemented, "404"));
+        assert!(!format!("{o:?}").contains("4318"), "{o:?}");
+        // hyper's texts, whichever way the race between our request and the server's
+        // SETTINGS frame goes (the rotel test meets one of them)
+        for chain in [
+            "error sending request: client error (SendRequest): invalid HTTP version parsed",
+            "error sending request: client error (SendRequest): received unexpected message from connection",
+        ] {
+            assert!(answered_in_http2_only(chain), "{chain}");
+        }
+        assert!(!answered_in_http2_only(
+            "error sending request: client error (Connect): tcp connect error: Connection refused"
+        ));
     }
 
     #[test]
