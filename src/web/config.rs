@@ -101,6 +101,7 @@ const ALLOWED_HEADERS: [(&str, Option<&[&str]>); 5] = [
 struct RawWebConfig {
     tls_server_config: Option<RawTls>,
     http_server_config: Option<RawHttp>,
+    #[serde(default, deserialize_with = "map_without_repeated_keys")]
     basic_auth_users: Option<BTreeMap<String, String>>,
     rate_limit: Option<serde_yaml::Value>,
 }
@@ -129,7 +130,34 @@ struct RawHttp {
     /// Accepted for compatibility; this exporter serves HTTP/1.1 only.
     #[allow(dead_code)]
     http2: Option<bool>,
+    #[serde(default, deserialize_with = "map_without_repeated_keys")]
     headers: Option<BTreeMap<String, String>>,
+}
+
+/// A string map in which a repeated key is an error. Into a `BTreeMap` serde keeps the last
+/// entry, so a second `basic_auth_users` line for the same user silently replaced the
+/// first password; a YAML mapping (`serde_yaml::Mapping`) refuses it, with line and column.
+fn map_without_repeated_keys<'de, D>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    use serde_yaml::Value;
+    let Some(mapping) = Option::<serde_yaml::Mapping>::deserialize(d)? else {
+        return Ok(None);
+    };
+    // scalars as their text, as serde_yaml reads a plain `1` into a `String`
+    let text = |v: Value| match v {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(D::Error::custom("invalid type: expected a string")),
+    };
+    mapping
+        .into_iter()
+        .map(|(k, v)| Ok((text(k)?, text(v)?)))
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .map(Some)
 }
 
 /// A value given where one of a few names is allowed, quoted when it looks like a
@@ -477,6 +505,25 @@ mod tests {
             Ok(c) => panic!("expected an error, got {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_user_or_header_given_twice_is_refused_without_its_hash() {
+        let text = format!(
+            "basic_auth_users:\n  alice: '{HASH}'\n  bob: '{HASH}'\n  alice: '$2y$10$SECRETSECONDHASHxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'\n"
+        );
+        let e = err(&text);
+        assert!(e.contains("duplicate"), "{e}");
+        assert!(!e.contains("SECRET") && !e.contains("QOauh"), "{e}");
+        let e = err("http_server_config:\n  headers:\n    X-A: 1\n    X-A: 2\n");
+        assert!(e.contains("duplicate"), "{e}");
+        // one of each still loads
+        let c = parse(&format!(
+            "basic_auth_users:\n  alice: '{HASH}'\n  bob: '{HASH}'\n"
+        ))
+        .unwrap();
+        assert_eq!(c.basic_auth_users.len(), 2);
+        assert!(parse("basic_auth_users:\nhttp_server_config:\n  headers:\n").is_ok());
     }
 
     #[test]
