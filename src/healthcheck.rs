@@ -105,12 +105,24 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 }
 
 /// `/healthz` URL of the exporter described by `config`: `0.0.0.0` becomes `127.0.0.1`,
-/// `::` becomes `[::1]`, IPv6 literals are bracketed.
+/// `::` becomes `[::1]` (or `127.0.0.1` on a host without IPv6, where the daemon falls back
+/// to listening on IPv4 only), IPv6 literals are bracketed.
 pub fn healthz_url(config: &Config) -> String {
+    healthz_url_on(config, ipv6_loopback_usable())
+}
+
+/// Whether this host can use `::1`: without IPv6 (disabled, or a container without it) the
+/// bind fails, as the daemon's bind of `::` did before it fell back to IPv4.
+fn ipv6_loopback_usable() -> bool {
+    std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+fn healthz_url_on(config: &Config, ipv6: bool) -> String {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let host = match config.listen_address {
         IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() && ipv6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         a => a,
     };
     match host {
@@ -342,14 +354,16 @@ mod tests {
     #[test]
     fn url_from_config() {
         let mut c = Config::with_miniserver(MiniserverConfig::new("a", "h", "u", "p"));
-        assert_eq!(healthz_url(&c), "http://127.0.0.1:9504/healthz");
+        assert_eq!(healthz_url_on(&c, true), "http://127.0.0.1:9504/healthz");
         c.listen_address = "::".parse().unwrap();
         c.listen_port = 9100;
-        assert_eq!(healthz_url(&c), "http://[::1]:9100/healthz");
+        assert_eq!(healthz_url_on(&c, true), "http://[::1]:9100/healthz");
+        // no IPv6 on the host: the daemon listens on IPv4 only
+        assert_eq!(healthz_url_on(&c, false), "http://127.0.0.1:9100/healthz");
         c.listen_address = "192.168.1.5".parse().unwrap();
-        assert_eq!(healthz_url(&c), "http://192.168.1.5:9100/healthz");
+        assert_eq!(healthz_url_on(&c, false), "http://192.168.1.5:9100/healthz");
         c.listen_address = "fe80::1".parse().unwrap();
-        assert_eq!(healthz_url(&c), "http://[fe80::1]:9100/healthz");
+        assert_eq!(healthz_url_on(&c, true), "http://[fe80::1]:9100/healthz");
     }
 
     #[test]
