@@ -22,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     LOXONE_EXPORTER_VERSION="${VERSION}" \
     LOXONE_EXPORTER_COMMIT="${COMMIT}" \
-    LOXONE_EXPORTER_BUILD_DATE="${BUILD_DATE}" \
+    LOXONE_EXPORTER_BUILD_DATE="${BUILD_DATE:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}" \
     cargo build --release --locked --bin loxone-exporter \
  && install -m 0755 target/release/loxone-exporter /loxone-exporter \
  && /loxone-exporter --version
