@@ -95,6 +95,9 @@ fn main() -> ExitCode {
         Some(Command::Check) => match load_config(&cli) {
             Ok(config) => {
                 let mut report = config::render_effective(&config);
+                for w in &config.warnings {
+                    report.push_str(&format!("Warning: {w}\n"));
+                }
                 // the self-telemetry variables the daemon would ignore, with its words
                 let traces = telemetry::settings::resolve(&config.opentelemetry, &env_lookup);
                 for w in &traces.warnings {
@@ -233,6 +236,9 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
     };
     runtime.block_on(async move {
         let mut config = config;
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .with_context(|| format!("cannot use listener on {addr}"))?;
         let shutdown = CancellationToken::new();

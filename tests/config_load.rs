@@ -153,21 +153,56 @@ fn config_example_yml_is_valid_and_documents_every_key() {
         "service_name:",
         "resource_attributes:",
     ] {
+        // the OTLP section is there commented out (see below)
         assert!(
-            text.lines()
-                .any(|l| l.trim_start().trim_start_matches("- ").starts_with(key)),
-            "config.example.yml does not set {key}"
+            text.lines().any(|l| l
+                .trim_start_matches("# ")
+                .trim_start()
+                .trim_start_matches("- ")
+                .starts_with(key)),
+            "config.example.yml does not document {key}"
         );
     }
-    // With OTLP switched on, the documented values are valid too.
-    let on = text.replace(
+    // The OTLP section is commented out: a key set in the file outranks the OTEL_*
+    // variables, so a copied example must not set any (it used to set all of them, and
+    // OTEL_EXPORTER_OTLP_ENDPOINT then did nothing).
+    assert!(!text.lines().any(|l| l.starts_with("opentelemetry:")));
+    let c = try_load(
+        &text,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")],
+    )
+    .unwrap();
+    assert!(
+        c.opentelemetry.enabled,
+        "OTEL_EXPORTER_OTLP_ENDPOINT shadowed"
+    );
+    assert_eq!(c.opentelemetry.endpoint, "http://collector:4318/v1/metrics");
+    // Uncommented and switched on, the documented values are valid and are the defaults.
+    let (before, section) = text.split_at(text.find("# opentelemetry:").unwrap());
+    let uncommented: String = section
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let on = format!("{before}{uncommented}").replace(
         "  enabled: false                  # default false; env",
         "  enabled: true # env",
     );
-    assert_ne!(on, text);
     let c = try_load(&on, &[]).unwrap();
     assert!(c.opentelemetry.enabled);
     assert_eq!(c.opentelemetry.endpoint, "http://localhost:4317");
+    let mut defaults = try_load(
+        &on.replace("  enabled: true # env", "  enabled: false # env"),
+        &[],
+    )
+    .unwrap();
+    // the one value without a default: the example shows the usual collector address
+    defaults.opentelemetry.endpoint.clear();
+    assert_eq!(
+        format!("{:?}", defaults.opentelemetry),
+        format!("{:?}", try_load(before, &[]).unwrap().opentelemetry),
+        "a value shown in the commented section is not the default"
+    );
 }
 
 #[test]
@@ -784,4 +819,51 @@ fn yaml_merge_keys_and_anchor_holders_work_as_in_the_original() {
         assert_eq!(ms.username, "u");
         assert_eq!(ms.password.expose(), "p");
     }
+}
+
+/// An `OTEL_*` variable the file outranks is a warning naming the variable and the key
+/// (never the value): set but unused, it looked like it worked. `enabled: false` in the
+/// file also keeps a set endpoint variable from turning export on.
+#[test]
+fn otel_variables_the_file_outranks_are_warnings() {
+    let yaml = format!(
+        "{MS}opentelemetry:\n  enabled: true\n  endpoint: http://file:4317\n  compression: none\n"
+    );
+    let c = ok(
+        &yaml,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://secret-host:4318"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    );
+    // the protocol variable is used (the file sets none): /v1/metrics appended
+    assert_eq!(c.opentelemetry.endpoint, "http://file:4317/v1/metrics");
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings[0]
+        .starts_with("OTEL_EXPORTER_OTLP_ENDPOINT is set but not used: opentelemetry.endpoint"));
+    assert!(c.warnings[1].starts_with("OTEL_EXPORTER_OTLP_COMPRESSION is set but not used"));
+    assert!(!c.warnings.concat().contains("secret-host"));
+
+    let off = format!("{MS}opentelemetry:\n  enabled: false\n");
+    let c = ok(&off, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]);
+    assert!(!c.opentelemetry.enabled);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("does not turn OTLP export on"));
+    // LOXONE_OTLP_ENABLED decides instead: nothing to warn about
+    let c = ok(
+        &off,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("LOXONE_OTLP_ENABLED", "true"),
+        ],
+    );
+    assert!(
+        c.opentelemetry.enabled && c.warnings.is_empty(),
+        "{:?}",
+        c.warnings
+    );
+    // nothing in the file: the variables are used, no warning
+    let c = ok(MS, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]);
+    assert!(c.opentelemetry.enabled && c.warnings.is_empty());
 }

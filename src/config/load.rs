@@ -236,7 +236,15 @@ pub fn load_str_with_env_names(
         .unwrap_or(false);
 
     let otlp_section = walk::section(&mut errs, "opentelemetry", walk::get(top, "opentelemetry"));
-    let opentelemetry = super::otlp::build(&mut errs, otlp_section, env, env_names, &mut origins);
+    let mut warnings = Vec::new();
+    let opentelemetry = super::otlp::build(
+        &mut errs,
+        otlp_section,
+        env,
+        env_names,
+        &mut origins,
+        &mut warnings,
+    );
 
     if !errs.is_empty() {
         return Err(ConfigErrors(errs.0));
@@ -252,6 +260,7 @@ pub fn load_str_with_env_names(
         opentelemetry,
         source: source.map(Path::to_path_buf),
         origins,
+        warnings,
     })
 }
 

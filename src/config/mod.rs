@@ -70,6 +70,9 @@ pub struct Config {
     /// Where settings not taken from the file came from: (setting path, variable name),
     /// e.g. `("opentelemetry.endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT")`. Shown by `check`.
     pub origins: Vec<(String, String)>,
+    /// Settings that load but may not do what was meant (an `OTEL_*` variable the file
+    /// outranks); `check` prints them and the daemon logs them at start.
+    pub warnings: Vec<String>,
 }
 
 /// One Miniserver.
@@ -265,6 +268,7 @@ impl Config {
             opentelemetry: OtlpConfig::default(),
             source: None,
             origins: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }

@@ -186,11 +186,13 @@ pub(crate) fn build(
     env: Env<'_>,
     env_names: &[String],
     origins: &mut Vec<(String, String)>,
+    warnings: &mut Vec<String>,
 ) -> OtlpConfig {
     let file = section
         .map(|m| read_file_section(errs, m))
         .unwrap_or_default();
     let nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    warnings.extend(shadowed_otel_variables(&file, &nonempty));
     let mut notes: Vec<(String, String)> = Vec::new();
 
     // Enabled.
@@ -629,6 +631,94 @@ pub(crate) fn build(
         service_name,
         resource_attributes,
     }
+}
+
+/// The `OTEL_*` variables that are set but unused because the file sets the same setting:
+/// the file ranks above them, so a copied example that spells out every default silently
+/// shut them out. `LOXONE_OTLP_ENABLED` is not needed for this: an `enabled` in the file
+/// alone stops a set endpoint variable from turning export on.
+fn shadowed_otel_variables(file: &FileOtlp, set: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    const ENDPOINT: &[&str] = &[
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ];
+    let settings: [(&str, bool, &[&str]); 9] = [
+        ("endpoint", file.endpoint.is_some(), ENDPOINT),
+        (
+            "protocol",
+            file.protocol.is_some(),
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ],
+        ),
+        (
+            "interval_seconds",
+            file.interval.is_some(),
+            &["OTEL_METRIC_EXPORT_INTERVAL"],
+        ),
+        (
+            "timeout_seconds",
+            file.timeout.is_some(),
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ],
+        ),
+        (
+            "tls.cert_path",
+            file.cert_path.is_some(),
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ],
+        ),
+        (
+            "tls.client_cert_path",
+            file.client_cert_path.is_some(),
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            ],
+        ),
+        (
+            "tls.client_key_path",
+            file.client_key_path.is_some(),
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            ],
+        ),
+        (
+            "compression",
+            file.compression.is_some(),
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ],
+        ),
+        (
+            "service_name",
+            file.service_name.is_some(),
+            &["OTEL_SERVICE_NAME"],
+        ),
+    ];
+    let mut out = Vec::new();
+    for (key, in_file, vars) in settings {
+        for var in vars.iter().filter(|v| in_file && set(v).is_some()) {
+            out.push(format!(
+                "{var} is set but not used: opentelemetry.{key} in the config file ranks above the OTEL_* variables (remove it from the file to use the variable)"
+            ));
+        }
+    }
+    if file.enabled == Some(false) && set("LOXONE_OTLP_ENABLED").is_none() {
+        for var in ENDPOINT.iter().filter(|v| set(v).is_some()) {
+            out.push(format!(
+                "{var} is set but does not turn OTLP export on: the config file says opentelemetry.enabled: false (remove that line, or set LOXONE_OTLP_ENABLED=true)"
+            ));
+        }
+    }
+    out
 }
 
 /// Records a non-file origin (file paths need no note: the file is the expected source).
