@@ -584,6 +584,76 @@ async fn tls_self_signed_and_fingerprint_pinning() {
     sim.shutdown().await;
 }
 
+/// A configuration without `use_encryption` moves to wss:// when the Miniserver offers TLS
+/// (`httpsStatus` 1 in `jdev/cfg/apiKey`, as Gen 2 does), before any credential is sent:
+/// the only WebSocket is the TLS one. When wss:// cannot be reached, or answers as another
+/// Miniserver, it stays on ws:// (commands encrypted) and still gets live values.
+#[tokio::test]
+async fn a_miniserver_offering_tls_gets_wss_without_use_encryption() {
+    let tls_listen =
+        |o: &mut SimulatorOptions| o.tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let sim = start_sim(tls_listen).await;
+    let mut c = ms_config("upgraded", sim.http_addr(), PASSWORD);
+    c.ssl_port = sim.tls_addr().expect("tls listener").port();
+    let client = Client::start(c, fast_options());
+    wait_for("connected", || client.connected()).await;
+    let n = sim.counters();
+    assert_eq!((n.ws_connections, n.wss_connections), (1, 1), "{n:?}");
+    value_flows(&sim, &client, 7.5).await;
+    client.stop().await;
+
+    // nothing listens on ssl_port: ws:// after one refused connection
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let mut c = ms_config("fallback", sim.http_addr(), PASSWORD);
+    c.ssl_port = closed_port;
+    let before = sim.counters();
+    let client = Client::start(c, fast_options());
+    wait_for("connected over ws://", || client.connected()).await;
+    let n = sim.counters();
+    assert_eq!(n.ws_connections - before.ws_connections, 1, "{n:?}");
+    assert_eq!(n.wss_connections, before.wss_connections, "{n:?}");
+    value_flows(&sim, &client, 8.5).await;
+    client.stop().await;
+
+    // ssl_port leads to another Miniserver (another serial number): not used
+    let other = start_sim(|o| {
+        tls_listen(o);
+        o.structure = Some(common::repo_root().join("tests/fixtures/structures/gen2-demo-uk.json"));
+    })
+    .await;
+    let mut c = ms_config("elsewhere", sim.http_addr(), PASSWORD);
+    c.ssl_port = other.tls_addr().expect("tls listener").port();
+    let before = sim.counters();
+    let client = Client::start(c, fast_options());
+    wait_for("connected over ws://", || client.connected()).await;
+    let n = sim.counters();
+    assert_eq!(n.ws_connections - before.ws_connections, 1, "{n:?}");
+    assert_eq!(n.wss_connections, before.wss_connections, "{n:?}");
+    assert_eq!(other.counters().ws_connections, 0);
+    client.stop().await;
+    other.shutdown().await;
+    sim.shutdown().await;
+
+    // no TLS offered (httpsStatus 0): ssl_port is never tried
+    let sim = start_sim(|_| {}).await;
+    let watch = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut c = ms_config("plain", sim.http_addr(), PASSWORD);
+    c.ssl_port = watch.local_addr().expect("addr").port();
+    let client = Client::start(c, fast_options());
+    wait_for("connected", || client.connected()).await;
+    let tried = tokio::time::timeout(Duration::from_millis(300), watch.accept()).await;
+    assert!(
+        tried.is_err(),
+        "ssl_port was tried though the Miniserver offers no TLS"
+    );
+    client.stop().await;
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn estimated_headers_and_split_frames() {
     for bit in [0x80u8, 0x01] {

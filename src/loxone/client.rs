@@ -2,7 +2,9 @@
 //! protocol doc §5.4; original-exporter §9 defects 8, 9, 16).
 //!
 //! Each attempt fetches `jdev/cfg/apiKey` and `jdev/sys/getPublicKey` over HTTP (async, with
-//! timeouts, never with credentials), opens the WebSocket and runs one session. Between
+//! timeouts, never with credentials), opens the WebSocket and runs one session. A Miniserver
+//! that offers TLS is moved to wss:// before anything secret is sent, with a way back to
+//! ws:// when wss:// does not work there (`TlsUpgrade`). Between
 //! attempts it waits per [`RetryPolicy`]: exponential backoff 1 s → 30 s with jitter, reset
 //! after a session that reached live values; wrong credentials back off to at least 5 minutes
 //! after 3 consecutive failures (a Miniserver locks users out); close code 4003 waits the
@@ -235,7 +237,7 @@ pub async fn run_miniserver_with(
     let mut carry = Carry::default();
     let mut offer_subprotocol = true;
     let mut last_logged: Option<String> = None;
-    let mut tls_hint_given = false;
+    let mut upgrade = TlsUpgrade::Untried;
 
     while !shutdown.is_cancelled() {
         // self-telemetry: one span per connection attempt, ended before the backoff sleep
@@ -245,11 +247,13 @@ pub async fn run_miniserver_with(
             error.kind = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let attempt = async {
-            let prelude = fetch_prelude(&endpoint, &options).await?;
-            let conn = open_ws(&endpoint, &options, &mut offer_subprotocol).await?;
-            Ok::<_, PreludeError>((prelude, conn))
-        }
+        let attempt = connect(
+            &endpoint,
+            &mut upgrade,
+            &config,
+            &options,
+            &mut offer_subprotocol,
+        )
         .instrument(tracing::info_span!(parent: &session_span, "miniserver.connect"));
         let attempt = tokio::select! {
             biased;
@@ -268,10 +272,6 @@ pub async fn run_miniserver_with(
                 (Failure::Other, kind, format!("connection failed: {e}"))
             }
             Ok((prelude, mut conn)) => {
-                if !prelude.tls && prelude.api.https_status == Some(1) && !tls_hint_given {
-                    tls_hint_given = true;
-                    info!(miniserver = %name, "the Miniserver offers TLS; set use_encryption to connect with wss://");
-                }
                 // not `.instrument(session_span)`: that would enter and leave the span for
                 // every received message; the session enters it where it matters
                 let outcome = run_session(
@@ -415,6 +415,107 @@ fn classify(
             (failure, e.kind(), e.to_string())
         }
     })
+}
+
+/// Whether a configuration without `use_encryption` connects with wss:// anyway: a
+/// Miniserver that offers TLS (`httpsStatus` 1 in `jdev/cfg/apiKey`: Gen 2, Go Gen 2,
+/// Compact) gets it, as the Python exporter moved Gen 2 to wss://, but before any
+/// credential is sent (the apiKey request carries none) and with a way back to ws://
+/// when wss:// does not work (the Python exporter then retried wss:// forever).
+#[derive(Debug)]
+enum TlsUpgrade {
+    /// Not tried yet, or wss:// stopped answering: ask the configured endpoint.
+    Untried,
+    /// wss:// on `ssl_port` works: every attempt starts there.
+    Using(Endpoint),
+    /// wss:// failed: ws:// (commands still encrypted) until then.
+    FailedUntil(tokio::time::Instant),
+}
+
+/// How long a failed wss:// upgrade is not tried again.
+const TLS_UPGRADE_RETRY: Duration = Duration::from_secs(3600);
+
+/// One connection attempt: the HTTP prelude and the WebSocket, on wss:// when the Miniserver
+/// offers TLS (see [`TlsUpgrade`]), else on the configured endpoint.
+async fn connect(
+    configured: &Endpoint,
+    upgrade: &mut TlsUpgrade,
+    config: &MiniserverConfig,
+    options: &ClientOptions,
+    offer_subprotocol: &mut bool,
+) -> Result<(Prelude, WsConnection), PreludeError> {
+    if let TlsUpgrade::Using(tls) = &*upgrade {
+        let tls = tls.clone();
+        match fetch_prelude(&tls, options).await {
+            Ok(prelude) => {
+                let conn = open_ws(&tls, options, offer_subprotocol).await?;
+                return Ok((prelude, conn));
+            }
+            // wss:// does not answer (a reboot, TLS switched off): the next attempt asks
+            // the configured endpoint what the Miniserver offers now
+            Err(e @ PreludeError::Connect(_)) => {
+                *upgrade = TlsUpgrade::Untried;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let prelude = fetch_prelude(configured, options).await?;
+    let may_try = match upgrade {
+        TlsUpgrade::Untried => true,
+        TlsUpgrade::FailedUntil(at) => tokio::time::Instant::now() >= *at,
+        TlsUpgrade::Using(_) => false,
+    };
+    if !prelude.tls && prelude.api.https_status == Some(1) && may_try {
+        match upgrade_to_tls(config, &prelude, options, offer_subprotocol).await {
+            Ok((tls, tls_prelude, conn)) => {
+                info!(
+                    miniserver = %config.name,
+                    url = %tls.ws_url(),
+                    "the Miniserver offers TLS: connecting with wss://"
+                );
+                *upgrade = TlsUpgrade::Using(tls);
+                return Ok((tls_prelude, conn));
+            }
+            Err(reason) => {
+                warn!(
+                    miniserver = %config.name,
+                    error = %reason,
+                    "the Miniserver offers TLS, but wss:// on ssl_port {} failed; staying on ws:// (commands stay encrypted) and trying wss:// again in an hour; set use_encryption: true to require TLS",
+                    config.ssl_port
+                );
+                *upgrade = TlsUpgrade::FailedUntil(tokio::time::Instant::now() + TLS_UPGRADE_RETRY);
+            }
+        }
+    }
+    let conn = open_ws(configured, options, offer_subprotocol).await?;
+    Ok((prelude, conn))
+}
+
+/// Prelude and WebSocket over wss:// on `ssl_port`. The answer must come from the same
+/// Miniserver (serial number) as the plain one: behind a router, port 443 may lead elsewhere.
+async fn upgrade_to_tls(
+    config: &MiniserverConfig,
+    plain: &Prelude,
+    options: &ClientOptions,
+    offer_subprotocol: &mut bool,
+) -> Result<(Endpoint, Prelude, WsConnection), String> {
+    let tls = Endpoint::tls_of(config).map_err(|e| e.to_string())?;
+    let prelude = fetch_prelude(&tls, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    if prelude.api.snr != plain.api.snr {
+        return Err(format!(
+            "{} answered as another Miniserver (serial number {} instead of {})",
+            tls.authority(),
+            prelude.api.snr,
+            plain.api.snr
+        ));
+    }
+    let conn = open_ws(&tls, options, offer_subprotocol)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((tls, prelude, conn))
 }
 
 async fn open_ws(

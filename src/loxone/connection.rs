@@ -150,21 +150,25 @@ impl Endpoint {
     /// Plain ws:// on `port`, or wss:// on `ssl_port` when `use_encryption` or
     /// `force_encryption` is set.
     pub fn from_config(cfg: &MiniserverConfig) -> Result<Self, ConnectError> {
-        let tls = if cfg.use_encryption || cfg.force_encryption {
-            Some(tls_client_config(cfg)?)
-        } else {
-            None
-        };
-        let port = if tls.is_some() {
-            cfg.ssl_port
-        } else {
-            cfg.port
-        };
+        if cfg.use_encryption || cfg.force_encryption {
+            return Self::tls_of(cfg);
+        }
         Ok(Endpoint {
             host: cfg.host.clone(),
-            port,
-            authority: cfg.authority(port),
-            tls,
+            port: cfg.port,
+            authority: cfg.authority(cfg.port),
+            tls: None,
+        })
+    }
+
+    /// wss:// on `ssl_port` with the Miniserver's TLS settings, whatever `use_encryption`
+    /// says: also the endpoint a plain configuration moves to when the Miniserver offers TLS.
+    pub fn tls_of(cfg: &MiniserverConfig) -> Result<Self, ConnectError> {
+        Ok(Endpoint {
+            host: cfg.host.clone(),
+            port: cfg.ssl_port,
+            authority: cfg.authority(cfg.ssl_port),
+            tls: Some(tls_client_config(cfg)?),
         })
     }
 

@@ -900,6 +900,9 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     Counters::inc(&shared.counters.ws_connections);
+    if tls {
+        Counters::inc(&shared.counters.wss_connections);
+    }
     shared
         .counters
         .ws_active

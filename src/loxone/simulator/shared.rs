@@ -171,6 +171,7 @@ pub struct Counters {
     pub(crate) tcp_connections: AtomicU64,
     pub(crate) http_requests: AtomicU64,
     pub(crate) ws_connections: AtomicU64,
+    pub(crate) wss_connections: AtomicU64,
     pub(crate) ws_active: AtomicU64,
     pub(crate) auth_ok: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
@@ -192,6 +193,8 @@ pub struct SimCounters {
     pub http_requests: u64,
     /// WebSocket connections opened.
     pub ws_connections: u64,
+    /// Of those, over TLS (wss://).
+    pub wss_connections: u64,
     /// WebSocket connections open now.
     pub ws_active: u64,
     /// Successful logins (getjwt, gettoken, authwithtoken).
@@ -226,6 +229,7 @@ impl Counters {
             tcp_connections: r(&self.tcp_connections),
             http_requests: r(&self.http_requests),
             ws_connections: r(&self.ws_connections),
+            wss_connections: r(&self.wss_connections),
             ws_active: r(&self.ws_active),
             auth_ok: r(&self.auth_ok),
             auth_failures: r(&self.auth_failures),
