@@ -53,7 +53,8 @@ pub enum Command {
     Check,
     /// Run a simulated Miniserver (for trying dashboards and collectors without hardware).
     Simulate(Box<crate::loxone::simulator::SimulatorOptions>),
-    /// Query the running exporter's /healthz; exit 0 when healthy (for container HEALTHCHECK).
+    /// Query the running exporter's /healthz; exit 0 on HTTP 200, healthy or degraded (for
+    /// container HEALTHCHECK).
     Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
@@ -65,6 +66,13 @@ pub struct FlagError {
     pub flag: &'static str,
     /// What is wrong, naming the value and the rule.
     pub message: String,
+}
+
+/// Records that a flag set `setting`, replacing where it came from before (a variable the
+/// flag overrides), so `check` names the source that won.
+fn set_origin(config: &mut Config, setting: &str, flag: &str) {
+    config.origins.retain(|(s, _)| s != setting);
+    config.origins.push((setting.to_string(), flag.to_string()));
 }
 
 /// Parses `--web.listen-address`: `HOST:PORT`, `[v6]:PORT` or `:PORT` (all interfaces).
@@ -204,6 +212,8 @@ impl Cli {
                     // binary falls back to 0.0.0.0 where IPv6 is off)
                     c.listen_address = ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
                     c.listen_port = port;
+                    set_origin(c, "listen_address", "--web.listen-address");
+                    set_origin(c, "listen_port", "--web.listen-address");
                 }
             }
             Some(Err(e)) => errors.push(e),
@@ -213,6 +223,7 @@ impl Cli {
             Some(Ok(l)) => {
                 if let Some(c) = config.as_deref_mut() {
                     c.log_level = l;
+                    set_origin(c, "log_level", "--log.level");
                 }
             }
             Some(Err(e)) => errors.push(e),
@@ -222,6 +233,7 @@ impl Cli {
             Some(Ok(f)) => {
                 if let Some(c) = config {
                     c.log_format = f;
+                    set_origin(c, "log_format", "--log.format");
                 }
             }
             Some(Err(e)) => errors.push(e),

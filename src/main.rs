@@ -310,6 +310,32 @@ fn demo_simulator_options() -> simulator::SimulatorOptions {
 }
 
 fn run_simulator(cli: &Cli, opts: simulator::SimulatorOptions) -> anyhow::Result<()> {
+    // the daemon's flags are global for `check` and `healthcheck`; the simulator has no
+    // configuration file and listens on --listen, so they would be silently ignored
+    let ignored = [
+        ("-c/--config", cli.config.is_some()),
+        ("--web.listen-address", cli.listen_address.is_some()),
+        ("--web.config.file", cli.web_config.is_some()),
+        (
+            "--web.telemetry-path",
+            cli.telemetry_path != loxone_exporter::http::DEFAULT_TELEMETRY_PATH,
+        ),
+        (
+            "--web.max-requests",
+            cli.max_requests != loxone_exporter::http::DEFAULT_MAX_REQUESTS,
+        ),
+    ];
+    let given: Vec<&str> = ignored
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(f, _)| *f)
+        .collect();
+    if !given.is_empty() {
+        anyhow::bail!(
+            "simulate does not use {}: it has no configuration file and listens on --listen (see simulate --help)",
+            given.join(", ")
+        );
+    }
     let level = match &cli.log_level {
         Some(l) => loxone_exporter::cli::parse_log_level(l)?,
         None => config::LogLevel::Info,

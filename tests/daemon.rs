@@ -329,6 +329,10 @@ fn file_flag_and_web_config_errors_are_reported_together_and_check_sees_them_all
     let out = Command::new(common::exporter_bin())
         .args(["check", "--log.level", "debug", "-c"])
         .arg(&cfg)
+        .args(["--web.listen-address", "127.0.0.1:9700"])
+        // the flag wins over the variable, and `check` says so
+        .env("LOXONE_LISTEN_PORT", "9600")
+        .env("LOXONE_LOG_LEVEL", "error")
         .output()
         .unwrap();
     assert_eq!(
@@ -337,7 +341,16 @@ fn file_flag_and_web_config_errors_are_reported_together_and_check_sees_them_all
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("log_level: debug"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("log_level: debug  # from --log.level\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("listen_port: 9700  # from --web.listen-address\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("LOXONE_LISTEN_PORT"), "{stdout}");
 }
 
 #[test]
@@ -955,4 +968,30 @@ fn a_client_that_never_reads_keeps_its_metrics_slot() {
         assert!(Instant::now() < deadline, "slots not given back");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `simulate` refuses the daemon's flags instead of ignoring them (they are global for
+/// `check` and `healthcheck`): a user who gave `--web.listen-address` expected that port.
+#[test]
+fn simulate_refuses_the_daemons_flags() {
+    let out = Command::new(common::exporter_bin())
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--web.listen-address",
+            "127.0.0.1:1",
+            "-c",
+            "/nonexistent.yml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--web.listen-address")
+            && err.contains("-c/--config")
+            && err.contains("--listen"),
+        "{err}"
+    );
 }

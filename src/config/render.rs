@@ -79,8 +79,9 @@ pub fn render_effective(config: &Config) -> String {
     }
     let _ = writeln!(
         out,
-        "listen_address: {}",
-        scalar(&config.listen_address.to_string())
+        "listen_address: {}{}",
+        scalar(&config.listen_address.to_string()),
+        origin("listen_address")
     );
     let _ = writeln!(
         out,
@@ -94,7 +95,12 @@ pub fn render_effective(config: &Config) -> String {
         config.log_level.as_str(),
         origin("log_level")
     );
-    let _ = writeln!(out, "log_format: {}", config.log_format.as_str());
+    let _ = writeln!(
+        out,
+        "log_format: {}{}",
+        config.log_format.as_str(),
+        origin("log_format")
+    );
     let f = &config.filters;
     for (key, list) in [
         ("exclude_rooms", &f.exclude_rooms),

@@ -29,7 +29,7 @@ pub struct SimulatorOptions {
     #[arg(long, value_name = "USER", default_value = "admin")]
     pub user: String,
 
-    /// That user's password (never logged; Debug prints `****`).
+    /// That user's password (default: admin, as the user; never logged).
     #[arg(
         long,
         value_name = "PASSWORD",
