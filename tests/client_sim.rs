@@ -584,6 +584,20 @@ async fn tls_self_signed_and_fingerprint_pinning() {
     sim.shutdown().await;
 }
 
+/// Starts a client of `sim` with `ssl_port` and checks that it connected with one ws://
+/// WebSocket and no wss:// one.
+async fn connects_over_ws_only(sim: &Simulator, ssl_port: u16) -> Client {
+    let mut c = ms_config("fallback", sim.http_addr(), PASSWORD);
+    c.ssl_port = ssl_port;
+    let before = sim.counters();
+    let client = Client::start(c, fast_options());
+    wait_for("connected over ws://", || client.connected()).await;
+    let n = sim.counters();
+    assert_eq!(n.ws_connections - before.ws_connections, 1, "{n:?}");
+    assert_eq!(n.wss_connections, before.wss_connections, "{n:?}");
+    client
+}
+
 /// A configuration without `use_encryption` moves to wss:// when the Miniserver offers TLS
 /// (`httpsStatus` 1 in `jdev/cfg/apiKey`, as Gen 2 does), before any credential is sent:
 /// the only WebSocket is the TLS one. When wss:// cannot be reached, or answers as another
@@ -606,14 +620,7 @@ async fn a_miniserver_offering_tls_gets_wss_without_use_encryption() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let closed_port = closed.local_addr().expect("addr").port();
     drop(closed);
-    let mut c = ms_config("fallback", sim.http_addr(), PASSWORD);
-    c.ssl_port = closed_port;
-    let before = sim.counters();
-    let client = Client::start(c, fast_options());
-    wait_for("connected over ws://", || client.connected()).await;
-    let n = sim.counters();
-    assert_eq!(n.ws_connections - before.ws_connections, 1, "{n:?}");
-    assert_eq!(n.wss_connections, before.wss_connections, "{n:?}");
+    let client = connects_over_ws_only(&sim, closed_port).await;
     value_flows(&sim, &client, 8.5).await;
     client.stop().await;
 
@@ -623,14 +630,7 @@ async fn a_miniserver_offering_tls_gets_wss_without_use_encryption() {
         o.structure = Some(common::repo_root().join("tests/fixtures/structures/gen2-demo-uk.json"));
     })
     .await;
-    let mut c = ms_config("elsewhere", sim.http_addr(), PASSWORD);
-    c.ssl_port = other.tls_addr().expect("tls listener").port();
-    let before = sim.counters();
-    let client = Client::start(c, fast_options());
-    wait_for("connected over ws://", || client.connected()).await;
-    let n = sim.counters();
-    assert_eq!(n.ws_connections - before.ws_connections, 1, "{n:?}");
-    assert_eq!(n.wss_connections, before.wss_connections, "{n:?}");
+    let client = connects_over_ws_only(&sim, other.tls_addr().expect("tls listener").port()).await;
     assert_eq!(other.counters().ws_connections, 0);
     client.stop().await;
     other.shutdown().await;

@@ -525,6 +525,23 @@ fn notify_socket_gets_ready_after_the_listener_is_bound() {
     let _ = d.child.wait();
 }
 
+/// Runs `healthcheck` until it succeeds (the demo's Miniserver connected), for at most 20 s.
+fn wait_healthy(healthcheck: impl Fn() -> std::process::Output) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = healthcheck();
+        if out.status.success() {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never healthy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `healthcheck` next to a daemon with TLS and basic auth (`--web.config.file`): it pins the
 /// certificate from the same file, speaks https, and needs the credentials in `--url`.
 #[test]
@@ -577,23 +594,11 @@ fn healthcheck_follows_the_listen_flag_and_the_web_config() {
             .unwrap();
         let _d = Daemon { child };
         // healthy once the demo's Miniserver is connected
-        let deadline = Instant::now() + Duration::from_secs(20);
         let url = needs_auth.then(|| format!("https://hc:hc-pass@127.0.0.1:{port}/healthz"));
-        loop {
-            let out = healthcheck(web, port, url.clone());
-            if out.status.success() {
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                assert!(stdout.contains("https://"), "{stdout}");
-                assert!(!stdout.contains("hc-pass"), "password shown: {stdout}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never healthy: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let out = wait_healthy(|| healthcheck(web, port, url.clone()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("https://"), "{stdout}");
+        assert!(!stdout.contains("hc-pass"), "password shown: {stdout}");
         if needs_auth {
             let out = healthcheck(web, port, None);
             assert_eq!(out.status.code(), Some(1));
@@ -680,21 +685,8 @@ fn healthcheck_presents_a_client_certificate_to_a_listener_with_mtls() {
         }
         cmd.output().unwrap()
     };
-    // healthy once the demo's Miniserver is connected
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = healthcheck(Some((&good_cert, &good_key)));
-        if out.status.success() {
-            assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP 200"));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never healthy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let out = wait_healthy(|| healthcheck(Some((&good_cert, &good_key))));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP 200"));
     let out = healthcheck(None);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

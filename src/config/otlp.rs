@@ -642,70 +642,45 @@ fn shadowed_otel_variables(file: &FileOtlp, set: &dyn Fn(&str) -> Option<String>
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ];
-    let settings: [(&str, bool, &[&str]); 9] = [
-        ("endpoint", file.endpoint.is_some(), ENDPOINT),
-        (
-            "protocol",
-            file.protocol.is_some(),
-            &[
-                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-            ],
-        ),
-        (
-            "interval_seconds",
-            file.interval.is_some(),
-            &["OTEL_METRIC_EXPORT_INTERVAL"],
-        ),
-        (
-            "timeout_seconds",
-            file.timeout.is_some(),
-            &[
-                "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-            ],
-        ),
-        (
-            "tls.cert_path",
-            file.cert_path.is_some(),
-            &[
-                "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
-                "OTEL_EXPORTER_OTLP_CERTIFICATE",
-            ],
-        ),
+    // (file key, set in the file, the variables it outranks: a suffix of
+    // OTEL_EXPORTER_OTLP_METRICS_* and OTEL_EXPORTER_OTLP_*, or one whole name)
+    let settings = [
+        ("endpoint", file.endpoint.is_some(), "ENDPOINT"),
+        ("protocol", file.protocol.is_some(), "PROTOCOL"),
+        ("timeout_seconds", file.timeout.is_some(), "TIMEOUT"),
+        ("tls.cert_path", file.cert_path.is_some(), "CERTIFICATE"),
         (
             "tls.client_cert_path",
             file.client_cert_path.is_some(),
-            &[
-                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
-                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-            ],
+            "CLIENT_CERTIFICATE",
         ),
         (
             "tls.client_key_path",
             file.client_key_path.is_some(),
-            &[
-                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
-                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-            ],
+            "CLIENT_KEY",
         ),
+        ("compression", file.compression.is_some(), "COMPRESSION"),
         (
-            "compression",
-            file.compression.is_some(),
-            &[
-                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
-                "OTEL_EXPORTER_OTLP_COMPRESSION",
-            ],
+            "interval_seconds",
+            file.interval.is_some(),
+            "=OTEL_METRIC_EXPORT_INTERVAL",
         ),
         (
             "service_name",
             file.service_name.is_some(),
-            &["OTEL_SERVICE_NAME"],
+            "=OTEL_SERVICE_NAME",
         ),
     ];
     let mut out = Vec::new();
     for (key, in_file, vars) in settings {
-        for var in vars.iter().filter(|v| in_file && set(v).is_some()) {
+        let names = match vars.strip_prefix('=') {
+            Some(whole) => vec![whole.to_string()],
+            None => vec![
+                format!("OTEL_EXPORTER_OTLP_METRICS_{vars}"),
+                format!("OTEL_EXPORTER_OTLP_{vars}"),
+            ],
+        };
+        for var in names.iter().filter(|v| in_file && set(v).is_some()) {
             out.push(format!(
                 "{var} is set but not used: opentelemetry.{key} in the config file ranks above the OTEL_* variables (remove it from the file to use the variable)"
             ));
