@@ -61,7 +61,7 @@ impl HealthcheckArgs {
         };
         let chain = CertificateDer::pem_file_iter(cert)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("--client-cert {}: {e}", cert.display()))?;
+            .map_err(|e| format!("--client-cert {}: {}", cert.display(), pem_problem(&e)))?;
         if chain.is_empty() {
             return Err(format!(
                 "--client-cert {}: no PEM certificate in the file",
@@ -69,8 +69,19 @@ impl HealthcheckArgs {
             ));
         }
         let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("--client-key {}: {e}", key.display()))?;
+            .map_err(|e| format!("--client-key {}: {}", key.display(), pem_problem(&e)))?;
         Ok(Some((chain, key)))
+    }
+}
+
+/// What is wrong with a PEM file, without its content: rustls' own messages quote the
+/// offending line as bytes, and in a key file that may be key material.
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::Io(io) => io.to_string(),
+        Error::NoItemsFound => "no PEM item of the expected kind in the file".into(),
+        _ => "not a valid PEM file".into(),
     }
 }
 
@@ -246,6 +257,12 @@ async fn check(
     // the URL as shown: never with its password
     let shown = crate::secret::redact_url(url);
     let url = shown.as_str();
+    if !target.tls && identity.is_some() {
+        // a certificate the check cannot present: say so rather than pass without it
+        return Err(format!(
+            "--client-cert and --client-key need an https:// listener; {url} is plain http"
+        ));
+    }
     let stream = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| format!("cannot connect to {url}: {e}"))?;
@@ -253,6 +270,14 @@ async fn check(
         return exchange(stream, &target, url).await;
     }
     let with_identity = identity.is_some();
+    // TLS 1.2 refuses a missing client certificate in the handshake, TLS 1.3 on the first
+    // read: either way, say which flags are missing
+    let hint = |e: String| match with_identity {
+        false if e.contains("CertificateRequired") || e.contains("HandshakeFailure") => format!(
+            "{e}: the listener requires a client certificate; pass --client-cert and --client-key"
+        ),
+        _ => e,
+    };
     let config = crate::loxone::connection::pinned_client_config_with_identity(pin, identity)
         .map_err(|e| format!("TLS setup: {e}"))?;
     let name = rustls::pki_types::ServerName::try_from(target.host.clone())
@@ -260,16 +285,8 @@ async fn check(
     let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config))
         .connect(name, stream)
         .await
-        .map_err(|e| format!("TLS handshake with {url}: {e}"))?;
-    exchange(tls, &target, url)
-        .await
-        .map_err(|e| match with_identity {
-            // TLS 1.3 reports a refused client certificate only on the first read
-            false if e.contains("CertificateRequired") || e.contains("HandshakeFailure") => format!(
-                "{e}: the listener requires a client certificate; pass --client-cert and --client-key"
-            ),
-            _ => e,
-        })
+        .map_err(|e| hint(format!("TLS handshake with {url}: {e}")))?;
+    exchange(tls, &target, url).await.map_err(hint)
 }
 
 /// Sends the GET on `stream` and judges the answer.

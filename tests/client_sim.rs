@@ -584,6 +584,38 @@ async fn tls_self_signed_and_fingerprint_pinning() {
     sim.shutdown().await;
 }
 
+/// A TCP proxy whose target can be changed while it runs: port 443 forwarded elsewhere.
+struct SwitchableProxy {
+    port: u16,
+    target: Arc<std::sync::Mutex<SocketAddr>>,
+}
+
+impl SwitchableProxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let target = Arc::new(std::sync::Mutex::new(target));
+        let current = target.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = *current.lock().expect("lock");
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        SwitchableProxy { port, target }
+    }
+
+    fn switch_to(&self, target: SocketAddr) {
+        *self.target.lock().expect("lock") = target;
+    }
+}
+
 /// Starts a client of `sim` with `ssl_port` and checks that it connected with one ws://
 /// WebSocket and no wss:// one.
 async fn connects_over_ws_only(sim: &Simulator, ssl_port: u16) -> Client {
@@ -624,7 +656,8 @@ async fn a_miniserver_offering_tls_gets_wss_without_use_encryption() {
     value_flows(&sim, &client, 8.5).await;
     client.stop().await;
 
-    // ssl_port leads to another Miniserver (another serial number): not used
+    // ssl_port leads to another Miniserver (another serial number): not used, neither for the
+    // first upgrade nor after it (port 443 re-forwarded while connected, then a reconnect)
     let other = start_sim(|o| {
         tls_listen(o);
         o.structure = Some(common::repo_root().join("tests/fixtures/structures/gen2-demo-uk.json"));
@@ -633,7 +666,66 @@ async fn a_miniserver_offering_tls_gets_wss_without_use_encryption() {
     let client = connects_over_ws_only(&sim, other.tls_addr().expect("tls listener").port()).await;
     assert_eq!(other.counters().ws_connections, 0);
     client.stop().await;
+
+    let proxy = SwitchableProxy::start(sim.tls_addr().expect("tls listener")).await;
+    let mut c = ms_config("re-forwarded", sim.http_addr(), PASSWORD);
+    c.ssl_port = proxy.port;
+    let before = sim.counters();
+    let client = Client::start(c, fast_options());
+    wait_for("connected over wss://", || client.connected()).await;
+    assert_eq!(sim.counters().wss_connections - before.wss_connections, 1);
+    proxy.switch_to(other.tls_addr().expect("tls listener"));
+    sim.control().close_all(1001);
+    wait_for("reconnected", || {
+        let n = sim.counters();
+        client.connected() && n.ws_connections - before.ws_connections == 2
+    })
+    .await;
+    let n = sim.counters();
+    assert_eq!(n.wss_connections - before.wss_connections, 1, "{n:?}");
+    let o = other.counters();
+    assert_eq!(
+        (o.ws_connections, o.auth_ok, o.auth_failures),
+        (0, 0, 0),
+        "{o:?}"
+    );
+    client.stop().await;
     other.shutdown().await;
+
+    // wss:// that answers HTTP 503 for good after the upgrade (port 443 now leads to another
+    // web server): back to ws:// instead of retrying wss:// forever
+    let proxy = SwitchableProxy::start(sim.tls_addr().expect("tls listener")).await;
+    let mut c = ms_config("wss-broken", sim.http_addr(), PASSWORD);
+    c.ssl_port = proxy.port;
+    let before = sim.counters();
+    let client = Client::start(c, fast_options());
+    wait_for("connected over wss://", || client.connected()).await;
+    let dead_end = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dead_end_addr = dead_end.local_addr().expect("addr");
+    let answering_503 = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = dead_end.accept().await else {
+                return;
+            };
+            use tokio::io::AsyncWriteExt as _;
+            let _ = s
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    proxy.switch_to(dead_end_addr);
+    sim.control().close_all(1001);
+    wait_for("reconnected over ws://", || {
+        let n = sim.counters();
+        client.connected() && n.ws_connections - before.ws_connections == 2
+    })
+    .await;
+    let n = sim.counters();
+    assert_eq!(n.wss_connections - before.wss_connections, 1, "{n:?}");
+    answering_503.abort();
+    client.stop().await;
     sim.shutdown().await;
 
     // no TLS offered (httpsStatus 0): ssl_port is never tried

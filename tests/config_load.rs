@@ -841,7 +841,7 @@ fn otel_variables_the_file_outranks_are_warnings() {
     assert_eq!(c.opentelemetry.endpoint, "http://file:4317/v1/metrics");
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     assert!(c.warnings[0]
-        .starts_with("OTEL_EXPORTER_OTLP_ENDPOINT is set but not used: opentelemetry.endpoint"));
+        .starts_with("OTEL_EXPORTER_OTLP_ENDPOINT is set but not used for the metrics export: opentelemetry.endpoint"));
     assert!(c.warnings[1].starts_with("OTEL_EXPORTER_OTLP_COMPRESSION is set but not used"));
     assert!(!c.warnings.concat().contains("secret-host"));
 
@@ -849,7 +849,7 @@ fn otel_variables_the_file_outranks_are_warnings() {
     let c = ok(&off, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]);
     assert!(!c.opentelemetry.enabled);
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-    assert!(c.warnings[0].contains("does not turn OTLP export on"));
+    assert!(c.warnings[0].contains("does not turn the OTLP metrics export on"));
     // LOXONE_OTLP_ENABLED decides instead: nothing to warn about
     let c = ok(
         &off,

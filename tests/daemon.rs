@@ -702,6 +702,34 @@ fn healthcheck_presents_a_client_certificate_to_a_listener_with_mtls() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--client-key"), "{err}");
+    // a key file whose PEM is broken: the message never quotes the file's content
+    let broken = write(
+        "broken.key",
+        "-----BEGIN SECRETKEYMATERIAL\nMIIEvQ\n-----END PRIVATE KEY-----\n",
+    );
+    let out = healthcheck(Some((&good_cert, &broken)));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--client-key") && !err.contains("SECRET") && !err.contains("83,69"),
+        "{err}"
+    );
+    // a client certificate for a plain-http listener: refused, not silently unused
+    let out = Command::new(common::exporter_bin())
+        .args([
+            "healthcheck",
+            "--url",
+            "http://127.0.0.1:9/healthz",
+            "--client-cert",
+        ])
+        .arg(&good_cert)
+        .arg("--client-key")
+        .arg(&good_key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("need an https:// listener"), "{err}");
     // one flag alone is a usage error
     let out = Command::new(common::exporter_bin())
         .args(["healthcheck", "--client-cert"])

@@ -756,7 +756,7 @@ fn build_miniservers(
         {
             if !encrypted {
                 errs.push(format!(
-                    "{at}: set, but use_encryption and force_encryption are false, so the connection is plain ws:// and this option would not be used (set use_encryption: true)"
+                    "{at}: set, but use_encryption and force_encryption are false: a pinned certificate needs use_encryption: true (without it the connection may stay on, or fall back to, ws://, which a pin must not allow)"
                 ));
             }
         }

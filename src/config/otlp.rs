@@ -682,14 +682,14 @@ fn shadowed_otel_variables(file: &FileOtlp, set: &dyn Fn(&str) -> Option<String>
         };
         for var in names.iter().filter(|v| in_file && set(v).is_some()) {
             out.push(format!(
-                "{var} is set but not used: opentelemetry.{key} in the config file ranks above the OTEL_* variables (remove it from the file to use the variable)"
+                "{var} is set but not used for the metrics export: opentelemetry.{key} in the config file ranks above the OTEL_* variables (remove it from the file to use the variable; the exporter's own traces read the variable as it is)"
             ));
         }
     }
     if file.enabled == Some(false) && set("LOXONE_OTLP_ENABLED").is_none() {
         for var in ENDPOINT.iter().filter(|v| set(v).is_some()) {
             out.push(format!(
-                "{var} is set but does not turn OTLP export on: the config file says opentelemetry.enabled: false (remove that line, or set LOXONE_OTLP_ENABLED=true)"
+                "{var} is set but does not turn the OTLP metrics export on: the config file says opentelemetry.enabled: false (remove that line, or set LOXONE_OTLP_ENABLED=true)"
             ));
         }
     }

@@ -424,10 +424,16 @@ fn classify(
 /// when wss:// does not work (the Python exporter then retried wss:// forever).
 #[derive(Debug)]
 enum TlsUpgrade {
-    /// Not tried yet, or wss:// stopped answering: ask the configured endpoint.
+    /// Not tried yet, or wss:// stopped working: ask the configured endpoint.
     Untried,
-    /// wss:// on `ssl_port` works: every attempt starts there.
-    Using(Endpoint),
+    /// wss:// on `ssl_port` works: every attempt starts there, as long as the same Miniserver
+    /// (serial number) answers.
+    Using {
+        /// wss:// on `ssl_port`.
+        endpoint: Endpoint,
+        /// The serial number the plain endpoint gave.
+        serial: String,
+    },
     /// wss:// failed: ws:// (commands still encrypted) until then.
     FailedUntil(tokio::time::Instant),
 }
@@ -444,37 +450,43 @@ async fn connect(
     options: &ClientOptions,
     offer_subprotocol: &mut bool,
 ) -> Result<(Prelude, WsConnection), PreludeError> {
-    if let TlsUpgrade::Using(tls) = &*upgrade {
-        let tls = tls.clone();
-        match fetch_prelude(&tls, options).await {
-            Ok(prelude) => {
-                let conn = open_ws(&tls, options, offer_subprotocol).await?;
-                return Ok((prelude, conn));
-            }
-            // wss:// does not answer (a reboot, TLS switched off): the next attempt asks
-            // the configured endpoint what the Miniserver offers now
-            Err(e @ PreludeError::Connect(_)) => {
+    if let TlsUpgrade::Using { endpoint, serial } = &*upgrade {
+        let (endpoint, serial) = (endpoint.clone(), serial.clone());
+        match tls_attempt(&endpoint, &serial, options, offer_subprotocol).await {
+            Ok((prelude, conn)) => return Ok((prelude, conn)),
+            // Whatever failed on wss:// (a reboot, TLS switched off, port 443 now leading
+            // elsewhere): ask the configured endpoint again what the Miniserver offers, in
+            // this attempt; a second failure of wss:// below falls back to ws:// for a while.
+            Err(reason) => {
+                debug!(miniserver = %config.name, error = %reason, "wss:// failed; asking the configured endpoint");
                 *upgrade = TlsUpgrade::Untried;
-                return Err(e);
             }
-            Err(e) => return Err(e),
         }
     }
     let prelude = fetch_prelude(configured, options).await?;
     let may_try = match upgrade {
         TlsUpgrade::Untried => true,
         TlsUpgrade::FailedUntil(at) => tokio::time::Instant::now() >= *at,
-        TlsUpgrade::Using(_) => false,
+        TlsUpgrade::Using { .. } => false,
     };
     if !prelude.tls && prelude.api.https_status == Some(1) && may_try {
-        match upgrade_to_tls(config, &prelude, options, offer_subprotocol).await {
-            Ok((tls, tls_prelude, conn)) => {
+        let attempt = async {
+            let tls = Endpoint::tls_of(config).map_err(|e| e.to_string())?;
+            let (tls_prelude, conn) =
+                tls_attempt(&tls, &prelude.api.snr, options, offer_subprotocol).await?;
+            Ok::<_, String>((tls, tls_prelude, conn))
+        };
+        match attempt.await {
+            Ok((endpoint, tls_prelude, conn)) => {
                 info!(
                     miniserver = %config.name,
-                    url = %tls.ws_url(),
+                    url = %endpoint.ws_url(),
                     "the Miniserver offers TLS: connecting with wss://"
                 );
-                *upgrade = TlsUpgrade::Using(tls);
+                *upgrade = TlsUpgrade::Using {
+                    endpoint,
+                    serial: prelude.api.snr.clone(),
+                };
                 return Ok((tls_prelude, conn));
             }
             Err(reason) => {
@@ -492,30 +504,29 @@ async fn connect(
     Ok((prelude, conn))
 }
 
-/// Prelude and WebSocket over wss:// on `ssl_port`. The answer must come from the same
-/// Miniserver (serial number) as the plain one: behind a router, port 443 may lead elsewhere.
-async fn upgrade_to_tls(
-    config: &MiniserverConfig,
-    plain: &Prelude,
+/// Prelude and WebSocket over wss://. The answer must come from the Miniserver with
+/// `serial`, the one the plain endpoint named: behind a router, port 443 may lead elsewhere,
+/// and a token or password hash must not go there. Errors name the endpoint.
+async fn tls_attempt(
+    tls: &Endpoint,
+    serial: &str,
     options: &ClientOptions,
     offer_subprotocol: &mut bool,
-) -> Result<(Endpoint, Prelude, WsConnection), String> {
-    let tls = Endpoint::tls_of(config).map_err(|e| e.to_string())?;
-    let prelude = fetch_prelude(&tls, options)
+) -> Result<(Prelude, WsConnection), String> {
+    let prelude = fetch_prelude(tls, options)
         .await
-        .map_err(|e| e.to_string())?;
-    if prelude.api.snr != plain.api.snr {
+        .map_err(|e| format!("{}: {e}", tls.authority()))?;
+    if prelude.api.snr != serial {
         return Err(format!(
-            "{} answered as another Miniserver (serial number {} instead of {})",
+            "{} answered as another Miniserver (serial number {} instead of {serial})",
             tls.authority(),
-            prelude.api.snr,
-            plain.api.snr
+            prelude.api.snr
         ));
     }
-    let conn = open_ws(&tls, options, offer_subprotocol)
+    let conn = open_ws(tls, options, offer_subprotocol)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok((tls, prelude, conn))
+        .map_err(|e| format!("{}: {e}", tls.authority()))?;
+    Ok((prelude, conn))
 }
 
 async fn open_ws(

@@ -101,8 +101,8 @@ const ALLOWED_HEADERS: [(&str, Option<&[&str]>); 5] = [
 struct RawWebConfig {
     tls_server_config: Option<RawTls>,
     http_server_config: Option<RawHttp>,
-    #[serde(default, deserialize_with = "map_without_repeated_keys")]
-    basic_auth_users: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "string_pairs")]
+    basic_auth_users: Option<Vec<(String, String)>>,
     rate_limit: Option<serde_yaml::Value>,
 }
 
@@ -130,34 +130,58 @@ struct RawHttp {
     /// Accepted for compatibility; this exporter serves HTTP/1.1 only.
     #[allow(dead_code)]
     http2: Option<bool>,
-    #[serde(default, deserialize_with = "map_without_repeated_keys")]
-    headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "string_pairs")]
+    headers: Option<Vec<(String, String)>>,
 }
 
-/// A string map in which a repeated key is an error. Into a `BTreeMap` serde keeps the last
-/// entry, so a second `basic_auth_users` line for the same user silently replaced the
-/// first password; a YAML mapping (`serde_yaml::Mapping`) refuses it, with line and column.
-fn map_without_repeated_keys<'de, D>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error>
+/// A YAML mapping of scalars as (key, value) texts in file order, repeats kept, so the
+/// caller can refuse a repeated key with a message of its own: into a `BTreeMap` serde keeps
+/// the last entry, and a second `basic_auth_users` line for the same user silently replaced
+/// the first password. Numbers and booleans count as their text.
+fn string_pairs<'de, D>(d: D) -> Result<Option<Vec<(String, String)>>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
-    use serde::de::Error as _;
-    use serde_yaml::Value;
-    let Some(mapping) = Option::<serde_yaml::Mapping>::deserialize(d)? else {
-        return Ok(None);
-    };
-    // scalars as their text, as serde_yaml reads a plain `1` into a `String`
-    let text = |v: Value| match v {
-        Value::String(s) => Ok(s),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        _ => Err(D::Error::custom("invalid type: expected a string")),
-    };
-    mapping
-        .into_iter()
-        .map(|(k, v)| Ok((text(k)?, text(v)?)))
-        .collect::<Result<BTreeMap<_, _>, _>>()
-        .map(Some)
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Option<Vec<(String, String)>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of names to strings")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            use serde::de::Error as _;
+            use serde_yaml::Value;
+            let text = |v: Value| match v {
+                Value::String(s) => Some(s),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            };
+            let mut out = Vec::new();
+            while let Some((k, v)) = map.next_entry::<Value, Value>()? {
+                let key = text(k).ok_or_else(|| A::Error::custom("a key is not a name"))?;
+                // the key is a user or header name; the value is never shown
+                let value = text(v).ok_or_else(|| {
+                    A::Error::custom(format!("the value of `{key}` is not a string"))
+                })?;
+                out.push((key, value));
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_option(Pairs)
 }
 
 /// A value given where one of a few names is allowed, quoted when it looks like a
@@ -238,6 +262,13 @@ pub fn parse_web_config(text: &str, path: &Path) -> Result<WebConfig, WebError> 
                 "user names cannot contain ':' (HTTP basic auth separator)".into(),
             ));
         }
+        if basic_auth_users.contains_key(&user) {
+            return Err(field_err(
+                &field,
+                "given twice; each user needs exactly one entry (the second would replace the first)"
+                    .into(),
+            ));
+        }
         if hash.parse::<bcrypt::HashParts>().is_err() {
             // The hash itself is not echoed.
             return Err(field_err(
@@ -265,6 +296,15 @@ pub fn parse_web_config(text: &str, path: &Path) -> Result<WebConfig, WebError> 
                 ),
             ));
         };
+        let name = HeaderName::from_static(lower(canonical));
+        if headers.iter().any(|(n, _)| *n == name) {
+            return Err(field_err(
+                &field,
+                format!(
+                    "{canonical} given twice (header names ignore case); each header needs exactly one entry"
+                ),
+            ));
+        }
         if let Some(allowed) = allowed {
             if !allowed.iter().any(|a| a.eq_ignore_ascii_case(value.trim())) {
                 return Err(field_err(
@@ -279,7 +319,7 @@ pub fn parse_web_config(text: &str, path: &Path) -> Result<WebConfig, WebError> 
         }
         let header_value = HeaderValue::from_str(&value)
             .map_err(|_| field_err(&field, "value is not a valid header value".into()))?;
-        headers.push((HeaderName::from_static(lower(canonical)), header_value));
+        headers.push((name, header_value));
     }
 
     Ok(WebConfig {
@@ -513,17 +553,30 @@ mod tests {
             "basic_auth_users:\n  alice: '{HASH}'\n  bob: '{HASH}'\n  alice: '$2y$10$SECRETSECONDHASHxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'\n"
         );
         let e = err(&text);
-        assert!(e.contains("duplicate"), "{e}");
+        assert!(
+            e.contains("basic_auth_users.alice") && e.contains("given twice"),
+            "{e}"
+        );
         assert!(!e.contains("SECRET") && !e.contains("QOauh"), "{e}");
-        let e = err("http_server_config:\n  headers:\n    X-A: 1\n    X-A: 2\n");
-        assert!(e.contains("duplicate"), "{e}");
-        // one of each still loads
+        // the same name as a number and as a string is the same user
+        let e = err(&format!(
+            "basic_auth_users:\n  1: '{HASH}'\n  '1': '{HASH}'\n"
+        ));
+        assert!(e.contains("given twice"), "{e}");
+        // header names ignore case
+        let e = err("http_server_config:\n  headers:\n    x-frame-options: sameorigin\n    X-Frame-Options: deny\n");
+        assert!(e.contains("X-Frame-Options given twice"), "{e}");
+        // a value that is no string names its key, not its content
+        let e = err("basic_auth_users:\n  alice: [SECRETLIST]\n");
+        assert!(e.contains("`alice`") && !e.contains("SECRET"), "{e}");
+        // one of each still loads, in any spelling
         let c = parse(&format!(
             "basic_auth_users:\n  alice: '{HASH}'\n  bob: '{HASH}'\n"
         ))
         .unwrap();
         assert_eq!(c.basic_auth_users.len(), 2);
         assert!(parse("basic_auth_users:\nhttp_server_config:\n  headers:\n").is_ok());
+        assert!(parse("basic_auth_users: ~\nhttp_server_config:\n  headers: {}\n").is_ok());
     }
 
     #[test]
@@ -557,7 +610,8 @@ mod tests {
         assert_eq!(c.basic_auth_users.len(), 1);
         assert_eq!(c.basic_auth_users["prometheus"].expose(), HASH);
         let names: Vec<&str> = c.headers.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["strict-transport-security", "x-frame-options"]);
+        // in the file's order
+        assert_eq!(names, ["x-frame-options", "strict-transport-security"]);
     }
 
     #[test]
