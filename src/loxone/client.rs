@@ -464,11 +464,9 @@ async fn connect(
         }
     }
     let prelude = fetch_prelude(configured, options).await?;
-    let may_try = match upgrade {
-        TlsUpgrade::Untried => true,
-        TlsUpgrade::FailedUntil(at) => tokio::time::Instant::now() >= *at,
-        TlsUpgrade::Using { .. } => false,
-    };
+    // (`Using` cannot be the state here: it returned above or became `Untried`)
+    let may_try =
+        !matches!(upgrade, TlsUpgrade::FailedUntil(at) if tokio::time::Instant::now() < *at);
     if !prelude.tls && prelude.api.https_status == Some(1) && may_try {
         let attempt = async {
             let tls = Endpoint::tls_of(config).map_err(|e| e.to_string())?;
