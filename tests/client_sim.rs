@@ -630,6 +630,29 @@ async fn connects_over_ws_only(sim: &Simulator, ssl_port: u16) -> Client {
     client
 }
 
+/// Starts a client of `sim` whose `ssl_port` is a proxy to `sim`'s TLS listener, checks that
+/// it connected with wss://, then forwards the proxy to `elsewhere` and ends the session:
+/// the client must come back over ws://, with no second wss:// connection.
+async fn upgraded_then_reforwarded(sim: &Simulator, elsewhere: SocketAddr) -> Client {
+    let proxy = SwitchableProxy::start(sim.tls_addr().expect("tls listener")).await;
+    let mut c = ms_config("re-forwarded", sim.http_addr(), PASSWORD);
+    c.ssl_port = proxy.port;
+    let before = sim.counters();
+    let client = Client::start(c, fast_options());
+    wait_for("connected over wss://", || client.connected()).await;
+    assert_eq!(sim.counters().wss_connections - before.wss_connections, 1);
+    proxy.switch_to(elsewhere);
+    sim.control().close_all(1001);
+    wait_for("reconnected over ws://", || {
+        let n = sim.counters();
+        client.connected() && n.ws_connections - before.ws_connections == 2
+    })
+    .await;
+    let n = sim.counters();
+    assert_eq!(n.wss_connections - before.wss_connections, 1, "{n:?}");
+    client
+}
+
 /// A configuration without `use_encryption` moves to wss:// when the Miniserver offers TLS
 /// (`httpsStatus` 1 in `jdev/cfg/apiKey`, as Gen 2 does), before any credential is sent:
 /// the only WebSocket is the TLS one. When wss:// cannot be reached, or answers as another
@@ -667,22 +690,7 @@ async fn a_miniserver_offering_tls_gets_wss_without_use_encryption() {
     assert_eq!(other.counters().ws_connections, 0);
     client.stop().await;
 
-    let proxy = SwitchableProxy::start(sim.tls_addr().expect("tls listener")).await;
-    let mut c = ms_config("re-forwarded", sim.http_addr(), PASSWORD);
-    c.ssl_port = proxy.port;
-    let before = sim.counters();
-    let client = Client::start(c, fast_options());
-    wait_for("connected over wss://", || client.connected()).await;
-    assert_eq!(sim.counters().wss_connections - before.wss_connections, 1);
-    proxy.switch_to(other.tls_addr().expect("tls listener"));
-    sim.control().close_all(1001);
-    wait_for("reconnected", || {
-        let n = sim.counters();
-        client.connected() && n.ws_connections - before.ws_connections == 2
-    })
-    .await;
-    let n = sim.counters();
-    assert_eq!(n.wss_connections - before.wss_connections, 1, "{n:?}");
+    let client = upgraded_then_reforwarded(&sim, other.tls_addr().expect("tls listener")).await;
     let o = other.counters();
     assert_eq!(
         (o.ws_connections, o.auth_ok, o.auth_failures),
@@ -694,12 +702,6 @@ async fn a_miniserver_offering_tls_gets_wss_without_use_encryption() {
 
     // wss:// that answers HTTP 503 for good after the upgrade (port 443 now leads to another
     // web server): back to ws:// instead of retrying wss:// forever
-    let proxy = SwitchableProxy::start(sim.tls_addr().expect("tls listener")).await;
-    let mut c = ms_config("wss-broken", sim.http_addr(), PASSWORD);
-    c.ssl_port = proxy.port;
-    let before = sim.counters();
-    let client = Client::start(c, fast_options());
-    wait_for("connected over wss://", || client.connected()).await;
     let dead_end = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -715,15 +717,7 @@ async fn a_miniserver_offering_tls_gets_wss_without_use_encryption() {
                 .await;
         }
     });
-    proxy.switch_to(dead_end_addr);
-    sim.control().close_all(1001);
-    wait_for("reconnected over ws://", || {
-        let n = sim.counters();
-        client.connected() && n.ws_connections - before.ws_connections == 2
-    })
-    .await;
-    let n = sim.counters();
-    assert_eq!(n.wss_connections - before.wss_connections, 1, "{n:?}");
+    let client = upgraded_then_reforwarded(&sim, dead_end_addr).await;
     answering_503.abort();
     client.stop().await;
     sim.shutdown().await;

@@ -73,6 +73,20 @@ fn start_listening(config: &Path, listen: &str, host: &str, port: u16) -> Daemon
     d
 }
 
+/// The binary with `--demo` on 127.0.0.1:`port`, output discarded; callers add flags or
+/// variables and spawn it.
+fn demo_command(port: u16) -> Command {
+    let mut cmd = Command::new(common::exporter_bin());
+    cmd.args([
+        "--demo",
+        "--web.listen-address",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
+
 /// Minimal HTTP/1.1 request; returns (status, headers, body).
 fn request(port: u16, method: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -445,17 +459,9 @@ fn listen_address_port_only_serves_ipv4_and_ipv6() {
 #[test]
 fn demo_shows_changing_values_within_a_second() {
     let port = common::free_port();
-    let child = Command::new(common::exporter_bin())
-        .args([
-            "--demo",
-            "--web.listen-address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _d = Daemon { child };
+    let _d = Daemon {
+        child: demo_command(port).spawn().unwrap(),
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     let values = |text: &str| -> Vec<String> {
         text.lines()
@@ -580,19 +586,13 @@ fn healthcheck_follows_the_listen_flag_and_the_web_config() {
     };
     for (web, needs_auth) in [(&tls_only, false), (&with_auth, true)] {
         let port = common::free_port();
-        let child = Command::new(common::exporter_bin())
-            .args([
-                "--demo",
-                "--web.listen-address",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--web.config.file")
-            .arg(web)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let _d = Daemon { child };
+        let _d = Daemon {
+            child: demo_command(port)
+                .arg("--web.config.file")
+                .arg(web)
+                .spawn()
+                .unwrap(),
+        };
         // healthy once the demo's Miniserver is connected
         let url = needs_auth.then(|| format!("https://hc:hc-pass@127.0.0.1:{port}/healthz"));
         let out = wait_healthy(|| healthcheck(web, port, url.clone()));
@@ -663,15 +663,13 @@ fn healthcheck_presents_a_client_certificate_to_a_listener_with_mtls() {
 
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(common::exporter_bin())
-        .args(["--demo", "--web.listen-address", &listen])
-        .arg("--web.config.file")
-        .arg(&web)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _d = Daemon { child };
+    let _d = Daemon {
+        child: demo_command(port)
+            .arg("--web.config.file")
+            .arg(&web)
+            .spawn()
+            .unwrap(),
+    };
     let healthcheck = |identity: Option<(&Path, &Path)>| {
         let mut cmd = Command::new(common::exporter_bin());
         cmd.args(["--web.listen-address", &listen, "--web.config.file"])
@@ -891,23 +889,17 @@ fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
 fn demo_reads_the_otlp_variables_and_no_others() {
     let port = common::free_port();
     let collector = common::free_port();
-    let child = Command::new(common::exporter_bin())
-        .args([
-            "--demo",
-            "--web.listen-address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("LOXONE_OTLP_ENABLED", "true")
-        .env(
-            "LOXONE_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{collector}"),
-        )
-        .env("LOXONE_HOST", "192.0.2.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _d = Daemon { child };
+    let _d = Daemon {
+        child: demo_command(port)
+            .env("LOXONE_OTLP_ENABLED", "true")
+            .env(
+                "LOXONE_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{collector}"),
+            )
+            .env("LOXONE_HOST", "192.0.2.1")
+            .spawn()
+            .unwrap(),
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -935,18 +927,12 @@ fn demo_reads_the_otlp_variables_and_no_others() {
 #[test]
 fn a_client_that_never_reads_keeps_its_metrics_slot() {
     let port = common::free_port();
-    let child = Command::new(common::exporter_bin())
-        .args([
-            "--demo",
-            "--web.listen-address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--web.max-requests", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _d = Daemon { child };
+    let _d = Daemon {
+        child: demo_command(port)
+            .args(["--web.max-requests", "2"])
+            .spawn()
+            .unwrap(),
+    };
     let status = || request(port, "GET", "/metrics", "").0;
     // the demo's page (about 200 KB) once its Miniserver is there
     let deadline = Instant::now() + Duration::from_secs(20);

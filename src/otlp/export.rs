@@ -1047,12 +1047,15 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn send_requests_runs_parts_concurrently_and_sums_them() {
-        let partial = |rejected| ExportOutcome::PartialSuccess {
+    fn partial(rejected: i64) -> ExportOutcome {
+        ExportOutcome::PartialSuccess {
             rejected,
             message: "bad".into(),
-        };
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_requests_runs_parts_concurrently_and_sums_them() {
         let sink = ById {
             outcomes: vec![ExportOutcome::Sent, partial(2), partial(3)],
             ..Default::default()
@@ -1086,10 +1089,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_collector_cannot_reject_more_points_than_a_request_carried() {
         // i64::MAX in two answers wrapped the sum; negative counts mean nothing
-        let partial = |rejected| ExportOutcome::PartialSuccess {
-            rejected,
-            message: "bad".into(),
-        };
         let sink = ById {
             outcomes: vec![partial(i64::MAX), partial(i64::MAX), partial(-7)],
             ..Default::default()
