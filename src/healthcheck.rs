@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
+pub use crate::loxone::connection::ClientIdentity;
 
 /// Default time budget for the whole check.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,12 +44,6 @@ pub struct HealthcheckArgs {
     #[arg(long, value_name = "FILE", requires = "client_cert")]
     pub client_key: Option<std::path::PathBuf>,
 }
-
-/// A client certificate chain and its key, for a listener with mTLS.
-pub type ClientIdentity = (
-    Vec<rustls::pki_types::CertificateDer<'static>>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-);
 
 impl HealthcheckArgs {
     /// Reads `--client-cert` / `--client-key` (`None` when not given). The message names the

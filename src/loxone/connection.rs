@@ -448,11 +448,14 @@ pub fn pinned_client_config(pin: Option<[u8; 32]>) -> Result<Arc<ClientConfig>, 
     pinned_client_config_with_identity(pin, None)
 }
 
-/// [`pinned_client_config`] presenting `identity` (certificate chain, private key) when the
-/// server asks for a client certificate: `healthcheck` against a listener with mTLS.
+/// A client certificate chain and its private key, for a server that asks for one.
+pub type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// [`pinned_client_config`] presenting `identity` when the server asks for a client
+/// certificate: `healthcheck` against a listener with mTLS.
 pub fn pinned_client_config_with_identity(
     pin: Option<[u8; 32]>,
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    identity: Option<ClientIdentity>,
 ) -> Result<Arc<ClientConfig>, ConnectError> {
     let provider = crate::tls_provider::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
