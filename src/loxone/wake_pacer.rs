@@ -21,7 +21,7 @@
 //! The end is measured over a longer span and at half the rate because senders stall: a
 //! Miniserver or a VM busy for 10–30 ms. With the start's span and rate for the end too,
 //! each such stall ended the flood, and the tables of the next 14 ms each woke the thread on
-//! its own: at 1000 one-event tables a second, from 50 up to 180 wake-ups a second, and up
+//! its own: at 1000 one-event tables a second, from 50 up to 250 wake-ups a second, and up
 //! to twice the CPU, in the seconds with stalls.
 //!
 //! The test is the rate of messages, not how soon the thread wakes again: after a pause the
