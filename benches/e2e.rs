@@ -728,9 +728,8 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
     let t_start = Instant::now();
     let probe = WakeJitterProbe::start();
 
-    let mut lat = Vec::with_capacity(samples);
-    // each sample's span (marker set → first byte, or → giving up) and latency
-    let mut spans = Vec::with_capacity(samples);
+    // each sample's span (marker set → first byte, or → giving up) and latency (ms)
+    let mut spans: Vec<(Instant, Instant, f64)> = Vec::with_capacity(samples);
     let mut lat_end = Vec::with_capacity(samples);
     let mut lower = Vec::with_capacity(samples);
     let mut cycles = Vec::with_capacity(samples * 4);
@@ -760,7 +759,6 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
                 // the exporter renders the whole body before it sends a byte: the value
                 // was on /metrics when the first byte left
                 let first_byte = http.first_byte_at.unwrap_or(t1);
-                lat.push((first_byte - t0).as_secs_f64() * 1e3);
                 spans.push((t0, first_byte, (first_byte - t0).as_secs_f64() * 1e3));
                 lat_end.push((t1 - t0).as_secs_f64() * 1e3);
                 // the previous poll, started then, did not see it yet
@@ -771,7 +769,6 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
             if t1 > deadline {
                 // a sample that never showed counts as the worst one, not as a missing one
                 timeouts += 1;
-                lat.push(f64::INFINITY);
                 spans.push((t0, t1, f64::INFINITY));
                 lat_end.push(f64::INFINITY);
                 lower.push((c0 - t0).as_secs_f64() * 1e3);
@@ -781,6 +778,7 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
     }
     let secs = t_start.elapsed().as_secs_f64();
     let probe = probe.finish();
+    let mut lat: Vec<f64> = spans.iter().map(|&(_, _, ms)| ms).collect();
     let mut calm: Vec<f64> = spans
         .iter()
         .filter(|&&(from, to, _)| !probe.stalled_between(from, to))
