@@ -29,6 +29,8 @@
 //!   being other hardware, never takes; the sample stays the same upper bound.
 //! - Beside each latency run a probe thread sleeps 1 ms at a time and records how late it
 //!   wakes: the machine's own wake-up delay, which every sample contains several times over.
+//!   Each run also reports the host's steal time (`/proc/stat`): time the virtual CPUs were
+//!   ready but the hypervisor ran another tenant, which no process here can cause.
 //! - The machine is shared: every scenario is repeated (`E2E_REPEAT`, default 3) and each run
 //!   is reported with the 1-minute load average at that time.
 //!
@@ -551,6 +553,8 @@ struct LatencyRun {
     stalled: usize,
     rate: f64,
     load: String,
+    /// Steal time over the run, % of all CPUs' time (NaN where `/proc/stat` lacks it).
+    steal_pct: f64,
     series: usize,
 }
 
@@ -558,7 +562,7 @@ impl LatencyRun {
     /// Everything but p50 and p99, for the log line and the report's details.
     fn fields(&self) -> String {
         format!(
-            "n={} timeouts={} max={:.2} ms, p99 to the response's end {:.3} ms, lower bound p50/p99 {:.3}/{:.3} ms, poll cycle p50/p99 {:.3}/{:.3} ms, wake-up lateness p99/max {:.3}/{:.2} ms, p99 without the {} samples that overlap a stall of {STALL_MS} ms or more {:.3} ms, bg {:.0} ev/s, {} series, load {}",
+            "n={} timeouts={} max={:.2} ms, p99 to the response's end {:.3} ms, lower bound p50/p99 {:.3}/{:.3} ms, poll cycle p50/p99 {:.3}/{:.3} ms, wake-up lateness p99/max {:.3}/{:.2} ms, p99 without the {} samples that overlap a stall of {STALL_MS} ms or more {:.3} ms, bg {:.0} ev/s, {} series, load {}, steal {:.1} %",
             self.n,
             self.timeouts,
             self.max,
@@ -573,7 +577,8 @@ impl LatencyRun {
             self.calm_p99,
             self.rate,
             self.series,
-            self.load
+            self.load,
+            self.steal_pct
         )
     }
 }
@@ -726,6 +731,7 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
     std::thread::sleep(Duration::from_secs(1));
     let ev0 = ctl.counters().value_events_sent;
     let t_start = Instant::now();
+    let steal0 = proc_stat::steal_ticks();
     let probe = WakeJitterProbe::start();
 
     // each sample's span (marker set → first byte, or → giving up) and latency (ms)
@@ -777,6 +783,10 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
         }
     }
     let secs = t_start.elapsed().as_secs_f64();
+    let steal_pct = match (steal0, proc_stat::steal_ticks()) {
+        (Some(a), Some(b)) => proc_stat::steal_percent(a, b, secs),
+        _ => f64::NAN,
+    };
     let probe = probe.finish();
     let mut lat: Vec<f64> = spans.iter().map(|&(_, _, ms)| ms).collect();
     let mut calm: Vec<f64> = spans
@@ -811,6 +821,7 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
         stalled: spans.len() - calm.len(),
         rate,
         load,
+        steal_pct,
         series,
     })
 }
@@ -841,6 +852,7 @@ fn latency(report: &mut Report, repeat: usize) -> Res<()> {
         let mut p50s = Vec::new();
         let mut p99s = Vec::new();
         let mut calm_p99s = Vec::new();
+        let mut steals = Vec::new();
         let mut detail = String::new();
         for run in 0..repeat {
             let r = latency_run(samples, Duration::from_millis(tick_ms), placement)?;
@@ -854,6 +866,7 @@ fn latency(report: &mut Report, repeat: usize) -> Res<()> {
             p50s.push(r.p50);
             p99s.push(r.p99);
             calm_p99s.push(r.calm_p99);
+            steals.push(r.steal_pct);
             if run == 0 && placement == Placement::Split {
                 report.notes.push(format!(
                     "latency (tick {tick_ms} ms{place}): as below, but the exporter (taskset -c 0) and this process — simulator, load generator and poller — (CPU 1) do not compete for a CPU, as when the Miniserver is other hardware; the sample is still marker sent → first byte of the first response showing it"
@@ -892,6 +905,13 @@ fn latency(report: &mut Report, repeat: usize) -> Res<()> {
             runs: calm_p99s,
             unit: "ms",
             detail,
+        });
+        report.rows.push(Row {
+            what: format!("host steal time during these runs, tick {tick_ms} ms{place}"),
+            target: "–".into(),
+            runs: steals,
+            unit: "%",
+            detail: "of all CPUs' time: ready to run, but the hypervisor ran another tenant (/proc/stat)".into(),
         });
     }
     report.notes.push(format!(

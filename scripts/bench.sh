@@ -129,6 +129,9 @@ criterion_target() {
         echo "| $id | $(fmt_ns "$med") | $(fmt_ns "$lo") – $(fmt_ns "$hi") | $(criterion_target "$id") |"
       done
     echo
+    # what the collector spent, and the host's steal time, beside the rotel rows
+    grep -E '^(grpc|http)[a-z_]*: (rotel used|steal) ' "$log" | sed 's/^/- /' || true
+    echo
   fi
   if [ "${BENCH_E2E:-1}" != 0 ]; then
     echo "## end-to-end (release binary + simulator)"

@@ -25,3 +25,20 @@ pub fn ticks_per_s() -> f64 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
 }
+
+/// Steal time of the whole machine, in clock ticks (`/proc/stat`): how long its virtual
+/// CPUs were ready to run while the hypervisor ran something else. It tells a slow run
+/// caused by other tenants of the host from one caused by the processes measured.
+pub fn steal_ticks() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    // "cpu  user nice system idle iowait irq softirq steal ...": the first line sums all CPUs
+    let line = s.lines().next()?.strip_prefix("cpu ")?;
+    line.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// Steal between two [`steal_ticks`] readings `wall_s` seconds apart, as a percentage of
+/// all CPUs' time over that span.
+pub fn steal_percent(before: u64, after: u64, wall_s: f64) -> f64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    after.saturating_sub(before) as f64 / ticks_per_s() / (wall_s * cpus) * 100.0
+}
