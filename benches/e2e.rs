@@ -1012,6 +1012,7 @@ fn cpu(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
             let pid = exporter.pid();
             let ev0 = ctl.counters().value_events_sent;
             let c0 = proc_stat::cpu_ticks(pid).ok_or("no /proc stat")?;
+            let steal0 = proc_stat::steal_ticks();
             let t0 = Instant::now();
             // a Prometheus scrape every 15 s, as deployed
             let mut next_scrape = t0;
@@ -1027,13 +1028,18 @@ fn cpu(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
             let ev = (ctl.counters().value_events_sent - ev0) as f64 / wall;
             let p = (c1 - c0) as f64 / hz / wall * 100.0;
             let load = load_avg();
+            // a sender held up by the host sends unevenly, which costs the client wake-ups
+            let steal = match (steal0, proc_stat::steal_ticks()) {
+                (Some(a), Some(b)) => proc_stat::steal_percent(a, b, wall),
+                _ => f64::NAN,
+            };
             eprintln!(
-                "cpu {label} run {run}: {p:.3} % of a core over {wall:.1} s ({} ticks), measured {ev:.0} ev/s, load {load}",
+                "cpu {label} run {run}: {p:.3} % of a core over {wall:.1} s ({} ticks), measured {ev:.0} ev/s, load {load}, steal {steal:.1} %",
                 c1 - c0
             );
             let _ = write!(
                 detail,
-                "{}run {run}: {} ticks/{wall:.0} s, {ev:.0} ev/s, load {load}",
+                "{}run {run}: {} ticks/{wall:.0} s, {ev:.0} ev/s, load {load}, steal {steal:.1} %",
                 if run > 0 { "; " } else { "" },
                 c1 - c0
             );
