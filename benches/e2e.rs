@@ -731,7 +731,7 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
     std::thread::sleep(Duration::from_secs(1));
     let ev0 = ctl.counters().value_events_sent;
     let t_start = Instant::now();
-    let steal0 = proc_stat::steal_ticks();
+    let steal = proc_stat::StealMeter::start();
     let probe = WakeJitterProbe::start();
 
     // each sample's span (marker set → first byte, or → giving up) and latency (ms)
@@ -783,10 +783,7 @@ fn latency_run_placed(samples: usize, tick: Duration, placement: Placement) -> R
         }
     }
     let secs = t_start.elapsed().as_secs_f64();
-    let steal_pct = match (steal0, proc_stat::steal_ticks()) {
-        (Some(a), Some(b)) => proc_stat::steal_percent(a, b, secs),
-        _ => f64::NAN,
-    };
+    let steal_pct = steal.percent().unwrap_or(f64::NAN);
     let probe = probe.finish();
     let mut lat: Vec<f64> = spans.iter().map(|&(_, _, ms)| ms).collect();
     let mut calm: Vec<f64> = spans
@@ -1012,7 +1009,7 @@ fn cpu(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
             let pid = exporter.pid();
             let ev0 = ctl.counters().value_events_sent;
             let c0 = proc_stat::cpu_ticks(pid).ok_or("no /proc stat")?;
-            let steal0 = proc_stat::steal_ticks();
+            let steal = proc_stat::StealMeter::start();
             let t0 = Instant::now();
             // a Prometheus scrape every 15 s, as deployed
             let mut next_scrape = t0;
@@ -1029,10 +1026,7 @@ fn cpu(report: &mut Report, repeat: usize, dir: &Path) -> Res<()> {
             let p = (c1 - c0) as f64 / hz / wall * 100.0;
             let load = load_avg();
             // a sender held up by the host sends unevenly, which costs the client wake-ups
-            let steal = match (steal0, proc_stat::steal_ticks()) {
-                (Some(a), Some(b)) => proc_stat::steal_percent(a, b, wall),
-                _ => f64::NAN,
-            };
+            let steal = steal.percent().unwrap_or(f64::NAN);
             eprintln!(
                 "cpu {label} run {run}: {p:.3} % of a core over {wall:.1} s ({} ticks), measured {ev:.0} ev/s, load {load}, steal {steal:.1} %",
                 c1 - c0

@@ -176,7 +176,7 @@ fn export_to_rotel(c: &mut Criterion) {
     for (name, protocol, endpoint) in endpoints(grpc, http) {
         let mut export = WholeExport::new(&rt, protocol, endpoint);
         let rotel_cpu_before = proc_stat::cpu_ticks(rotel.0.id());
-        let (steal_before, started) = (proc_stat::steal_ticks(), Instant::now());
+        let steal = proc_stat::StealMeter::start();
         // back to back: each export also competes with the collector's deferred work on
         // the previous one (rotel batches for 200 ms, then hands the batch to its exporter)
         group.bench_function(name, |b| b.iter(|| export.run(&rt, &reg)));
@@ -206,11 +206,8 @@ fn export_to_rotel(c: &mut Criterion) {
             );
         }
         // other tenants of the host holding the virtual CPUs meanwhile (not the collector)
-        if let (Some(before), Some(after)) = (steal_before, proc_stat::steal_ticks()) {
-            eprintln!(
-                "{name}: steal {:.1} % of the CPUs' time during these rows",
-                proc_stat::steal_percent(before, after, started.elapsed().as_secs_f64())
-            );
+        if let Some(pct) = steal.percent() {
+            eprintln!("{name}: steal {pct:.1} % of the CPUs' time during these rows");
         }
     }
     group.finish();
