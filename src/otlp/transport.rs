@@ -679,6 +679,14 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
         reason.push_str(GRPC_AT_AN_HTTP_PORT);
     }
     let retry_info = retry_delay(status.details());
+    if answer_over_the_cap(status) {
+        // tonic's own OUT_OF_RANGE, not the collector's: a response message comes only
+        // with success, so the request was processed and sending it again would duplicate
+        // it (OTLP/HTTP drops a body over the cap the same way)
+        return ExportOutcome::Drop {
+            reason: "gRPC: the collector's answer is larger than 4 MiB".into(),
+        };
+    }
     if never_processed(status) {
         return ExportOutcome::Retry {
             after: retry_info,
@@ -701,6 +709,15 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
         },
         _ => ExportOutcome::Drop { reason },
     }
+}
+
+/// True for the status tonic makes itself when a response message is longer than
+/// [`MAX_RESPONSE_BYTES`] (its wording is pinned by a test).
+fn answer_over_the_cap(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::OutOfRange
+        && status
+            .message()
+            .starts_with("Error, decoded message length too large")
 }
 
 /// True when HTTP/2 says the collector never processed the request, whatever gRPC code the
@@ -1348,6 +1365,27 @@ mod tests {
         server.await.unwrap();
         // it was INTERNAL "undecodable response", a drop; HTTP took a 200 as accepted
         assert_eq!(outcome, ExportOutcome::Sent);
+    }
+
+    #[tokio::test]
+    async fn a_grpc_answer_over_the_response_cap_is_dropped_not_retried() {
+        // HPACK: ":status: 200" (static 8); content-type (static 31) "application/grpc"
+        let mut headers = vec![0x88, 0x0f, 0x10, 16];
+        headers.extend_from_slice(b"application/grpc");
+        // a gRPC message announced one byte longer than the cap; tonic stops at its prefix
+        let announced = u32::try_from(MAX_RESPONSE_BYTES + 1).unwrap();
+        let mut data = vec![0];
+        data.extend_from_slice(&announced.to_be_bytes());
+        data.extend_from_slice(&[0; 64]);
+        let frames = [h2_frame(1, 0x4, &headers), h2_frame(0, 0, &data)].concat();
+        let (port, server) = raw_h2_server(frames).await;
+        let outcome = grpc_transport(port).send(Bytes::from_static(b"")).await;
+        server.await.unwrap();
+        // it was tonic's OUT_OF_RANGE, retryable: the processed request was sent again
+        assert!(
+            matches!(&outcome, ExportOutcome::Drop { reason } if reason.contains("larger than 4 MiB")),
+            "{outcome:?}"
+        );
     }
 
     #[tokio::test]
