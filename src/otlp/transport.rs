@@ -211,8 +211,14 @@ impl Transport {
                         req.set_timeout(timeout);
                     }
                     match grpc_export(&mut client, req).await {
-                        Ok(resp) => classify_response(resp.into_inner()),
-                        Err(status) => classify_grpc(&status),
+                        Ok(resp) => classify_response(resp),
+                        Err(GrpcFailure::Status(status)) => classify_grpc(&status),
+                        // a response message comes only with success: the collector has
+                        // the data, and sending it again would duplicate it (OTLP/HTTP
+                        // drops a body over the cap the same way)
+                        Err(GrpcFailure::AnswerOverTheCap) => ExportOutcome::Drop {
+                            reason: "gRPC: the collector's answer is larger than 4 MiB".into(),
+                        },
                     }
                 }
                 Inner::Http {
@@ -454,16 +460,55 @@ fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
 /// The gRPC method the generated client calls.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
+/// Why a gRPC export got no usable answer.
+enum GrpcFailure {
+    /// The collector's status, or one tonic made for a transport failure.
+    Status(tonic::Status),
+    /// The collector answered with a response message longer than [`MAX_RESPONSE_BYTES`].
+    AnswerOverTheCap,
+}
+
+/// One unary Export call, as `tonic::client::Grpc::unary` makes it, except that tonic's
+/// limit on the response message is told apart from a collector's status: both are
+/// OUT_OF_RANGE with the same text (rotel refuses a request over its 4 MiB limit so), but
+/// only the collector's is retryable.
 async fn grpc_export(
     client: &mut tonic::client::Grpc<Channel>,
     request: tonic::Request<Bytes>,
-) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-    client
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+) -> Result<ExportMetricsServiceResponse, GrpcFailure> {
+    client.ready().await.map_err(|e| {
+        GrpcFailure::Status(tonic::Status::unavailable(format!(
+            "channel not ready: {e}"
+        )))
+    })?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
-    client.unary(request, path, PassThroughCodec).await
+    let request = request.map(|body| futures_util::stream::once(std::future::ready(body)));
+    // a collector's error status comes here (trailers-only answer) ...
+    let mut answer = client
+        .streaming(request, path, PassThroughCodec)
+        .await
+        .map_err(GrpcFailure::Status)?
+        .into_inner();
+    // ... or after a response message; the size limit is checked only on a message
+    let message = match answer.message().await {
+        Ok(Some(message)) => message,
+        Ok(None) => {
+            return Err(GrpcFailure::Status(tonic::Status::internal(
+                "Missing response message.",
+            )))
+        }
+        Err(status)
+            if status.code() == tonic::Code::OutOfRange
+                && status
+                    .message()
+                    .starts_with("Error, decoded message length too large") =>
+        {
+            return Err(GrpcFailure::AnswerOverTheCap)
+        }
+        Err(status) => return Err(GrpcFailure::Status(status)),
+    };
+    answer.trailers().await.map_err(GrpcFailure::Status)?;
+    Ok(message)
 }
 
 /// Sends pre-encoded request bytes and decodes the response with prost.
@@ -679,14 +724,6 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
         reason.push_str(GRPC_AT_AN_HTTP_PORT);
     }
     let retry_info = retry_delay(status.details());
-    if answer_over_the_cap(status) {
-        // tonic's own OUT_OF_RANGE, not the collector's: a response message comes only
-        // with success, so the request was processed and sending it again would duplicate
-        // it (OTLP/HTTP drops a body over the cap the same way)
-        return ExportOutcome::Drop {
-            reason: "gRPC: the collector's answer is larger than 4 MiB".into(),
-        };
-    }
     if never_processed(status) {
         return ExportOutcome::Retry {
             after: retry_info,
@@ -709,15 +746,6 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
         },
         _ => ExportOutcome::Drop { reason },
     }
-}
-
-/// True for the status tonic makes itself when a response message is longer than
-/// [`MAX_RESPONSE_BYTES`] (its wording is pinned by a test).
-fn answer_over_the_cap(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::OutOfRange
-        && status
-            .message()
-            .starts_with("Error, decoded message length too large")
 }
 
 /// True when HTTP/2 says the collector never processed the request, whatever gRPC code the
@@ -1384,6 +1412,32 @@ mod tests {
         // it was tonic's OUT_OF_RANGE, retryable: the processed request was sent again
         assert!(
             matches!(&outcome, ExportOutcome::Drop { reason } if reason.contains("larger than 4 MiB")),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_collectors_out_of_range_in_the_same_words_is_still_retried() {
+        // a trailers-only answer, as rotel refuses a request over its own 4 MiB limit
+        let mut headers = vec![0x88, 0x0f, 0x10, 16];
+        headers.extend_from_slice(b"application/grpc");
+        for (name, value) in [
+            ("grpc-status", "11"),
+            (
+                "grpc-message",
+                "Error, decoded message length too large: found 7634092 bytes, the limit is: 4194304 bytes",
+            ),
+        ] {
+            headers.extend_from_slice(&[0x00, name.len() as u8]);
+            headers.extend_from_slice(name.as_bytes());
+            headers.push(value.len() as u8);
+            headers.extend_from_slice(value.as_bytes());
+        }
+        let (port, server) = raw_h2_server(h2_frame(1, 0x4 | 0x1, &headers)).await;
+        let outcome = grpc_transport(port).send(Bytes::from_static(b"")).await;
+        server.await.unwrap();
+        assert!(
+            matches!(&outcome, ExportOutcome::Retry { reason, .. } if reason.contains("OUT_OF_RANGE")),
             "{outcome:?}"
         );
     }
