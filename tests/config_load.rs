@@ -692,6 +692,72 @@ fn otel_sdk_disabled_turns_export_off() {
 }
 
 #[test]
+fn otel_metrics_exporter_decides_when_nothing_else_does() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+    // an endpoint meant for other signals does not start the push when metrics say none
+    for value in ["none", "prometheus", " Prometheus , none "] {
+        let c = ok(MS, &[endpoint, ("OTEL_METRICS_EXPORTER", value)]);
+        assert!(!c.opentelemetry.enabled, "{value}");
+        assert!(c.warnings.is_empty(), "{value}: {:?}", c.warnings);
+    }
+    // otlp in the list starts it, with or without an endpoint (then the OpenTelemetry one)
+    let c = ok(
+        MS,
+        &[endpoint, ("OTEL_METRICS_EXPORTER", "prometheus,otlp")],
+    );
+    assert!(c.opentelemetry.enabled);
+    assert_eq!(c.opentelemetry.endpoint, "http://c:4318/v1/metrics");
+    let c = ok(MS, &[("OTEL_METRICS_EXPORTER", "otlp")]);
+    assert!(c.opentelemetry.enabled);
+    assert_eq!(c.opentelemetry.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(c.opentelemetry.endpoint, "http://localhost:4318/v1/metrics");
+    let c = ok(
+        MS,
+        &[
+            ("OTEL_METRICS_EXPORTER", "OTLP"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    assert_eq!(c.opentelemetry.endpoint, "http://localhost:4317");
+    // unknown or unsupported names: a warning each, and ignored
+    let c = ok(MS, &[endpoint, ("OTEL_METRICS_EXPORTER", "statsd")]);
+    assert!(
+        c.opentelemetry.enabled,
+        "nothing known: the endpoint decides"
+    );
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("'statsd' is not a metrics exporter"));
+    let c = ok(MS, &[endpoint, ("OTEL_METRICS_EXPORTER", "console")]);
+    assert!(!c.opentelemetry.enabled);
+    assert!(c.warnings[0].contains("'console' is not supported"));
+    // the original's settings and OTEL_SDK_DISABLED rank above it
+    let c = ok(
+        MS,
+        &[
+            endpoint,
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("LOXONE_OTLP_ENABLED", "true"),
+        ],
+    );
+    assert!(c.opentelemetry.enabled);
+    let c = ok(
+        MS,
+        &[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ],
+    );
+    assert!(!c.opentelemetry.enabled);
+    let yaml = format!("{MS}opentelemetry:\n  enabled: true\n  endpoint: http://file:4317\n");
+    let c = ok(&yaml, &[("OTEL_METRICS_EXPORTER", "none")]);
+    assert!(c.opentelemetry.enabled);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].starts_with(
+        "OTEL_METRICS_EXPORTER is set but not used for the metrics export: opentelemetry.enabled"
+    ));
+}
+
+#[test]
 fn explicit_disable_beats_an_otel_endpoint() {
     let c = ok(
         &format!("{MS}opentelemetry:\n  enabled: false\n"),

@@ -23,14 +23,18 @@
 //! With these rules and exceptions:
 //!
 //! - **Enabled**: `LOXONE_OTLP_ENABLED`, else `opentelemetry.enabled`; when neither is set,
-//!   export is on exactly when `OTEL_EXPORTER_OTLP_ENDPOINT` or
-//!   `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is non-empty. `OTEL_SDK_DISABLED=true`
+//!   `OTEL_METRICS_EXPORTER` decides: on when its comma list names `otlp`, off when it
+//!   names only `none`, `prometheus` (the scrape endpoint, always served) or `console`
+//!   (not supported). Without it, export is on exactly when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//!   or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is non-empty. `OTEL_SDK_DISABLED=true`
 //!   (case-insensitive) turns export off whatever else is set.
 //! - **Endpoint**: from the file or `LOXONE_OTLP_ENDPOINT` it behaves like the original: for
 //!   HTTP, trailing `/` removed and `/v1/metrics` appended unless already there. From
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` it is a base URL (HTTP: `v1/metrics` appended after a
 //!   `/`); `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is used as is (an empty path becomes `/`).
-//!   For gRPC only scheme, host and port are kept. [`OtlpConfig::endpoint`] is the final URL.
+//!   For gRPC only scheme, host and port are kept. With none of these and
+//!   `OTEL_METRICS_EXPORTER=otlp`: the OpenTelemetry default, `http://localhost:4318` (gRPC:
+//!   `http://localhost:4317`). [`OtlpConfig::endpoint`] is the final URL.
 //! - **Protocol**: `grpc`, `http` or `http/protobuf` (case-insensitive); `http/json` is an
 //!   error (not supported). Default `grpc` (the original's), except when the endpoint came
 //!   from an `OTEL_*` variable: then `http/protobuf` (the OpenTelemetry default).
@@ -207,13 +211,17 @@ pub(crate) fn build(
     };
     let otel_endpoint_set = nonempty("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").is_some()
         || nonempty("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
-    if explicit.is_none() && otel_endpoint_set {
-        notes.push((
-            "opentelemetry.enabled".into(),
-            "a set OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT (no enabled setting)".into(),
-        ));
+    let otel_exporter = nonempty("OTEL_METRICS_EXPORTER")
+        .and_then(|v| otel_metrics_exporter_wants_otlp(&v, warnings));
+    let implied = otel_exporter.unwrap_or(otel_endpoint_set);
+    if explicit.is_none() && (implied || otel_exporter.is_some()) {
+        let why = match otel_exporter {
+            Some(_) => "OTEL_METRICS_EXPORTER (no enabled setting)",
+            None => "a set OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT (no enabled setting)",
+        };
+        notes.push(("opentelemetry.enabled".into(), why.into()));
     }
-    let enabled = !sdk_disabled && explicit.unwrap_or(otel_endpoint_set);
+    let enabled = !sdk_disabled && explicit.unwrap_or(implied);
     if sdk_disabled {
         origins.push((
             "opentelemetry.enabled".into(),
@@ -272,9 +280,25 @@ pub(crate) fn build(
         Some((_, _, EndpointKind::OtelGeneric | EndpointKind::OtelMetrics)) => {
             OtlpProtocol::HttpProtobuf
         }
+        // OTEL_METRICS_EXPORTER=otlp alone: the OpenTelemetry default endpoint below
+        None if otel_exporter == Some(true) => OtlpProtocol::HttpProtobuf,
         _ => OtlpProtocol::Grpc,
     });
 
+    // OTEL_METRICS_EXPORTER=otlp without any endpoint: the OpenTelemetry default
+    let endpoint_src = endpoint_src.or_else(|| {
+        (otel_exporter == Some(true)).then(|| {
+            let url = match protocol {
+                OtlpProtocol::Grpc => "http://localhost:4317",
+                OtlpProtocol::HttpProtobuf => "http://localhost:4318",
+            };
+            (
+                url.to_string(),
+                "the OpenTelemetry default for OTEL_METRICS_EXPORTER=otlp".into(),
+                EndpointKind::OtelGeneric,
+            )
+        })
+    });
     let mut https = false;
     let endpoint = match &endpoint_src {
         None => {
@@ -670,6 +694,7 @@ fn shadowed_otel_variables(file: &FileOtlp, set: &dyn Fn(&str) -> Option<String>
             file.service_name.is_some(),
             "=OTEL_SERVICE_NAME",
         ),
+        ("enabled", file.enabled.is_some(), "=OTEL_METRICS_EXPORTER"),
     ];
     let mut out = Vec::new();
     for (key, in_file, vars) in settings {
@@ -694,6 +719,32 @@ fn shadowed_otel_variables(file: &FileOtlp, set: &dyn Fn(&str) -> Option<String>
         }
     }
     out
+}
+
+/// What `OTEL_METRICS_EXPORTER` (a comma list) says about the OTLP push: `Some(true)` when
+/// it names `otlp`, `Some(false)` when it names only others (`none`, `prometheus`: the
+/// scrape endpoint, always served; `console`: not supported), `None` when it names nothing
+/// known. Unknown and unsupported names are warned about and ignored.
+fn otel_metrics_exporter_wants_otlp(value: &str, warnings: &mut Vec<String>) -> Option<bool> {
+    let mut known = false;
+    let mut otlp = false;
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name.to_ascii_lowercase().as_str() {
+            "otlp" => (known, otlp) = (true, true),
+            "none" | "prometheus" => known = true,
+            "console" => {
+                known = true;
+                warnings.push(
+                    "OTEL_METRICS_EXPORTER: 'console' is not supported by this exporter (ignored; /metrics serves the values)".into(),
+                );
+            }
+            _ => warnings.push(format!(
+                "OTEL_METRICS_EXPORTER: {} is not a metrics exporter (known: otlp, prometheus, none; ignored)",
+                quote(name)
+            )),
+        }
+    }
+    known.then_some(otlp)
 }
 
 /// Records a non-file origin (file paths need no note: the file is the expected source).
