@@ -730,6 +730,16 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
             reason: "gRPC: the collector closed the connection before processing the request (HTTP/2 GOAWAY or REFUSED_STREAM)".into(),
         };
     }
+    if connection_lost(status) {
+        // tonic calls it UNKNOWN; the spec retries a disconnect without an answer, and so
+        // does OTLP/HTTP here
+        return ExportOutcome::Retry {
+            after: retry_info,
+            reason: format!(
+                "gRPC: the connection was lost before the collector answered ({reason})"
+            ),
+        };
+    }
     match status.code() {
         Code::Cancelled
         | Code::DeadlineExceeded
@@ -746,6 +756,37 @@ pub fn classify_grpc(status: &tonic::Status) -> ExportOutcome {
         },
         _ => ExportOutcome::Drop { reason },
     }
+}
+
+/// True when the connection broke before an answer (a collector killed or restarted
+/// mid-export, a proxy giving up): an I/O error of that kind under the status.
+fn connection_lost(status: &tonic::Status) -> bool {
+    use std::io::ErrorKind;
+    let broken = |kind: ErrorKind| {
+        matches!(
+            kind,
+            ErrorKind::BrokenPipe
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::UnexpectedEof
+                | ErrorKind::NotConnected
+        )
+    };
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if broken(io.kind()) {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<h2::Error>().and_then(h2::Error::get_io) {
+            if broken(io.kind()) {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// True when HTTP/2 says the collector never processed the request, whatever gRPC code the
@@ -1438,6 +1479,41 @@ mod tests {
         server.await.unwrap();
         assert!(
             matches!(&outcome, ExportOutcome::Retry { reason, .. } if reason.contains("OUT_OF_RANGE")),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_grpc_connection_lost_before_the_answer_is_retried() {
+        // the collector dies mid-export: its socket closes (FIN) after the request arrived
+        let (port, server) = raw_h2_server(Vec::new()).await;
+        let outcome = grpc_transport(port).send(Bytes::from_static(b"")).await;
+        server.await.unwrap();
+        // it was UNKNOWN "transport error", a drop: FAILED at once, no backoff retry
+        assert!(
+            matches!(&outcome, ExportOutcome::Retry { reason, .. } if reason.contains("connection")),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_grpc_connection_reset_before_the_answer_is_retried() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            sock.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            // RST instead of FIN: a killed process or a proxy that gives up
+            sock.set_zero_linger().unwrap();
+            drop(sock);
+        });
+        let outcome = grpc_transport(port).send(Bytes::from_static(b"")).await;
+        server.await.unwrap();
+        assert!(
+            matches!(&outcome, ExportOutcome::Retry { reason, .. } if reason.contains("connection")),
             "{outcome:?}"
         );
     }
