@@ -1329,6 +1329,14 @@ mod tests {
     /// A one-connection HTTP/2 server that waits for the first request's HEADERS frame and
     /// answers with the raw `frames`, then closes.
     async fn raw_h2_server(frames: Vec<u8>) -> (u16, tokio::task::JoinHandle<()>) {
+        raw_h2_server_ending(frames, false).await
+    }
+
+    /// [`raw_h2_server`] that ends with a reset (RST) instead of a close when `reset`.
+    async fn raw_h2_server_ending(
+        frames: Vec<u8>,
+        reset: bool,
+    ) -> (u16, tokio::task::JoinHandle<()>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1355,6 +1363,10 @@ mod tests {
                 }
             }
             sock.write_all(&frames).await.unwrap();
+            if reset {
+                sock.set_zero_linger().unwrap();
+                return;
+            }
             // let the client read it all before the close
             tokio::time::sleep(Duration::from_millis(100)).await;
             let _ = sock.shutdown().await;
@@ -1494,37 +1506,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_grpc_connection_lost_before_the_answer_is_retried() {
-        // the collector dies mid-export: its socket closes (FIN) after the request arrived
-        let (port, server) = raw_h2_server(Vec::new()).await;
-        let outcome = grpc_transport(port).send(Bytes::from_static(b"")).await;
-        server.await.unwrap();
-        // it was UNKNOWN "transport error", a drop: FAILED at once, no backoff retry
-        assert!(
-            matches!(&outcome, ExportOutcome::Retry { reason, .. } if reason.contains("connection")),
-            "{outcome:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_grpc_connection_reset_before_the_answer_is_retried() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            sock.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = sock.read(&mut buf).await;
-            // RST instead of FIN: a killed process or a proxy that gives up
-            sock.set_zero_linger().unwrap();
-            drop(sock);
-        });
-        let outcome = grpc_transport(port).send(Bytes::from_static(b"")).await;
-        server.await.unwrap();
-        assert!(
-            matches!(&outcome, ExportOutcome::Retry { reason, .. } if reason.contains("connection")),
-            "{outcome:?}"
-        );
+        // the collector dies mid-export: its socket closes (FIN), or resets (RST: a killed
+        // process, a proxy that gives up), after the request arrived
+        for reset in [false, true] {
+            let (port, server) = raw_h2_server_ending(Vec::new(), reset).await;
+            let outcome = grpc_transport(port).send(Bytes::from_static(b"")).await;
+            server.await.unwrap();
+            // it was UNKNOWN "transport error", a drop: FAILED at once, no backoff retry
+            assert!(
+                matches!(&outcome, ExportOutcome::Retry { reason, .. } if reason.contains("connection was lost")),
+                "reset {reset}: {outcome:?}"
+            );
+        }
     }
 
     #[tokio::test]
