@@ -516,17 +516,8 @@ impl<T: Transport> Session<'_, T> {
         Ok(None)
     }
 
-    /// Receives until a type-0 text arrives; tables are applied on the way.
-    async fn next_text(&mut self) -> Step<String> {
-        loop {
-            let received = self.transport.recv().await?;
-            if let Some(text) = self.on_received(received)? {
-                return Ok(text);
-            }
-        }
-    }
-
-    /// Sends one command (encrypted when asked) and waits for its LL answer.
+    /// Sends one command (encrypted when asked) and waits for its LL answer; tables that
+    /// arrive meanwhile are applied.
     async fn command(&mut self, cmd: &str, encrypt: bool, what: &'static str) -> Step<LlResponse> {
         let wire = if encrypt {
             match &mut self.cipher {
@@ -538,20 +529,42 @@ impl<T: Transport> Session<'_, T> {
         };
         self.send(wire, what).await?;
         let after = self.options.command_timeout;
-        let deadline = Instant::now() + after;
+        let sent = Instant::now();
+        // Tables may come before the answer (`enablebinstatusupdate`: the initial ones, up to
+        // megabytes). Each payload announced meanwhile adds the time it needs at the slowest
+        // rate we accept, while its bytes keep coming, as for the structure download.
+        let mut payload_credit = Duration::ZERO;
+        let deadline = |session: &Self, credit: Duration| {
+            session.while_bytes_come(
+                sent,
+                sent + after + credit + session.announced_payload_time(),
+            )
+        };
         // a text that is no LL answer is skipped (it may be something unsolicited), but when
         // no answer follows, the error says what came instead of "no answer"
         let mut unreadable = None;
         loop {
-            let text = match timeout_at(deadline, self.next_text()).await {
-                Ok(text) => text?,
-                Err(_) => {
-                    return Err(match unreadable {
-                        Some(reason) => SessionError::Unreadable { what, reason },
-                        None => SessionError::Timeout { what, after },
+            let received =
+                match timeout_at(deadline(self, payload_credit), self.transport.recv()).await {
+                    Ok(received) => received?,
+                    // a header came after the deadline was set: wait on (recv is cancel-safe)
+                    Err(_) if deadline(self, payload_credit) > Instant::now() => continue,
+                    Err(_) => {
+                        return Err(match unreadable {
+                            Some(reason) => SessionError::Unreadable { what, reason },
+                            None => SessionError::Timeout { what, after },
+                        }
+                        .into())
                     }
-                    .into())
-                }
+                };
+            let announced = self.announced_payload_time();
+            let text = self.on_received(received)?;
+            if self.framer.pending().is_none() {
+                // the announced payload arrived: its time stays granted
+                payload_credit += announced;
+            }
+            let Some(text) = text else {
+                continue;
             };
             match parse_ll(&text) {
                 Ok(ll) => return Ok(ll),
@@ -1042,6 +1055,8 @@ mod tests {
     use super::*;
     use crate::loxone::auth::LOXONE_EPOCH_UNIX;
     use crate::loxone::client_fake::{self, FakeConfig, FakeHandle, FakeTokens, Inject};
+    use crate::loxone::envelope::{encode_ll, CodeStyle};
+    use crate::loxone::events::{encode_value_events, ValueEvent};
     use crate::loxone::framer::WireMessage;
     use crate::loxone::header::{Header, MessageKind};
     use crate::loxone::uuid::LoxUuid;
@@ -1442,6 +1457,54 @@ mod tests {
             rig.tokens.lock().valid.is_empty(),
             "the refreshed token was killed"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn big_tables_before_a_command_answer_get_time_by_their_announced_size() {
+        let mut rig = Rig::new();
+        rig.fake.unanswered = vec!["jdev/sps/enablebinstatusupdate"];
+        let (uuid, uuid_action) = some_state();
+        let (task, h, sd) = rig.start(Carry::default());
+        until(|| {
+            commands(&h)
+                .iter()
+                .any(|c| c == "jdev/sps/enablebinstatusupdate")
+        })
+        .await;
+        // the initial tables before the answer: two of 1 MiB (16 s each at the slowest
+        // accepted rate), each taking 12 s to arrive, far beyond the 10 s command timeout
+        let mut table = Vec::new();
+        let events = vec![ValueEvent { uuid, value: 4.5 }; (1 << 20) / 24];
+        encode_value_events(&events, &mut table);
+        for _ in 0..2 {
+            let header = Header::new(MessageKind::ValueStates, table.len() as u32);
+            h.inject
+                .send(Inject::Raw(WireMessage::Binary(header.encode(0).to_vec())))
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            assert!(!task.is_finished(), "the command was cut off");
+            h.inject
+                .send(Inject::Raw(WireMessage::Binary(table.clone())))
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let answer = encode_ll(
+            "jdev/sps/enablebinstatusupdate",
+            200,
+            &serde_json::Value::from("1"),
+            CodeStyle::UpperString,
+        );
+        let header = Header::new(MessageKind::Text, answer.len() as u32);
+        for raw in [header.encode(0).to_vec(), answer.into_bytes()] {
+            h.inject
+                .send(Inject::Raw(WireMessage::Binary(raw)))
+                .unwrap();
+        }
+        until(|| rig.state.health().connected).await;
+        assert_eq!(rig.value_of(&uuid_action), Some(4.5));
+        sd.cancel();
+        let (outcome, _) = task.await.unwrap();
+        assert!(outcome.established());
     }
 
     #[tokio::test(start_paused = true)]
