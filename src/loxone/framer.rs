@@ -210,15 +210,22 @@ fn payload_message(kind: MessageKind, msg: WireMessage) -> ProtocolMessage {
     }
 }
 
-/// UTF-8 when valid, else Latin-1 (every byte maps to the code point of the same value);
-/// the flag says whether the fallback was used.
+/// UTF-8 where valid; each byte that is not, as Latin-1 (the code point of the same value).
+/// So a text in Latin-1 reads right, and so does a UTF-8 structure file with one stray
+/// Latin-1 byte: decoding all of it as Latin-1 turned every correct "Küche" into "KÃ¼che".
+/// The flag says whether the fallback was used.
 pub fn decode_text(bytes: Vec<u8>) -> (String, bool) {
     match String::from_utf8(bytes) {
         Ok(s) => (s, false),
-        Err(e) => (
-            e.into_bytes().iter().map(|&b| char::from(b)).collect(),
-            true,
-        ),
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let mut text = String::with_capacity(bytes.len() + bytes.len() / 8);
+            for chunk in bytes.utf8_chunks() {
+                text.push_str(chunk.valid());
+                text.extend(chunk.invalid().iter().map(|&b| char::from(b)));
+            }
+            (text, true)
+        }
     }
 }
 
@@ -277,6 +284,17 @@ mod tests {
                 latin1_fallback: true
             }))
         );
+    }
+
+    #[test]
+    fn a_stray_latin1_byte_leaves_the_utf8_around_it_intact() {
+        // "Küche" in UTF-8, then "ä" as one cp1252/Latin-1 byte
+        let (text, fallback) = decode_text("Küche ".bytes().chain([0xe4]).collect());
+        assert_eq!(text, "Küche ä");
+        assert!(fallback);
+        // a cut multi-byte sequence at the end is its bytes as Latin-1
+        let (text, _) = decode_text(vec![b'a', 0xc3]);
+        assert_eq!(text, "a\u{c3}");
     }
 
     #[test]
