@@ -164,7 +164,7 @@ pub async fn run(
         scrape_limit: http::ScrapeLimit::new(options.max_requests),
     });
     let router = http::router(state);
-    let server = tracker.spawn(web::serve(
+    let mut server = tracker.spawn(web::serve(
         listener,
         router,
         options.web_config.clone(),
@@ -175,7 +175,24 @@ pub async fn run(
     let _watchdog = systemd::spawn_watchdog(shutdown.clone());
     tracker.close();
 
-    shutdown.cancelled().await;
+    // The server ends on its own only when it cannot serve (its web config file, checked
+    // at start, became unreadable before it was read again): a daemon bound to the port
+    // that never answers must not keep running.
+    let server_failed = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        ended = &mut server => Some(match ended {
+            Ok(Ok(())) => "the HTTP server stopped".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }),
+    };
+    if let Some(error) = server_failed {
+        tracing::error!(%error, "the HTTP server cannot serve; stopping");
+        shutdown.cancel();
+        systemd::notify_stopping();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
+        return Err(AppError::Http(error));
+    }
     systemd::notify_stopping();
     tracing::info!("shutdown signal received, stopping");
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

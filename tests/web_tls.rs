@@ -712,6 +712,37 @@ async fn serve_fails_early_on_a_bad_file() {
     assert!(err.to_string().contains("missing.crt"), "{err}");
 }
 
+#[tokio::test]
+async fn the_daemon_stops_when_its_server_cannot_serve() {
+    // checked at start, then gone before the server read it again: the daemon must not
+    // stay bound to its port without answering
+    let dir = tempfile::tempdir().unwrap();
+    let config = loxone_exporter::config::load_str(
+        "miniservers:\n  - name: home\n    host: 127.0.0.1\n    port: 1\n    username: u\n    password: p\n",
+        None,
+        &|_: &str| None,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = loxone_exporter::app::RunOptions {
+        web_config: Some(dir.path().join("web.yml")),
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(5),
+        loxone_exporter::app::run(config, listener, options, shutdown.clone()),
+    )
+    .await
+    .expect("the daemon kept running without a server");
+    let err = ended.unwrap_err();
+    assert!(err.to_string().contains("web.yml"), "{err}");
+    assert!(
+        shutdown.is_cancelled(),
+        "the Miniserver clients were not told to stop"
+    );
+}
+
 // ---------------------------------------------------------------- real Prometheus
 
 /// Start of a prometheus.yml that scrapes every second; scrape jobs follow.
