@@ -152,6 +152,13 @@ pub fn parse_telemetry_path(s: &str) -> Result<String, FlagError> {
             "'{s}' contains {c:?}, which is not allowed in the path (ASCII letters, digits, '/', '-', '_', '.' and the like)"
         )));
     }
+    // the landing page links to the path: "//host/x" (or "/\\host/x", which browsers
+    // read alike) would be a link to another site
+    if path.contains("//") || path.contains('\\') {
+        return Err(err(format!(
+            "'{s}' contains '//' or '\\', which a browser reads as the start of another host's address (use single '/' between segments)"
+        )));
+    }
     if path.split('/').any(|segment| segment.starts_with(':')) {
         return Err(err(format!(
             "'{s}' has a segment starting with ':', which is not allowed (it would be a route pattern)"
@@ -295,6 +302,9 @@ mod tests {
             "/a/:b",
             "/é",
             "/m%20x",
+            "//example.org/m",
+            "/\\example.org/m",
+            "/a//b",
         ] {
             let e = parse_telemetry_path(bad).unwrap_err();
             assert_eq!(e.flag, "--web.telemetry-path", "{bad}");
