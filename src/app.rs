@@ -178,15 +178,19 @@ pub async fn run(
     // The server ends on its own only when it cannot serve (its web config file, checked
     // at start, became unreadable before it was read again): a daemon bound to the port
     // that never answers must not keep running.
-    let server_failed = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        ended = &mut server => Some(match ended {
+    let mut ended_early = None;
+    tokio::select! {
+        // a shutdown ends the server too: that end is no failure
+        biased;
+        _ = shutdown.cancelled() => {}
+        ended = &mut server => ended_early = Some(ended),
+    }
+    if let (Some(ended), false) = (&ended_early, shutdown.is_cancelled()) {
+        let error = match ended {
             Ok(Ok(())) => "the HTTP server stopped".to_string(),
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
-        }),
-    };
-    if let Some(error) = server_failed {
+        };
         tracing::error!(%error, "the HTTP server cannot serve; stopping");
         shutdown.cancel();
         systemd::notify_stopping();
@@ -202,7 +206,11 @@ pub async fn run(
         tracing::warn!("some tasks did not stop within the grace period; exiting anyway");
         return Ok(());
     }
-    match server.await {
+    let ended = match ended_early {
+        Some(ended) => ended,
+        None => server.await,
+    };
+    match ended {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(AppError::Http(e.to_string())),
         Err(e) => Err(AppError::Http(e.to_string())),
