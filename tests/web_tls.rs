@@ -696,6 +696,51 @@ async fn plain_http_cuts_off_a_client_that_never_finishes_its_headers() {
     server.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_its_answers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(None).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let conn = socket.connect(server.addr).await.unwrap();
+    let (mut rx, mut tx) = conn.into_split();
+    // pipelined requests whose answers (about 4 MB) fill both sockets' buffers
+    const REQUESTS: usize = 4000;
+    let writer = tokio::spawn(async move {
+        let requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(REQUESTS);
+        let _ = tx.write_all(&requests).await;
+        tx
+    });
+    // nobody reads for a while: paused time jumps to the server's limit
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let mut answers = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answers.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answered = answers
+        .windows(15)
+        .filter(|w| w == b"HTTP/1.1 200 OK")
+        .count();
+    // without the limit all answers come once the client reads, then the connection stays
+    assert!(
+        read.is_ok(),
+        "connection still open ({answered} answers read)"
+    );
+    assert!(
+        answered < REQUESTS,
+        "all {answered} answers came: never cut off"
+    );
+    drop(writer);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn serve_fails_early_on_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ pub mod config;
 mod error;
 mod server;
 pub mod tls;
+mod write_stall;
 
 use std::path::{Path, PathBuf};
 

@@ -15,7 +15,8 @@
 //!
 //! Without a web config the same loop serves plain HTTP, so a client that opens
 //! connections and never finishes its headers is cut off after [`HEADER_READ_TIMEOUT`]
-//! here too (`axum::serve` has no timer: such connections stayed open for good).
+//! here too (`axum::serve` has no timer: such connections stayed open for good), and one
+//! that stops reading its answers after [`WRITE_STALL_TIMEOUT`] without progress.
 //!
 //! Serves HTTP/1.1 only (`http2` in the file is accepted and ignored).
 
@@ -42,6 +43,7 @@ use super::auth::BasicAuth;
 use super::config::{parse_web_config, WebConfig};
 use super::error::WebError;
 use super::tls::build_server_config;
+use super::write_stall::WriteStallLimit;
 
 /// Realm sent in `WWW-Authenticate`.
 pub const REALM: &str = "loxone-exporter";
@@ -49,6 +51,8 @@ pub const REALM: &str = "loxone-exporter";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a client may take to send request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest an answer may wait for a client that reads nothing of it.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's read and write buffers per connection (its default is about 400 KiB): request
 /// headers beyond it get 431, and a response body is taken from the handler only as fast
 /// as the client reads, so a client that never reads holds little memory (and a `/metrics`
@@ -455,6 +459,8 @@ pub(crate) async fn serve(
         };
         accept_errors.accepted();
         let _ = stream.set_nodelay(true);
+        // under TLS too: a client that stops reading stalls the TCP writes
+        let stream = WriteStallLimit::new(stream, WRITE_STALL_TIMEOUT);
         let tls = reloader.lock().current().tls.clone();
         let reloader = reloader.clone();
         let router = router.clone();
