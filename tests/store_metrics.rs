@@ -121,7 +121,7 @@ fn sub_controls_inherit_room_and_category_and_counts_agree() {
     let exported_metric = values_of(&snap, "loxone_exporter_controls_exported")[0].1;
     assert_eq!(exported_metric as usize, health.controls_exported);
     assert!(health.controls_exported > 0 && health.controls_exported <= health.controls_discovered);
-    // a sub-control's series carries a room: its own or its parent's
+    // a sub-control's series carries a room: its parent's
     let series = values_of(&snap, "loxone_control_value");
     let sub = series
         .iter()
@@ -168,6 +168,70 @@ fn filters_remove_controls_and_values_survive_a_structure_reload() {
         before.len(),
         "kept while disconnected"
     );
+}
+
+#[test]
+fn sub_controls_take_their_parents_room_and_category_as_in_the_python_exporter() {
+    let mut s = structure("gen2-home-cz.json");
+    let parent = s
+        .controls
+        .iter()
+        .position(|c| c.room.is_some() && c.sub_controls.iter().any(|sc| !sc.states.is_empty()))
+        .expect("a control with a room and sub-controls with states");
+    let parent_room = s.controls[parent].room.clone().unwrap();
+    let (other_uuid, other_room) = s
+        .rooms
+        .iter()
+        .find(|(uuid, r)| **uuid != parent_room && !r.name.is_empty())
+        .map(|(uuid, r)| (uuid.clone(), r.name.clone()))
+        .unwrap();
+    let parent_room_name = s.rooms[&parent_room].name.clone();
+    // the sub-controls name another room and an unknown category of their own
+    for sc in &mut s.controls[parent].sub_controls {
+        sc.room = Some(other_uuid.clone());
+        sc.category = Some("0f0f0f0f-0000-0000-ffff000000000000".into());
+    }
+    let sub_uuids: Vec<String> = s.controls[parent]
+        .sub_controls
+        .iter()
+        .filter(|sc| !sc.states.is_empty())
+        .map(|sc| sc.uuid_action.clone())
+        .collect();
+    let parent_cat = s.controls[parent]
+        .category
+        .as_ref()
+        .and_then(|c| s.categories.get(c))
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    // excluding the sub-controls' own room must not drop them
+    let filters = FilterConfig {
+        exclude_rooms: vec![other_room],
+        ..FilterConfig::default()
+    };
+    let store = StateStore::new(&filters, false).unwrap();
+    let ms = store.add_miniserver("home");
+    ms.load_structure(&s);
+    ms.apply_values(all_state_uuids(&s).into_iter().map(|u| (u, 1.0)));
+    let registry = Registry::new();
+    registry.register(store.clone());
+    let series = values_of(&registry.snapshot(), "loxone_control_value");
+    let label = |l: &[(String, String)], key: &str| {
+        l.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    for uuid in &sub_uuids {
+        let sub: Vec<_> = series
+            .iter()
+            .filter(|(l, _)| label(l, "uuid").starts_with(uuid.as_str()))
+            .collect();
+        assert!(!sub.is_empty(), "sub-control {uuid} was filtered out");
+        for (l, _) in sub {
+            assert_eq!(label(l, "room"), parent_room_name, "{l:?}");
+            assert_eq!(label(l, "category"), parent_cat, "{l:?}");
+        }
+    }
 }
 
 #[test]

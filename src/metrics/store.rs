@@ -217,12 +217,20 @@ pub fn build_table(
             }
         }
 
-        fn visit(&mut self, c: &Control, room: Option<&str>, cat: Option<&str>, parent_ok: bool) {
+        /// `parent`: the room and category a sub-control inherits (`None` for a top-level
+        /// control).
+        fn visit(
+            &mut self,
+            c: &Control,
+            parent: Option<(Option<&str>, Option<&str>)>,
+            parent_ok: bool,
+        ) {
             let control_idx = self.table.control_count as u32;
             self.table.control_count += 1;
-            // own room/category when given, else the parent's
-            let room = c.room.as_deref().or(room);
-            let cat = c.category.as_deref().or(cat);
+            // a sub-control takes its parent's room and category, its own ignored, as in the
+            // Python exporter: its series keep the same labels (an Energy Flow Monitor's
+            // meters name other rooms of their own)
+            let (room, cat) = parent.unwrap_or((c.room.as_deref(), c.category.as_deref()));
             let room_name = room
                 .and_then(|r| self.structure.room_name(r))
                 .map(str::to_string);
@@ -251,7 +259,7 @@ pub fn build_table(
             }
             let child_ok = allowed && !text_only;
             for sc in &c.sub_controls {
-                self.visit(sc, room, cat, child_ok);
+                self.visit(sc, Some((room, cat)), child_ok);
             }
         }
     }
@@ -281,7 +289,7 @@ pub fn build_table(
         .map(Arc::from),
     };
     for c in &structure.controls {
-        ctx.visit(c, None, None, true);
+        ctx.visit(c, None, true);
     }
     let mut table = ctx.table;
     // the table lives until the next structure load: no spare capacity
