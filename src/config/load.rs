@@ -931,7 +931,7 @@ fn build_filters(errs: &mut Errors, top: &Mapping) -> FilterConfig {
         let items = walk::text_list(errs, key, v);
         if globs {
             for (i, p) in items.iter().enumerate() {
-                if let Err(e) = glob::Pattern::new(p) {
+                if let Err(e) = crate::metrics::filter::name_pattern(p) {
                     errs.push(format!(
                         "{key}[{i}]: {} is not a valid glob pattern ({} at character {}; use *, ? and [...] as in shell globs)",
                         quote(p),

@@ -3,7 +3,7 @@
 //!
 //! A control passes when it matches every non-empty include list and no exclude list.
 //! Rooms, types and categories compare exactly (case-sensitive, like the original); names
-//! are shell globs (`*`, `?`, `[...]`). A control without a known room is never excluded
+//! are globs as Python's `fnmatch` reads them (`*`, `?`, `[...]`, see [`name_pattern`]). A control without a known room is never excluded
 //! by room, but fails a non-empty `include_rooms` (same for categories).
 
 use crate::config::FilterConfig;
@@ -46,11 +46,54 @@ pub struct ControlFacts<'a> {
     pub category: Option<&'a str>,
 }
 
+/// A name pattern with the meaning Python's `fnmatch` gives it (the original matched names
+/// so): `*`, `?`, `[...]` and `[!...]`, where a run of `*` is one `*` and a `[` without its
+/// `]` is a plain character. The glob crate refuses both (`**` must be a whole path
+/// component there, and an open `[` is an error), so a Python configuration would not load.
+pub fn name_pattern(pattern: &str) -> Result<glob::Pattern, glob::PatternError> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut glob = String::with_capacity(pattern.len() + 4);
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '*' => {
+                glob.push('*');
+                while chars.get(i + 1) == Some(&'*') {
+                    i += 1;
+                }
+            }
+            '[' => {
+                // fnmatch's set: an optional '!', then a ']' that is part of the set, then
+                // up to the next ']'
+                let mut end = i + 1;
+                if chars.get(end) == Some(&'!') {
+                    end += 1;
+                }
+                if chars.get(end) == Some(&']') {
+                    end += 1;
+                }
+                while chars.get(end).is_some_and(|&c| c != ']') {
+                    end += 1;
+                }
+                if end < chars.len() {
+                    glob.extend(&chars[i..=end]);
+                    i = end;
+                } else {
+                    glob.push_str("[[]");
+                }
+            }
+            c => glob.push(c),
+        }
+        i += 1;
+    }
+    glob::Pattern::new(&glob)
+}
+
 fn globs(field: &'static str, patterns: &[String]) -> Result<Vec<glob::Pattern>, FilterError> {
     patterns
         .iter()
         .map(|p| {
-            glob::Pattern::new(p).map_err(|e| FilterError {
+            name_pattern(p).map_err(|e| FilterError {
                 field,
                 pattern: p.clone(),
                 reason: e.msg.to_string(),
@@ -156,14 +199,29 @@ mod tests {
     }
 
     #[test]
-    fn bad_glob_names_field_and_pattern() {
-        let err = Filter::new(&FilterConfig {
-            exclude_names: vec!["[abc".into()],
-            ..FilterConfig::default()
-        })
-        .unwrap_err();
-        assert_eq!(err.field, "exclude_names");
-        assert_eq!(err.pattern, "[abc");
-        assert!(err.to_string().contains("not a valid glob"));
+    fn name_patterns_mean_what_python_fnmatch_makes_of_them() {
+        // (pattern, name, fnmatch.fnmatchcase(name, pattern))
+        for (pattern, name, matches) in [
+            ("Svět**", "Světlo", true),
+            ("**Svět", "Velké Svět", true),
+            ("a***", "abc", true),
+            ("[Lustr", "[Lustr", true),
+            ("[Lustr", "L", false),
+            ("*[*", "a[b", true),
+            ("*[*", "ab", false),
+            ("[]]x", "]x", true),
+            ("[!]]x", "ax", true),
+            ("[!]]x", "]x", false),
+            ("[]", "[]", true),
+            ("[!", "[!", true),
+            ("L[aeiou]mp?", "Lamp1", true),
+            ("L[!aeiou]mp", "Lamp", false),
+            ("lamp*", "Lamp", false),
+            ("a\\b*", "a\\bc", true),
+            ("*/*", "in/out", true),
+        ] {
+            let p = name_pattern(pattern).unwrap_or_else(|e| panic!("{pattern}: {e}"));
+            assert_eq!(p.matches(name), matches, "{pattern:?} on {name:?}");
+        }
     }
 }
