@@ -5,8 +5,10 @@
 //! Parsing is tolerant: unknown keys and types are ignored, `defaultRating` may be a string,
 //! `room`/`cat` may be missing, a state may be a UUID or an ARRAY of UUIDs, and a state value
 //! that is not a UUID is skipped (counted in [`Structure::skipped_state_refs`]) rather than
-//! failing the whole file. A field of an unexpected JSON type reads as absent; duplicate keys
-//! keep the last value. Only a document that is not JSON (including bad UTF-8), whose top
+//! failing the whole file. A field of an unexpected JSON type reads as absent; a field given
+//! twice keeps its last value, but a control or state name given twice in `controls` or
+//! `states` is kept twice (Loxone never writes one; the state store then exports the first).
+//! Only a document that is not JSON (including bad UTF-8), whose top
 //! level or `controls` is not an object, or that nests deeper than serde_json's recursion
 //! limit, is an error. Sub-controls nested deeper than [`MAX_DEPTH`] are ignored.
 //!
