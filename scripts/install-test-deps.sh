@@ -35,12 +35,15 @@ fi
 # them without a change here. Bump deliberately, and run scripts/test.sh after.
 pkgs=(rotel==0.0.1a15 loxwebsocket==0.6.0 opentelemetry-proto==1.45.2 protobuf==7.36.2
   grpcio==1.85.1)
+# Their own dependencies (aiohttp, pycryptodome, ...) are pinned by the constraints file.
+constraints="$(dirname "$0")/test-constraints.txt"
+wanted="${pkgs[*]} $(sha256sum "$constraints" | cut -d' ' -f1)"
 pins="$venv/.pinned"
-if [ "$(cat "$pins" 2>/dev/null)" != "${pkgs[*]}" ] ||
+if [ "$(cat "$pins" 2>/dev/null)" != "$wanted" ] ||
   ! "$venv/bin/python" -c 'import rotel, loxwebsocket, opentelemetry.proto, google.protobuf, grpc' 2>/dev/null; then
-  echo "installing PyPI packages: ${pkgs[*]}"
-  "$venv/bin/pip" install -q "${pkgs[@]}"
-  echo "${pkgs[*]}" >"$pins"
+  echo "installing PyPI packages: ${pkgs[*]} (constraints: $constraints)"
+  "$venv/bin/pip" install -q -c "$constraints" "${pkgs[@]}"
+  echo "$wanted" >"$pins"
 fi
 rotel=$("$venv/bin/python" -c 'import rotel,os;print(os.path.join(os.path.dirname(rotel.__file__),"rotel-agent"))')
 
