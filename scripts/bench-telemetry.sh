@@ -112,6 +112,7 @@ run_mode() { # mode round
         "$BIN" --web.listen-address "127.0.0.1:$port" --log.level warning \
         >"$WORK/exporter-$mode-$round.log" 2>&1) &
     pid=$!
+    PIDS+=("$pid") # ended by cleanup too if a step below fails
     wait_port "$port"
     for _ in $(seq 100); do
         curl -sf "http://127.0.0.1:$port/metrics" | grep -q '^loxone_control_value' && break
@@ -121,6 +122,7 @@ run_mode() { # mode round
     # a Prometheus-like scrape once per second during the CPU window
     ( while sleep 1; do curl -sf -o /dev/null "http://127.0.0.1:$port/metrics" || true; done ) &
     local scraper=$!
+    PIDS+=("$scraper")
     c0=$(cpu_ns "$pid"); k0=$(cpu_ticks "$pid"); e0=$(telemetry_ns "$pid"); t0=$(date +%s.%N)
     sleep "$DURATION"
     c1=$(cpu_ns "$pid"); k1=$(cpu_ticks "$pid"); e1=$(telemetry_ns "$pid"); t1=$(date +%s.%N)
