@@ -137,6 +137,12 @@ const EXPORT_PAUSE: Duration = Duration::from_millis(300);
 
 fn export_to_rotel(c: &mut Criterion) {
     let Some(rotel) = rotel_path() else {
+        // CI runs the benches once as tests: there a missing collector is a failure
+        let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !in_ci,
+            "LOXEXP_ROTEL not set or missing with CI=true (source .test-env/env)"
+        );
         eprintln!(
             "NOTE: LOXEXP_ROTEL not set: skipping the export benchmark (source .test-env/env)"
         );
