@@ -12,7 +12,6 @@
 //!
 //! Does not: decide the settings (see `settings`), format logs (see `json`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -309,6 +308,8 @@ impl SpanExporter for ConsoleExporter {
 #[derive(Debug)]
 struct ReqwestHttpClient {
     client: reqwest::Client,
+    /// The headers the settings chose (values marked sensitive).
+    headers: http::HeaderMap,
 }
 
 #[async_trait::async_trait]
@@ -317,7 +318,19 @@ impl HttpClient for ReqwestHttpClient {
         &self,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, HttpError> {
-        let request = reqwest::Request::try_from(request)?;
+        let (mut parts, body) = request.into_parts();
+        // The exporter adds OTEL_EXPORTER_OTLP_[TRACES_]HEADERS from the environment on
+        // top of what it was given; the settings have applied the documented precedence
+        // already (a file's header outranks the variable), so only the body's own headers
+        // are kept from the exporter's.
+        let mut headers = self.headers.clone();
+        for name in [http::header::CONTENT_TYPE, http::header::CONTENT_ENCODING] {
+            if let Some(value) = parts.headers.get(&name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        parts.headers = headers;
+        let request = reqwest::Request::try_from(http::Request::from_parts(parts, body))?;
         let mut response = self.client.execute(request).await?;
         let mut builder = http::Response::builder().status(response.status());
         for (k, v) in response.headers() {
@@ -425,10 +438,16 @@ fn grpc_exporter(
         })?;
         metadata.append(key, value);
     }
+    // Set in an interceptor, which runs after the exporter has added
+    // OTEL_EXPORTER_OTLP_[TRACES_]HEADERS from the environment on top of its metadata: the
+    // settings have applied the documented precedence already, so theirs replace it all.
     let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_channel(channel)
-        .with_metadata(metadata)
+        .with_interceptor(move |mut req: tonic::Request<()>| {
+            *req.metadata_mut() = metadata.clone();
+            Ok(req)
+        })
         .with_timeout(target.timeout)
         .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
     if target.compression == OtlpCompression::Gzip {
@@ -449,17 +468,28 @@ fn http_exporter(
     let client = http_client(target.timeout, files).map_err(TelemetryError::Exporter)?;
     reqwest::Url::parse(&endpoint)
         .map_err(|e| TelemetryError::Exporter(format!("invalid OTLP traces endpoint: {e}")))?;
-    let headers: HashMap<String, String> = target
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.expose().to_string()))
-        .collect();
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &target.headers {
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+            // checked when the settings are read; the name is not shown (it may hold a
+            // value typed after a ':')
+            TelemetryError::Exporter("an OTLP traces header name is not valid".into())
+        })?;
+        let mut value = http::HeaderValue::from_str(value.expose()).map_err(|_| {
+            TelemetryError::Exporter(format!(
+                "OTLP traces header {name:?}: value is not a valid header value"
+            ))
+        })?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_http_client(ReqwestHttpClient { client })
-        .with_endpoint(target.endpoint.clone())
+        .with_http_client(ReqwestHttpClient { client, headers })
+        // the https:// form when tls.enabled upgraded an http:// endpoint: the headers
+        // (the metrics collector's credentials) never go out in clear text
+        .with_endpoint(endpoint)
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_headers(headers)
         .with_timeout(target.timeout)
         .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
     if target.compression == OtlpCompression::Gzip {
