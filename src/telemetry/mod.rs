@@ -13,7 +13,7 @@
 //! | span | where | children / events |
 //! |---|---|---|
 //! | `miniserver.session` (`miniserver`) | one per connection attempt, until the session ends | `miniserver.connect`, `miniserver.key_exchange`, `miniserver.authenticate`, `miniserver.structure`; log lines as events; `error.kind` and status ERROR when it ends in failure |
-//! | `otlp.export` | one per scheduled export, including its retries | one `otlp.attempt` child per try (`otlp.attempt` number), event `otlp.retry_scheduled` (`delay_s`, `reason`) when a retry is planned; every request of the try carries the try's `traceparent` |
+//! | `otlp.export` | one per scheduled export, including its retries | one `otlp.attempt` child per try (`otlp.attempt` number), event `otlp.retry` (`otlp.retry_in_s`, and `otlp.attempt`: the next try's number) when a retry is planned; every request of the try carries the try's `traceparent` |
 //! | `http.scrape` (`http.route`) | each `/metrics` request | continues the caller's trace when the request has a `traceparent` |
 //!
 //! Only this crate's spans at `info` and above become OpenTelemetry spans, whatever the
@@ -257,7 +257,7 @@ pub fn build(
     options: &TelemetryOptions<'_>,
     writer: BoxMakeWriter,
 ) -> Result<(tracing::Dispatch, TelemetryGuard), TelemetryError> {
-    let settings = settings::resolve(options.otlp, options.env);
+    let mut settings = settings::resolve(options.otlp, options.env);
     let slot = json::DispatchSlot::default();
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![log_layer(
         options.log_level,
@@ -265,12 +265,27 @@ pub fn build(
         writer,
         slot.clone(),
     )];
-    let pipeline = if settings.traces_enabled() {
-        let p = pipeline::build(
+    let built = settings.traces_enabled().then(|| {
+        pipeline::build(
             &settings,
             resource(options.otlp, options.instance_id.clone()),
             &TelemetryStats::global(),
-        )?;
+        )
+    });
+    let pipeline = match built {
+        // a traces exporter that cannot be built (a missing certificate file in an
+        // OTEL_EXPORTER_OTLP_TRACES_* variable, ...) turns traces off, not the daemon
+        Some(Err(e)) => {
+            settings
+                .warnings
+                .push(format!("self-telemetry traces are off: {e}"));
+            settings.sinks.clear();
+            None
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    let pipeline = if let Some(p) = pipeline {
         let tracer = p.provider.tracer(TRACER_NAME);
         layers.push(
             tracing_opentelemetry::layer()
@@ -374,6 +389,29 @@ mod tests {
         let enabled = guard.traces_enabled();
         guard.shutdown(Duration::from_millis(500));
         (lines(&buf), traceparent, enabled)
+    }
+
+    #[test]
+    fn a_traces_exporter_that_cannot_be_built_turns_traces_off_not_the_daemon() {
+        let env = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some("https://127.0.0.1:1/v1/traces".into()),
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE" => Some("/nonexistent/ca.pem".into()),
+            _ => None,
+        };
+        let otlp = OtlpConfig::default();
+        let options = TelemetryOptions {
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Json,
+            otlp: &otlp,
+            instance_id: "h:1".into(),
+            env: &env,
+        };
+        // it was an error, and the daemon exited 2 while `check` said OK
+        let (_, guard) = build(&options, BoxMakeWriter::new(std::io::sink)).unwrap();
+        assert!(!guard.traces_enabled());
+        let warned = guard.settings.warnings.join("\n");
+        assert!(warned.contains("self-telemetry traces are off"), "{warned}");
+        assert!(warned.contains("/nonexistent/ca.pem"), "{warned}");
     }
 
     #[test]

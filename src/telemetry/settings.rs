@@ -255,6 +255,9 @@ fn parse_sampler(
     }
 }
 
+/// Largest span queue: about 10 MB of finished spans at the most.
+const MAX_QUEUE_SIZE: usize = 65_536;
+
 fn parse_usize(
     env: &dyn Fn(&str) -> Option<String>,
     name: &str,
@@ -327,7 +330,15 @@ pub fn resolve(metrics: &OtlpConfig, env: &dyn Fn(&str) -> Option<String>) -> Te
     }
     let mut warnings = Vec::new();
     let sampler = parse_sampler(env, &mut warnings);
-    let max_queue_size = parse_usize(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048, &mut warnings);
+    let mut max_queue_size = parse_usize(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048, &mut warnings);
+    if max_queue_size > MAX_QUEUE_SIZE {
+        // the batch processor reserves every slot up front: 100 million would abort the
+        // process at start
+        warnings.push(format!(
+            "OTEL_BSP_MAX_QUEUE_SIZE={max_queue_size} is more than {MAX_QUEUE_SIZE} spans; using {MAX_QUEUE_SIZE}"
+        ));
+        max_queue_size = MAX_QUEUE_SIZE;
+    }
     let max_export_batch_size =
         parse_usize(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, &mut warnings).min(max_queue_size);
     let schedule_delay =
@@ -785,5 +796,9 @@ mod tests {
         assert_eq!(s.max_queue_size, 100);
         assert_eq!(s.max_export_batch_size, 100);
         assert_eq!(s.schedule_delay, Duration::from_millis(250));
+        // reserved up front by the batch processor: a huge queue would abort the start
+        let s = resolve(&m, &env(&[("OTEL_BSP_MAX_QUEUE_SIZE", "100000000")]));
+        assert_eq!(s.max_queue_size, MAX_QUEUE_SIZE);
+        assert!(s.warnings[0].contains("OTEL_BSP_MAX_QUEUE_SIZE=100000000"));
     }
 }
