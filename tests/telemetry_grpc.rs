@@ -88,7 +88,7 @@ fn exported_traceparents(disabled: bool) -> Vec<Option<String>> {
                         MetricsServiceServer::new(recorder.clone())
                             .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
                     )
-                    .serve_with_incoming(tokio_stream_from(listener)),
+                    .serve_with_incoming(common::accepted(listener)),
             );
             let registry = Arc::new(Registry::new());
             registry.register(TestCollector::new());
@@ -114,15 +114,6 @@ fn exported_traceparents(disabled: bool) -> Vec<Option<String>> {
     guard.shutdown(Duration::from_secs(1));
     let got = recorder.0.lock().unwrap().clone();
     got
-}
-
-fn tokio_stream_from(
-    listener: tokio::net::TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| s);
-        Some((r, l))
-    })
 }
 
 #[test]

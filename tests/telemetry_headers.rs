@@ -6,6 +6,8 @@
 //!
 //! One test in this binary: it sets a process environment variable.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -182,7 +184,7 @@ fn traces_keep_the_configured_headers_and_tls() {
     rt.spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(recorder.clone()))
-            .serve_with_incoming(tokio_stream_of(listener)),
+            .serve_with_incoming(common::accepted(listener)),
     );
     export_one_span(&config(
         format!("http://127.0.0.1:{port}"),
@@ -191,14 +193,4 @@ fn traces_keep_the_configured_headers_and_tls() {
     let seen = recorder.0.lock().unwrap().clone();
     assert!(!seen.is_empty(), "no trace export arrived");
     assert!(seen.iter().all(|a| a == FROM_FILE), "{seen:?}");
-}
-
-/// The accepted connections of `listener` as the stream tonic's server takes.
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(s, _)| s);
-        Some((accepted, listener))
-    })
 }

@@ -365,9 +365,11 @@ mod tests {
             .collect()
     }
 
-    fn run(env: &dyn Fn(&str) -> Option<String>) -> (Vec<serde_json::Value>, Option<String>, bool) {
-        let buf = Buf::default();
-        let w = buf.clone();
+    /// Self-telemetry at `info`, OTLP metrics export off, `env` for the variables.
+    fn build_with(
+        env: &dyn Fn(&str) -> Option<String>,
+        writer: BoxMakeWriter,
+    ) -> Result<(tracing::Dispatch, TelemetryGuard), TelemetryError> {
         let otlp = OtlpConfig::default();
         let options = TelemetryOptions {
             log_level: LogLevel::Info,
@@ -376,7 +378,13 @@ mod tests {
             instance_id: "h:1".into(),
             env,
         };
-        let (dispatch, guard) = build(&options, BoxMakeWriter::new(move || w.clone())).unwrap();
+        build(&options, writer)
+    }
+
+    fn run(env: &dyn Fn(&str) -> Option<String>) -> (Vec<serde_json::Value>, Option<String>, bool) {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let (dispatch, guard) = build_with(env, BoxMakeWriter::new(move || w.clone())).unwrap();
         let traceparent = tracing::dispatcher::with_default(&dispatch, || {
             let span = tracing::info_span!("unit.span");
             let tp = span.in_scope(|| {
@@ -398,16 +406,8 @@ mod tests {
             "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE" => Some("/nonexistent/ca.pem".into()),
             _ => None,
         };
-        let otlp = OtlpConfig::default();
-        let options = TelemetryOptions {
-            log_level: LogLevel::Info,
-            log_format: LogFormat::Json,
-            otlp: &otlp,
-            instance_id: "h:1".into(),
-            env: &env,
-        };
         // it was an error, and the daemon exited 2 while `check` said OK
-        let (_, guard) = build(&options, BoxMakeWriter::new(std::io::sink)).unwrap();
+        let (_, guard) = build_with(&env, BoxMakeWriter::new(std::io::sink)).unwrap();
         assert!(!guard.traces_enabled());
         let warned = guard.settings.warnings.join("\n");
         assert!(warned.contains("self-telemetry traces are off"), "{warned}");

@@ -99,3 +99,14 @@ pub fn content_length(head: &str) -> Option<usize> {
             .and_then(|v| v.trim().parse().ok())
     })
 }
+
+/// The connections `listener` accepts, as the stream tonic's `serve_with_incoming` takes
+/// (a test collector on a port bound beforehand).
+pub fn accepted(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| s);
+        Some((accepted, listener))
+    })
+}
