@@ -37,7 +37,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
 use crate::otlp::quickack::QuickAckConnector;
-use crate::secret::MASK;
+use crate::secret::{Secret, MASK};
 
 /// Longest server hint (Retry-After, RetryInfo) we honour; longer ones are capped.
 pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(600);
@@ -404,21 +404,7 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
             }
         })
         .collect();
-    let mut metadata = MetadataMap::new();
-    for (name, value) in &config.headers {
-        let lower = name.trim().to_ascii_lowercase();
-        let key =
-            MetadataKey::from_bytes(lower.as_bytes()).map_err(|_| TransportError::Header {
-                name: name.clone(),
-                problem: "not a valid gRPC metadata key",
-            })?;
-        let value =
-            MetadataValue::try_from(value.expose()).map_err(|_| TransportError::Header {
-                name: name.clone(),
-                problem: "value is not printable ASCII",
-            })?;
-        metadata.append(key, value);
-    }
+    let metadata = grpc_metadata(&config.headers).map_err(|bad| bad.named(&config.headers))?;
     Ok(Inner::Grpc {
         clients,
         next: std::sync::atomic::AtomicUsize::new(0),
@@ -429,24 +415,7 @@ fn grpc(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
 fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
     let (_, endpoint) = tls_endpoint(config);
     let client = http_client(config.timeout, files).map_err(TransportError::Client)?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    for (name, value) in &config.headers {
-        let key =
-            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                TransportError::Header {
-                    name: name.clone(),
-                    problem: "not a valid HTTP header name",
-                }
-            })?;
-        let mut value = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
-            TransportError::Header {
-                name: name.clone(),
-                problem: "value is not a valid HTTP header value",
-            }
-        })?;
-        value.set_sensitive(true);
-        headers.append(key, value);
-    }
+    let headers = http_headers(&config.headers).map_err(|bad| bad.named(&config.headers))?;
     let url =
         reqwest::Url::parse(&endpoint).map_err(|e| TransportError::Endpoint(e.to_string()))?;
     Ok(Inner::Http {
@@ -455,6 +424,69 @@ fn http(config: &OtlpConfig, files: TlsFiles) -> Result<Inner, TransportError> {
         headers,
         gzip: config.compression == OtlpCompression::Gzip,
     })
+}
+
+/// A configured header that cannot be sent: which one, and what is wrong with its name or
+/// its value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BadHeader {
+    /// Its index in the list.
+    pub index: usize,
+    /// The value is at fault (else the name).
+    pub in_value: bool,
+    /// What is wrong.
+    pub problem: &'static str,
+}
+
+impl BadHeader {
+    /// As a [`TransportError`] naming the header (never its value).
+    fn named(self, headers: &[(String, Secret)]) -> TransportError {
+        TransportError::Header {
+            name: headers[self.index].0.clone(),
+            problem: self.problem,
+        }
+    }
+}
+
+/// The configured headers as gRPC metadata: names lowercased (gRPC metadata keys are),
+/// shared by the metrics transport and the traces exporter.
+pub(crate) fn grpc_metadata(headers: &[(String, Secret)]) -> Result<MetadataMap, BadHeader> {
+    let mut metadata = MetadataMap::new();
+    for (index, (name, value)) in headers.iter().enumerate() {
+        let bad = |in_value, problem| BadHeader {
+            index,
+            in_value,
+            problem,
+        };
+        let key = MetadataKey::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+            .map_err(|_| bad(false, "not a valid gRPC metadata key"))?;
+        let value = MetadataValue::try_from(value.expose())
+            .map_err(|_| bad(true, "value is not printable ASCII"))?;
+        metadata.append(key, value);
+    }
+    Ok(metadata)
+}
+
+/// The configured headers as HTTP headers, values marked sensitive (never logged by the
+/// HTTP stack); shared by the metrics transport and the traces exporter.
+pub(crate) fn http_headers(
+    headers: &[(String, Secret)],
+) -> Result<reqwest::header::HeaderMap, BadHeader> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (index, (name, value)) in headers.iter().enumerate() {
+        let bad = |in_value, problem| BadHeader {
+            index,
+            in_value,
+            problem,
+        };
+        let key = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| bad(false, "not a valid HTTP header name"))?;
+        let mut value = reqwest::header::HeaderValue::from_str(value.expose())
+            .map_err(|_| bad(true, "value is not a valid HTTP header value"))?;
+        value.set_sensitive(true);
+        map.append(key, value);
+    }
+    Ok(map)
 }
 
 /// The gRPC method the generated client calls.

@@ -27,7 +27,6 @@ use opentelemetry_sdk::trace::{
     SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::settings::{SamplerSetting, SpanSink, TelemetrySettings, TracesTarget};
@@ -36,7 +35,8 @@ use crate::config::{OtlpCompression, OtlpProtocol};
 use crate::metrics::model::{Family, LabelSet, MetricKind, Sample};
 use crate::metrics::Collector;
 use crate::otlp::transport::{
-    error_chain, http_client, read_body_capped, sanitize, tls_url, TlsFiles, MAX_RESPONSE_BYTES,
+    error_chain, grpc_metadata, http_client, http_headers, read_body_capped, sanitize, tls_url,
+    BadHeader, TlsFiles, MAX_RESPONSE_BYTES,
 };
 
 /// Counters of the span pipeline, exposed by [`TelemetryCollector`].
@@ -421,23 +421,7 @@ fn grpc_exporter(
         let _enter = runtime.enter();
         ep.connect_lazy()
     };
-    let mut metadata = MetadataMap::new();
-    for (name, value) in &target.headers {
-        let key =
-            MetadataKey::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).map_err(|_| {
-                // names are checked when the settings are read; this is a last guard, and
-                // it does not show the name, which may hold a value typed after a ':'
-                TelemetryError::Exporter(
-                    "an OTLP traces header name is not a valid gRPC metadata key".into(),
-                )
-            })?;
-        let value = MetadataValue::try_from(value.expose()).map_err(|_| {
-            TelemetryError::Exporter(format!(
-                "OTLP traces header {name:?}: value is not printable ASCII"
-            ))
-        })?;
-        metadata.append(key, value);
-    }
+    let metadata = grpc_metadata(&target.headers).map_err(|bad| bad_header(target, bad))?;
     // Set in an interceptor, which runs after the exporter has added
     // OTEL_EXPORTER_OTLP_[TRACES_]HEADERS from the environment on top of its metadata: the
     // settings have applied the documented precedence already, so theirs replace it all.
@@ -459,6 +443,20 @@ fn grpc_exporter(
         .map_err(|e| TelemetryError::Exporter(e.to_string()))
 }
 
+/// A traces header that cannot be sent. Names are checked when the settings are read, so
+/// this is a last guard; it does not show a bad name, which may hold a value typed after a
+/// ':'.
+fn bad_header(target: &TracesTarget, bad: BadHeader) -> TelemetryError {
+    TelemetryError::Exporter(if bad.in_value {
+        format!(
+            "OTLP traces header {:?}: {}",
+            target.headers[bad.index].0, bad.problem
+        )
+    } else {
+        format!("an OTLP traces header name is {}", bad.problem)
+    })
+}
+
 fn http_exporter(
     target: &TracesTarget,
 ) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
@@ -468,21 +466,7 @@ fn http_exporter(
     let client = http_client(target.timeout, files).map_err(TelemetryError::Exporter)?;
     reqwest::Url::parse(&endpoint)
         .map_err(|e| TelemetryError::Exporter(format!("invalid OTLP traces endpoint: {e}")))?;
-    let mut headers = http::HeaderMap::new();
-    for (name, value) in &target.headers {
-        let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-            // checked when the settings are read; the name is not shown (it may hold a
-            // value typed after a ':')
-            TelemetryError::Exporter("an OTLP traces header name is not valid".into())
-        })?;
-        let mut value = http::HeaderValue::from_str(value.expose()).map_err(|_| {
-            TelemetryError::Exporter(format!(
-                "OTLP traces header {name:?}: value is not a valid header value"
-            ))
-        })?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
+    let headers = http_headers(&target.headers).map_err(|bad| bad_header(target, bad))?;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(ReqwestHttpClient { client, headers })
