@@ -534,29 +534,25 @@ impl<T: Transport> Session<'_, T> {
         // megabytes). Each payload announced meanwhile adds the time it needs at the slowest
         // rate we accept, while its bytes keep coming, as for the structure download.
         let mut payload_credit = Duration::ZERO;
-        let deadline = |session: &Self, credit: Duration| {
-            session.while_bytes_come(
-                sent,
-                sent + after + credit + session.announced_payload_time(),
-            )
-        };
         // a text that is no LL answer is skipped (it may be something unsolicited), but when
         // no answer follows, the error says what came instead of "no answer"
         let mut unreadable = None;
         loop {
-            let received =
-                match timeout_at(deadline(self, payload_credit), self.transport.recv()).await {
-                    Ok(received) => received?,
-                    // a header came after the deadline was set: wait on (recv is cancel-safe)
-                    Err(_) if deadline(self, payload_credit) > Instant::now() => continue,
-                    Err(_) => {
-                        return Err(match unreadable {
-                            Some(reason) => SessionError::Unreadable { what, reason },
-                            None => SessionError::Timeout { what, after },
-                        }
-                        .into())
-                    }
-                };
+            let credit = payload_credit;
+            let deadline = move |session: &Self| {
+                session.while_bytes_come(
+                    sent,
+                    sent + after + credit + session.announced_payload_time(),
+                )
+            };
+            let Some(received) = self.recv_by(deadline).await else {
+                return Err(match unreadable {
+                    Some(reason) => SessionError::Unreadable { what, reason },
+                    None => SessionError::Timeout { what, after },
+                }
+                .into());
+            };
+            let received = received?;
             let announced = self.announced_payload_time();
             let text = self.on_received(received)?;
             if self.framer.pending().is_none() {
@@ -860,20 +856,12 @@ impl<T: Transport> Session<'_, T> {
             // slowest rate we accept: a big file on a slow link is not cut off and
             // downloaded again forever. Recomputed per message: the header comes first.
             let after = self.options.structure_timeout + self.announced_payload_time();
-            let received = match timeout_at(
-                self.structure_deadline(started, after),
-                self.transport.recv(),
-            )
-            .await
-            {
-                Ok(received) => received?,
-                // bytes came after the deadline was set: wait on (recv is cancel-safe)
-                Err(_) if self.structure_deadline(started, after) > Instant::now() => continue,
-                Err(_) => {
-                    let after = Duration::from_secs(started.elapsed().as_secs());
-                    return Err(SessionError::Timeout { what: WHAT, after }.into());
-                }
+            let deadline = move |session: &Self| session.structure_deadline(started, after);
+            let Some(received) = self.recv_by(deadline).await else {
+                let after = Duration::from_secs(started.elapsed().as_secs());
+                return Err(SessionError::Timeout { what: WHAT, after }.into());
             };
+            let received = received?;
             let Some(text) = self.on_received(received)? else {
                 continue;
             };
@@ -890,6 +878,22 @@ impl<T: Transport> Session<'_, T> {
                     .into())
                 }
                 _ => self.stats.unsolicited += 1,
+            }
+        }
+    }
+
+    /// The next message, waiting until `deadline(self)`, asked again when it passes: the
+    /// bytes of a long message still coming in move it. `None` once it has passed. (Waiting
+    /// again loses nothing: `recv` is cancel-safe.)
+    async fn recv_by(
+        &mut self,
+        deadline: impl Fn(&Self) -> Instant,
+    ) -> Option<Result<Received, TransportError>> {
+        loop {
+            match timeout_at(deadline(self), self.transport.recv()).await {
+                Ok(received) => return Some(received),
+                Err(_) if deadline(self) > Instant::now() => continue,
+                Err(_) => return None,
             }
         }
     }
