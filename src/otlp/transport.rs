@@ -808,21 +808,12 @@ fn connection_lost(status: &tonic::Status) -> bool {
                 | ErrorKind::NotConnected
         )
     };
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if broken(io.kind()) {
-                return true;
-            }
-        }
-        if let Some(io) = e.downcast_ref::<h2::Error>().and_then(h2::Error::get_io) {
-            if broken(io.kind()) {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
+    causes(status).any(|e| {
+        let io = e
+            .downcast_ref::<std::io::Error>()
+            .or_else(|| e.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        io.is_some_and(|io| broken(io.kind()))
+    })
 }
 
 /// True when HTTP/2 says the collector never processed the request, whatever gRPC code the
@@ -830,15 +821,17 @@ fn connection_lost(status: &tonic::Status) -> bool {
 /// gracefully or a proxy closing connections at their maximum age, while an export was in
 /// flight. gRPC clients treat these as UNAVAILABLE, so they are retried.
 fn never_processed(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
-                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = e.source();
-    }
-    false
+    causes(status)
+        .find_map(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        })
+}
+
+/// The errors under a status, outermost first.
+fn causes(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(status), |e| e.source())
 }
 
 /// True for tonic's message about an answer without `grpc-status` whose HTTP status is what
