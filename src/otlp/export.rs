@@ -14,9 +14,11 @@
 //! - FAILED after 10 consecutive failures or one non-retryable failure; from FAILED only the
 //!   scheduled ticks try again, and the first success returns to IDLE;
 //! - on shutdown the pending wait (or an in-flight attempt) is cut short and one final
-//!   export runs within the configured timeout, but at most [`FINAL_EXPORT_BUDGET`]: the
-//!   process is gone within 2 s of SIGTERM (`app::SHUTDOWN_GRACE`), and the final export's
-//!   outcome is logged either way.
+//!   export runs within the configured timeout, but at most [`FINAL_EXPORT_BUDGET`] after
+//!   the signal: the process is gone within 2 s of SIGTERM (`app::SHUTDOWN_GRACE`), and the
+//!   final export's outcome is logged either way. It too waits for a server hint, and is
+//!   skipped (with a log line) when the hint ends after the budget; a failed final export
+//!   leaves the state FAILED, as no retry follows.
 //!
 //! Does not: convert (see `convert`) or talk to the network (see `transport`).
 
@@ -119,6 +121,9 @@ pub struct SendTally {
     pub accepted_points: u64,
     /// Data points the collector rejected in partially successful requests.
     pub rejected_points: i64,
+    /// The collector's message of the last partially successful request, kept even when
+    /// another request of the attempt failed (the outcome then says only the failure).
+    pub partial_message: Option<String>,
     /// The outcome of the attempt: the worst of the requests' outcomes (drop, then retry
     /// with the longest server delay, then partial success, then sent).
     pub outcome: ExportOutcome,
@@ -136,6 +141,7 @@ pub async fn send_requests<S: MetricsSink>(
     let mut tally = SendTally {
         accepted_points: 0,
         rejected_points: 0,
+        partial_message: None,
         outcome: ExportOutcome::Sent,
     };
     let mut pending = requests.into_iter();
@@ -167,6 +173,7 @@ pub async fn send_requests<S: MetricsSink>(
                 let rejected = rejected.clamp(0, i64::try_from(points).unwrap_or(i64::MAX));
                 tally.accepted_points += points as u64;
                 tally.rejected_points += rejected;
+                tally.partial_message = Some(message.clone());
                 ExportOutcome::PartialSuccess { rejected, message }
             }
             failure @ (ExportOutcome::Retry { .. } | ExportOutcome::Drop { .. }) => failure,
@@ -226,6 +233,8 @@ pub struct ExportLoop<S: MetricsSink> {
     partial_log: PartialSuccessLog,
     /// Points the previous conversion left out as too large (logged when it changes).
     last_oversized: usize,
+    /// FAILED was entered and no export has succeeded since: only scheduled ticks try.
+    failed: bool,
 }
 
 impl<S: MetricsSink> ExportLoop<S> {
@@ -259,11 +268,23 @@ impl<S: MetricsSink> ExportLoop<S> {
             failure_log: FailureLog::default(),
             partial_log: PartialSuccessLog::default(),
             last_oversized: 0,
+            failed: false,
         })
     }
 
     /// Runs until `shutdown` is cancelled, then does the final export.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        // When the shutdown came. The final export's budget counts from then, not from
+        // when this task sees it: an attempt busy with a big snapshot (no await point)
+        // notices late, and `app::SHUTDOWN_GRACE` runs from the signal.
+        let cancelled_at = Arc::new(std::sync::OnceLock::new());
+        let watcher = tokio::spawn({
+            let (shutdown, cancelled_at) = (shutdown.clone(), Arc::clone(&cancelled_at));
+            async move {
+                shutdown.cancelled().await;
+                let _ = cancelled_at.set(Instant::now());
+            }
+        });
         self.set_state(ExportState::Idle);
         let mut next_tick = Instant::now();
         let mut retry_at: Option<Instant> = None;
@@ -332,36 +353,70 @@ impl<S: MetricsSink> ExportLoop<S> {
             }
         }
         drop(export_span);
-        self.final_export()
+        let _ = watcher.await;
+        let cancelled_at = cancelled_at.get().copied().unwrap_or_else(Instant::now);
+        self.final_export(cancelled_at)
             .instrument(tracing::info_span!("otlp.export", otlp.final_export = true))
             .await;
     }
 
-    async fn final_export(&mut self) {
-        let limit = if self.timeout.is_zero() {
+    /// The export on shutdown: within the export timeout, at most [`FINAL_EXPORT_BUDGET`]
+    /// after `cancelled_at`, and never before a server's Retry-After / RetryInfo.
+    async fn final_export(&mut self, cancelled_at: Instant) {
+        let budget = if self.timeout.is_zero() {
             FINAL_EXPORT_BUDGET
         } else {
             self.timeout.min(FINAL_EXPORT_BUDGET)
         };
-        let outcome = match tokio::time::timeout(limit, self.attempt()).await {
+        let deadline = cancelled_at + budget;
+        if let Some(not_before) = self.not_before {
+            if not_before >= deadline {
+                let wait = not_before.saturating_duration_since(Instant::now());
+                tracing::warn!(
+                    retry_after_s = wait.as_secs_f64(),
+                    "final OTLP export on shutdown skipped: the collector asked to wait longer than the shutdown allows"
+                );
+                return;
+            }
+            tokio::time::sleep_until(not_before).await;
+        }
+        let started = Instant::now();
+        if started >= deadline {
+            tracing::warn!(
+                budget_s = budget.as_secs_f64(),
+                "final OTLP export on shutdown skipped: the shutdown budget was used up by the export in flight"
+            );
+            return;
+        }
+        let outcome = match tokio::time::timeout_at(deadline, self.attempt()).await {
             Ok(o) => o,
-            Err(_) => ExportOutcome::Retry {
-                after: None,
-                reason: format!("final export timed out after {limit:?} (shutdown)"),
-            },
+            Err(_) => {
+                // `attempt` observes only the attempts it finishes
+                let elapsed = started.elapsed().as_secs_f64();
+                self.stats.observe_duration(elapsed);
+                self.health
+                    .update(|s| s.last_duration_seconds = Some(elapsed));
+                ExportOutcome::Retry {
+                    after: None,
+                    reason: format!("final export timed out after {budget:?} (shutdown)"),
+                }
+            }
         };
-        match &outcome {
+        match outcome {
             ExportOutcome::Sent | ExportOutcome::PartialSuccess { .. } => {
                 tracing::info!("final OTLP export on shutdown sent");
+                let far = Instant::now();
+                self.record(outcome, far);
             }
             ExportOutcome::Retry { reason, .. } | ExportOutcome::Drop { reason } => {
                 tracing::warn!(error = %reason, "final OTLP export on shutdown not delivered");
-                // no retry follows: keep `record` from logging "will retry" as well
-                self.failure_log.quiet_after(reason);
+                // No retry follows: FAILED, not RETRYING, and no second log line.
+                self.failure_log.quiet_after(&reason);
+                self.backoff.fail((self.random)());
+                let failures = self.backoff.failures();
+                self.fail(ExportState::Failed, failures, reason);
             }
         }
-        let far = Instant::now();
-        self.record(outcome, far);
     }
 
     /// One export attempt: fresh snapshot, convert, send the requests (up to
@@ -399,6 +454,12 @@ impl<S: MetricsSink> ExportLoop<S> {
         self.stats.add_rejected(rejected);
         self.health
             .update(|s| s.last_duration_seconds = Some(elapsed));
+        if let (Some(message), ExportOutcome::Retry { .. } | ExportOutcome::Drop { .. }) =
+            (&tally.partial_message, &tally.outcome)
+        {
+            // counted above; the failure's outcome below does not carry the message
+            self.log_partial_success(rejected_total, message);
+        }
         match tally.outcome {
             ExportOutcome::Sent => {
                 self.converter.acknowledge(conversion.generation);
@@ -422,17 +483,14 @@ impl<S: MetricsSink> ExportLoop<S> {
         match outcome {
             ExportOutcome::Sent | ExportOutcome::PartialSuccess { .. } => {
                 if let ExportOutcome::PartialSuccess { rejected, message } = &outcome {
-                    if self.partial_log.warn(message, now) {
-                        tracing::warn!(rejected, collector_message = %message, "OTLP collector accepted the export partially");
-                    } else {
-                        tracing::debug!(rejected, collector_message = %message, "OTLP collector accepted the export partially");
-                    }
+                    self.log_partial_success(*rejected, message);
                 }
                 if self.backoff.failures() > 0 {
                     tracing::info!("OTLP export recovered");
                 }
                 self.backoff.reset();
                 self.not_before = None;
+                self.failed = false;
                 self.failure_log = FailureLog::default();
                 let wall = unix_seconds(SystemTime::now());
                 self.health.update(|s| {
@@ -448,7 +506,7 @@ impl<S: MetricsSink> ExportLoop<S> {
                 let failures = self.backoff.failures();
                 self.not_before = after.map(|a| now + a);
                 let delay = after.map_or(delay, |a| a.max(delay));
-                let state = if failures >= MAX_CONSECUTIVE_FAILURES {
+                let state = if failures >= MAX_CONSECUTIVE_FAILURES || self.failed {
                     ExportState::Failed
                 } else {
                     ExportState::Retrying
@@ -468,7 +526,16 @@ impl<S: MetricsSink> ExportLoop<S> {
         }
     }
 
+    fn log_partial_success(&mut self, rejected: i64, message: &str) {
+        if self.partial_log.warn(message, Instant::now()) {
+            tracing::warn!(rejected, collector_message = %message, "OTLP collector accepted the export partially");
+        } else {
+            tracing::debug!(rejected, collector_message = %message, "OTLP collector accepted the export partially");
+        }
+    }
+
     fn fail(&mut self, state: ExportState, failures: u32, reason: String) {
+        self.failed |= state == ExportState::Failed;
         match self.failure_log.level(state, &reason) {
             Some(tracing::Level::ERROR) => {
                 tracing::error!(consecutive_failures = failures, error = %reason, "OTLP export failed; retrying on the next scheduled export");
@@ -932,6 +999,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn from_failed_a_retryable_failure_waits_for_the_next_tick_too() {
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Drop {
+                reason: "HTTP 401 Unauthorized".into(),
+            },
+        );
+        script.push(Duration::ZERO, retry());
+        script.push(Duration::ZERO, retry());
+        let h = start(10, 5, script);
+        advance_to(t0, 19.0).await;
+        // no retries between the ticks, and /healthz stays degraded: nothing succeeded
+        assert_eq!(h.script.times(), vec![0, 10]);
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Failed);
+        assert_eq!(st.consecutive_failures, 2);
+        advance_to(t0, 20.5).await;
+        assert_eq!(h.script.times(), vec![0, 10, 20]);
+        advance_to(t0, 30.5).await;
+        assert_eq!(h.health.get().state, ExportState::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn server_delay_is_a_floor() {
         let t0 = Instant::now();
         let script = Script::default();
@@ -970,22 +1062,116 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_cuts_the_wait_short_and_exports_once_more() {
+        // the next tick is 1000 s away
         let t0 = Instant::now();
-        let script = Script::default();
-        script.push(
-            Duration::ZERO,
-            ExportOutcome::Retry {
-                after: Some(Duration::from_secs(200)),
-                reason: "HTTP 503".into(),
-            },
-        );
-        let h = start(1000, 5, script);
+        let h = start(1000, 5, Script::default());
         advance_to(t0, 5.0).await;
         h.shutdown.cancel();
         h.handle.await.unwrap();
         assert_eq!(h.script.times(), vec![0, 5]);
         assert_eq!(h.script.calls()[1].value, 2.0);
         assert_eq!(h.health.get().state, ExportState::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_final_export_waits_for_a_server_hint_or_is_skipped() {
+        // a hint that ends inside the shutdown budget: the final export waits for it
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_millis(5500)),
+                reason: "HTTP 429".into(),
+            },
+        );
+        let h = start(1000, 5, script);
+        advance_to(t0, 5.0).await;
+        h.shutdown.cancel();
+        h.handle.await.unwrap();
+        let at: Vec<Duration> = h.script.calls().iter().map(|c| c.at).collect();
+        assert_eq!(at, vec![Duration::ZERO, Duration::from_millis(5500)]);
+        assert_eq!(h.health.get().state, ExportState::Idle);
+        // one that ends after it: nothing more is sent, and the state stays as it was
+        let t0 = Instant::now();
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::Retry {
+                after: Some(Duration::from_secs(200)),
+                reason: "HTTP 429".into(),
+            },
+        );
+        let h = start(1000, 5, script);
+        advance_to(t0, 5.0).await;
+        h.shutdown.cancel();
+        h.handle.await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+        assert_eq!(h.script.times(), vec![0]);
+        let st = h.health.get();
+        assert_eq!(st.state, ExportState::Retrying);
+        assert_eq!(st.consecutive_failures, 1);
+    }
+
+    /// Gauge whose snapshot takes `0` of wall time without an await point, as a huge
+    /// registry's does.
+    struct SlowSnapshot(Duration);
+    impl Collector for SlowSnapshot {
+        fn collect(&self, out: &mut Vec<Family>) {
+            std::thread::sleep(self.0);
+            out.push(Family::single("snap", "snapshots", MetricKind::Gauge, 1.0));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_final_export_budget_counts_from_the_signal_not_from_a_late_notice() {
+        let registry = Arc::new(Registry::new());
+        registry.register(Arc::new(SlowSnapshot(Duration::from_millis(500))));
+        let health = OtlpHealth::new(ExportState::Disabled);
+        let resource = build_resource(&ResourceInfo {
+            service_name: "t".into(),
+            instance_id: "h:1".into(),
+            host_name: "h".into(),
+            extra: vec![],
+        });
+        // a hung collector
+        let script = Script::default();
+        for _ in 0..3 {
+            script.push(Duration::from_secs(100), ExportOutcome::Sent);
+        }
+        let sink = FakeSink {
+            script: script.clone(),
+            health: health.clone(),
+            start: Instant::now(),
+        };
+        let export = ExportLoop::new(
+            sink,
+            registry,
+            Converter::new(resource, SystemTime::now(), 1 << 20),
+            health.clone(),
+            ExportStats::new(),
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            Box::new(|| 0.5),
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(export.run(shutdown.clone()));
+        // the first attempt is inside its snapshot
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let signal = std::time::Instant::now();
+        shutdown.cancel();
+        handle.await.unwrap();
+        let took = signal.elapsed();
+        assert!(
+            took < crate::app::SHUTDOWN_GRACE,
+            "the export loop ended {took:?} after the signal"
+        );
+        // the final export ran (its snapshot took 0.5 s of the budget) and timed out
+        assert_eq!(script.calls().len(), 2);
+        let st = health.get();
+        assert_eq!(st.state, ExportState::Failed);
+        assert!(st.last_error.unwrap().contains("timed out"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1002,9 +1188,13 @@ mod tests {
             h.handle.await.unwrap();
             assert_eq!(t0.elapsed(), Duration::from_secs(5) + final_limit);
             assert_eq!(h.script.times(), vec![0, 5]);
+            // no retry follows a final export: FAILED; the timed-out attempt is observed
             let st = h.health.get();
-            assert_eq!(st.state, ExportState::Retrying);
+            assert_eq!(st.state, ExportState::Failed);
+            assert_eq!(st.consecutive_failures, 1);
             assert!(st.last_error.unwrap().contains("timed out"));
+            assert_eq!(h.stats.attempts(), 1);
+            assert_eq!(st.last_duration_seconds, Some(final_limit.as_secs_f64()));
         }
     }
 
@@ -1136,6 +1326,105 @@ mod tests {
         assert_eq!(sink.state.lock().0, vec![0, 1]);
         assert_eq!(sink.state.lock().2, 1);
         assert_eq!(tally.outcome, retry_after(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_success_beside_a_failure_keeps_its_message() {
+        let sink = ById {
+            outcomes: vec![partial(2), retry_after(1)],
+            ..Default::default()
+        };
+        let tally = send_requests(&sink, requests(2), 2).await;
+        assert_eq!(tally.rejected_points, 2);
+        assert_eq!(tally.outcome, retry_after(1));
+        let ExportOutcome::PartialSuccess { message, .. } = partial(2) else {
+            unreachable!()
+        };
+        assert_eq!(tally.partial_message, Some(message));
+    }
+
+    /// `0` gauges, so that a small request limit splits an export into several requests.
+    struct ManyGauges(usize);
+    impl Collector for ManyGauges {
+        fn collect(&self, out: &mut Vec<Family>) {
+            for i in 0..self.0 {
+                let name = format!("gauge_{i}");
+                out.push(Family::single(name, "a gauge", MetricKind::Gauge, 1.0));
+            }
+        }
+    }
+
+    /// A `Write` into a shared buffer, for reading what was logged.
+    #[derive(Clone, Default)]
+    struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_success_beside_a_failure_is_logged() {
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let _subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .set_default();
+        let registry = Arc::new(Registry::new());
+        registry.register(Arc::new(ManyGauges(40)));
+        let health = OtlpHealth::new(ExportState::Disabled);
+        let resource = build_resource(&ResourceInfo {
+            service_name: "t".into(),
+            instance_id: "h:1".into(),
+            host_name: "h".into(),
+            extra: vec![],
+        });
+        let script = Script::default();
+        script.push(
+            Duration::ZERO,
+            ExportOutcome::PartialSuccess {
+                rejected: 2,
+                message: "label value too long".into(),
+            },
+        );
+        script.push(Duration::from_millis(1), retry());
+        let stats = ExportStats::new();
+        let sink = FakeSink {
+            script: script.clone(),
+            health: health.clone(),
+            start: Instant::now(),
+        };
+        let export = ExportLoop::new(
+            sink,
+            registry,
+            Converter::new(resource, SystemTime::now(), 1024),
+            health.clone(),
+            stats.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            Box::new(|| 0.5),
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(export.run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(script.calls().len() >= 2, "the export was not split");
+        assert_eq!(health.get().state, ExportState::Retrying);
+        assert_eq!(stats.rejected_points(), 2);
+        let logged = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+        assert!(
+            logged.contains("accepted the export partially")
+                && logged.contains("label value too long"),
+            "{logged}"
+        );
+        shutdown.cancel();
+        handle.await.unwrap();
     }
 
     #[tokio::test]
