@@ -119,11 +119,11 @@ fn cases(tmp: &std::path::Path) -> Vec<Case> {
         case("integer beyond 64 bits", "listen_port: 99999999999999999999999\n", &["listen_port: the number is too large", "ports are 1-65535", "line 1"]),
         case("merge key with a scalar", "miniservers:\n  - host: ms\n    username: u\n    password: p\n    <<: 5\n", &["a '<<' merge key needs a mapping or a list of mappings"]),
         case("top level is a scalar", "hello\n", &["the top level is text, not a mapping of settings"]),
-        case("miniservers is a scalar", "miniservers: home\n", &["miniservers: 'home' is not a list"]),
-        case("miniserver entry is a scalar", "miniservers:\n  - ms.local\n", &["miniservers[0]: 'ms.local' is not a mapping"]),
+        case("miniservers is a scalar", "miniservers: home\n", &["miniservers: text is not a list"]),
+        case("miniserver entry is a scalar", "miniservers:\n  - ms.local\n", &["miniservers[0]: text is not a mapping", "with a space after each ':'"]),
         case("opentelemetry is not a mapping", ms_with("opentelemetry: true\n"), &["opentelemetry: true is not a mapping"]),
         case("tls is not a mapping", otlp("  endpoint: http://c:4317\n  tls: [a]\n"), &["opentelemetry.tls: a list is not a mapping"]),
-        case("auth is not a mapping", otlp("  endpoint: http://c:4317\n  auth: token\n"), &["opentelemetry.auth: 'token' is not a mapping"]),
+        case("auth is not a mapping", otlp("  endpoint: http://c:4317\n  auth: token\n"), &["opentelemetry.auth: text is not a mapping"]),
         case("headers is a list (VR-011)", otlp("  endpoint: http://c:4317\n  auth:\n    headers: [a, b]\n"), &["opentelemetry.auth.headers: a list is not a mapping"]),
         case("unknown top-level key with suggestion", ms_with("listen_prot: 9504\n"), &["unknown key 'listen_prot' (did you mean 'listen_port'?)"]),
         case("unknown miniserver key", ms_with("").replace("password: pw\n", "password: pw\n    passwort: x\n"), &["miniservers[0]: unknown key 'passwort' (did you mean 'password'?)"]),
@@ -341,6 +341,22 @@ fn secrets_never_appear_in_error_messages() {
         ),
         // A YAML error right after the secret.
         (format!("miniservers:\n  - password: {SECRET}\n    host: [\n"), vec![]),
+        // A URL with credentials pasted as the host, in the file and in LOXONE_HOST.
+        (
+            format!("miniservers:\n  - host: 'http://admin:{SECRET}@192.168.1.77'\n    username: u\n    password: p\n"),
+            vec![],
+        ),
+        (
+            "miniservers:\n  - host: '[admin:hunter2-SeCrEt@x]'\n    username: u\n    password: p\n".to_string(),
+            vec![],
+        ),
+        (MS.to_string(), vec![("LOXONE_HOST", "admin:hunter2-SeCrEt@10.0.0.1")]),
+        // A Miniserver entry that is a URL, or `password:x` without its space.
+        (format!("miniservers:\n  - http://admin:{SECRET}@h\n"), vec![]),
+        (format!("miniservers:\n  - password:{SECRET}\n"), vec![]),
+        (format!("miniservers: 'http://admin:{SECRET}@h'\n"), vec![]),
+        // A header value where the `auth:` section belongs.
+        (otlp(&format!("  endpoint: http://c:4317\n  auth: 'Bearer {SECRET}'\n")), vec![]),
     ];
     for (yaml, env) in cases {
         let msgs = messages(&yaml, &env);

@@ -23,13 +23,13 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
-use super::walk::{self, describe, quote, Errors};
+use super::walk::{self, quote, Errors};
 use super::{
     Config, FilterConfig, LogFormat, LogLevel, MiniserverConfig, DEFAULT_CONFIG_FILES,
     DEFAULT_LISTEN_ADDRESS, DEFAULT_LISTEN_PORT, DEFAULT_MINISERVER_PORT,
     DEFAULT_MINISERVER_SSL_PORT,
 };
-use crate::secret::Secret;
+use crate::secret::{redact_url, Secret};
 
 /// Environment lookup: returns the value of a variable, `None` when unset.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -490,7 +490,7 @@ fn raw_miniservers(errs: &mut Errors, top: &Mapping) -> (Vec<RawMiniserver>, boo
     let Value::Sequence(items) = v else {
         errs.push(format!(
             "miniservers: {} is not a list (write one '- host: ...' entry per Miniserver)",
-            describe(v)
+            walk::kind(v)
         ));
         return (Vec::new(), false);
     };
@@ -509,9 +509,11 @@ fn raw_miniserver(errs: &mut Errors, index: usize, item: &Value) -> RawMiniserve
         ..RawMiniserver::default()
     };
     let Value::Mapping(m) = item else {
+        // kind only: the entry may be a URL with a password, or `password:x` missing the
+        // space after ':'
         errs.push(format!(
-            "{path}: {} is not a mapping (expected 'host:', 'username:', 'password:' ... indented below '-')",
-            describe(item)
+            "{path}: {} is not a mapping (expected 'host:', 'username:', 'password:' ... indented below '-', with a space after each ':')",
+            walk::kind(item)
         ));
         return raw;
     };
@@ -806,7 +808,7 @@ fn validate_host(errs: &mut Errors, h: &Sourced<String>) -> Option<String> {
         errs.push(format!(
             "{}: {} is not a valid IPv6 address (brackets are only for IPv6 literals)",
             h.at,
-            quote(&h.value)
+            quote(&redact_url(&h.value))
         ));
         return None;
     }
@@ -827,7 +829,8 @@ fn validate_host(errs: &mut Errors, h: &Sourced<String>) -> Option<String> {
     errs.push(format!(
         "{}: {} is not a valid host (an IPv4 or IPv6 address or a host name made of letters, digits, '-' and '.'){hint}",
         h.at,
-        quote(&h.value)
+        // a pasted URL may carry a password: user:password@host
+        quote(&redact_url(&h.value))
     ));
     None
 }

@@ -162,7 +162,7 @@ fn read_file_section(errs: &mut Errors, m: &Mapping) -> FileOtlp {
         out.client_key_path = text(errs, tls, &tls_path, "client_key_path");
     }
     let auth_path = f("auth");
-    if let Some(auth) = walk::section(errs, &auth_path, walk::get(m, "auth")) {
+    if let Some(auth) = walk::secret_section(errs, &auth_path, walk::get(m, "auth")) {
         walk::check_keys(errs, &auth_path, auth, AUTH_KEYS);
         if let Some(h) = walk::get(auth, "headers") {
             out.headers = walk::text_map(errs, &walk::join(&auth_path, "headers"), h, true);

@@ -81,13 +81,32 @@ pub(crate) fn section<'a>(
     path: &str,
     v: Option<&'a Value>,
 ) -> Option<&'a Mapping> {
+    section_shown(errs, path, v, describe)
+}
+
+/// [`section`] for a section that holds secrets (`opentelemetry.auth`): a value in its
+/// place may be one (`auth: "Bearer …"`), so messages name its kind only.
+pub(crate) fn secret_section<'a>(
+    errs: &mut Errors,
+    path: &str,
+    v: Option<&'a Value>,
+) -> Option<&'a Mapping> {
+    section_shown(errs, path, v, |v| kind(v).to_string())
+}
+
+fn section_shown<'a>(
+    errs: &mut Errors,
+    path: &str,
+    v: Option<&'a Value>,
+    show: impl Fn(&Value) -> String,
+) -> Option<&'a Mapping> {
     match v {
         None | Some(Value::Null) => None,
         Some(Value::Mapping(m)) => Some(m),
         Some(other) => {
             errs.push(format!(
                 "{path}: {} is not a mapping (expected 'key: value' lines indented below '{path}:')",
-                describe(other)
+                show(other)
             ));
             None
         }

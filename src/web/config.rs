@@ -256,10 +256,11 @@ pub fn parse_web_config(text: &str, path: &Path) -> Result<WebConfig, WebError> 
         if user.is_empty() {
             return Err(field_err("basic_auth_users", "empty user name".into()));
         }
-        if user.contains(':') {
+        if let Some((name, _)) = user.split_once(':') {
+            // `user:password` pasted as the key, htpasswd style: never show what follows ':'
             return Err(field_err(
-                &field,
-                "user names cannot contain ':' (HTTP basic auth separator)".into(),
+                &format!("basic_auth_users.{name}:****"),
+                "user names cannot contain ':' (HTTP basic auth separator); the key is the user name alone, its value the bcrypt hash".into(),
             ));
         }
         if basic_auth_users.contains_key(&user) {
@@ -681,9 +682,13 @@ mod tests {
     }
 
     #[test]
-    fn user_with_colon_rejected() {
-        let e = err(&format!("basic_auth_users:\n  'a:b': '{HASH}'\n"));
-        assert!(e.contains("basic_auth_users.a:b"), "{e}");
+    fn user_with_colon_rejected_without_showing_what_follows_it() {
+        let e = err(&format!(
+            "basic_auth_users:\n  'prometheus:WebPw-Secret-11': '{HASH}'\n"
+        ));
+        assert!(e.contains("basic_auth_users.prometheus:****"), "{e}");
+        assert!(e.contains("cannot contain ':'"), "{e}");
+        assert!(!e.contains("WebPw"), "{e}");
     }
 
     #[test]
