@@ -37,7 +37,7 @@ use crate::metrics::health::{ExportState, OtlpHealth};
 use crate::metrics::Registry;
 use crate::otlp::convert::{build_resource, Converter, ResourceInfo};
 use crate::otlp::health::ExportStats;
-use crate::otlp::transport::{sanitize, ExportOutcome, Transport};
+use crate::otlp::transport::{sanitize, secrets_of, ExportOutcome, Transport};
 
 /// Longest the final export on shutdown may take (less when the export timeout is
 /// shorter): it must finish, and be logged, inside `app::SHUTDOWN_GRACE`.
@@ -100,12 +100,8 @@ impl MetricsSink for LazyTransport {
         match built {
             Ok(t) => t.send(request).await,
             Err(e) => {
-                let secrets: Vec<&str> = self
-                    .config
-                    .headers
-                    .iter()
-                    .map(|(_, v)| v.expose())
-                    .collect();
+                let secrets = secrets_of(&self.config.headers, &self.config.endpoint);
+                let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
                 ExportOutcome::Drop {
                     reason: sanitize(&e.to_string(), &secrets),
                 }

@@ -170,7 +170,7 @@ impl Transport {
     /// Builds the client for `config.protocol`. Connects lazily: a collector that is down
     /// now is not an error here, only at send time.
     pub fn new(config: &OtlpConfig) -> Result<Self, TransportError> {
-        let secrets = secrets_of(&config.headers);
+        let secrets = secrets_of(&config.headers, &config.endpoint);
         let files = tls_files(&config.tls)?;
         let inner = match config.protocol {
             OtlpProtocol::Grpc => grpc(config, files)?,
@@ -324,12 +324,23 @@ pub(crate) fn http_client(timeout: Duration, files: TlsFiles) -> Result<reqwest:
 /// Shortest part of a header value masked on its own (the whole value always is).
 const MIN_DERIVED_SECRET: usize = 6;
 
-/// Each header value, plus the credential inside it (the words after an auth scheme
-/// such as `Bearer`, and the `user:password` of `Basic`), so that a collector echoing only
-/// the token in its error text does not get it into a log line or `/healthz`.
-fn secrets_of(headers: &[(String, crate::secret::Secret)]) -> Vec<String> {
+/// What error texts must not show: each header value, plus the credential inside it (the
+/// words after an auth scheme such as `Bearer`, and the `user:password` of `Basic`), and
+/// each query value of `endpoint` (some collectors take their API key there), so that a
+/// collector echoing only the token in its error text does not get it into a log line,
+/// `/healthz` or a span.
+pub fn secrets_of(headers: &[(String, crate::secret::Secret)], endpoint: &str) -> Vec<String> {
     use base64::Engine as _;
     let mut out = Vec::new();
+    let query = endpoint
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or_default())
+        .unwrap_or_default();
+    for (_, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        out.extend([value.to_string(), decoded.into_owned()]);
+    }
+    out.retain(|v| !v.is_empty());
     for (_, value) in headers {
         let value = value.expose().trim();
         if value.is_empty() {
@@ -1262,14 +1273,18 @@ mod tests {
             ),
             ("X-Api-Key".to_string(), Secret::new("k")),
         ];
-        let owned = secrets_of(&headers);
+        let owned = secrets_of(
+            &headers,
+            "http://c:4318/v1/metrics?sig=a%2Bb%2Fc&k=QueryKey77",
+        );
         let secrets: Vec<&str> = owned.iter().map(String::as_str).collect();
         // a collector echoing only the token, or the decoded Basic credentials
         let s = sanitize(
-            "credentials tok123abc rejected; user:s3cr3t-pw unknown; s3cr3t-pw expired",
+            "credentials tok123abc rejected; user:s3cr3t-pw unknown; s3cr3t-pw expired; \
+             bad key QueryKey77 or signature a+b/c",
             &secrets,
         );
-        for leaked in ["tok123abc", "s3cr3t-pw", "user:"] {
+        for leaked in ["tok123abc", "s3cr3t-pw", "user:", "QueryKey77", "a+b/c"] {
             assert!(!s.contains(leaked), "{leaked} leaked in {s}");
         }
         assert!(s.starts_with("credentials **** rejected"), "{s}");
@@ -1307,6 +1322,38 @@ mod tests {
             )],
             ..OtlpConfig::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_collector_echoing_the_endpoints_query_key_does_not_get_it_into_the_reason() {
+        let status = RpcStatus {
+            code: 7,
+            message: "credential QueryKeySecret77 unknown".into(),
+            details: vec![],
+        }
+        .encode_to_vec();
+        let body = String::from_utf8(status).unwrap();
+        let reply: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let (port, server) = one_shot_server(Some(reply)).await;
+        let config = http_config(format!(
+            "http://127.0.0.1:{port}/v1/metrics?sig=QueryKeySecret77"
+        ));
+        let outcome = Transport::new(&config)
+            .unwrap()
+            .send(Bytes::from_static(b"x"))
+            .await;
+        server.await.unwrap();
+        let ExportOutcome::Drop { reason } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(reason.starts_with("HTTP 403"), "{reason}");
+        assert!(reason.contains("credential **** unknown"), "{reason}");
     }
 
     #[tokio::test]

@@ -546,12 +546,10 @@ pub(crate) fn build(
                         waiting: waiting.clone(),
                         stats: stats.clone(),
                         failing: AtomicBool::new(false),
-                        secrets: target
-                            .headers
-                            .iter()
-                            .map(|(_, v)| v.expose().to_string())
-                            .filter(|v| !v.is_empty())
-                            .collect(),
+                        secrets: crate::otlp::transport::secrets_of(
+                            &target.headers,
+                            &target.endpoint,
+                        ),
                         what: "otlp",
                     },
                     batch_config,
