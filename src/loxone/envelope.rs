@@ -9,8 +9,10 @@
 
 use serde_json::Value;
 
-/// A parsed `{"LL": {...}}` answer.
-#[derive(Debug, Clone, PartialEq)]
+/// A parsed `{"LL": {...}}` answer. Its `Debug` shows neither the value (a token, a key)
+/// nor the echoed command's arguments (a hash, a token): only the command's first three
+/// path segments and the value's JSON kind.
+#[derive(Clone, PartialEq)]
 pub struct LlResponse {
     /// The echoed command as sent by the Miniserver (see [`normalize_control`]).
     pub control: String,
@@ -18,6 +20,29 @@ pub struct LlResponse {
     pub code: u16,
     /// The `value` field (`Null` when absent).
     pub value: Value,
+}
+
+impl std::fmt::Debug for LlResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let command: Vec<&str> = self.control.splitn(4, '/').collect();
+        let shown = match command.len() {
+            4 => format!("{}/****", command[..3].join("/")),
+            _ => command.join("/"),
+        };
+        let kind = match &self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "text",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "an object",
+        };
+        f.debug_struct("LlResponse")
+            .field("control", &shown)
+            .field("code", &self.code)
+            .field("value", &format_args!("<{kind}>"))
+            .finish()
+    }
 }
 
 impl LlResponse {
@@ -155,8 +180,8 @@ fn strip_salt_prefix(c: &str) -> &str {
     c
 }
 
-/// The value of a `jdev/cfg/api` or `jdev/cfg/apiKey` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The value of a `jdev/cfg/api` or `jdev/cfg/apiKey` answer (`Debug` masks the key).
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct ApiKeyInfo {
     /// Serial number (`50:4F:94:11:12:5F`).
     pub snr: String,
@@ -168,6 +193,18 @@ pub struct ApiKeyInfo {
     pub https_status: Option<i64>,
     /// Whether the Miniserver considers the connection local (12.1+).
     pub local: Option<bool>,
+}
+
+impl std::fmt::Debug for ApiKeyInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyInfo")
+            .field("snr", &self.snr)
+            .field("version", &self.version)
+            .field("key", &self.key.as_ref().map(|_| "****"))
+            .field("https_status", &self.https_status)
+            .field("local", &self.local)
+            .finish()
+    }
 }
 
 /// Parses the single-quoted pseudo-JSON value of `jdev/cfg/api(Key)` (by replacing `'` with
@@ -253,6 +290,29 @@ pub fn status_text(code: u16) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn debug_shows_no_token_hash_or_key() {
+        let ll = parse_ll(
+            r#"{"LL":{"control":"jdev/sys/getjwt/HASHX1234/admin/4/uuid/info","value":{"token":"TOKX5678","validUntil":1},"Code":"200"}}"#,
+        )
+        .unwrap();
+        let shown = format!("{ll:?} {:?}", Some(&ll));
+        for secret in ["HASHX1234", "TOKX5678", "admin"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("jdev/sys/getjwt/****") && shown.contains("200"),
+            "{shown}"
+        );
+        let info =
+            parse_api_key_value("{'snr': '50:4F', 'version':'14.5', 'key':'4B45593132'}").unwrap();
+        let shown = format!("{info:?}");
+        assert!(
+            !shown.contains("4B45593132") && shown.contains("50:4F"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn code_variants() {

@@ -305,6 +305,7 @@ pub async fn run_session<T: Transport>(
         value_tables = stats.value_tables,
         text_tables = stats.text_tables,
         malformed = stats.malformed,
+        unsolicited = stats.unsolicited,
         "session ended"
     );
     SessionOutcome {
@@ -470,6 +471,19 @@ impl<T: Transport> Session<'_, T> {
         }
     }
 
+    /// A text no command waits for. The protocol allows such messages (a late answer), so
+    /// an LL answer is only noted; text that is no LL answer at all (broken JSON, binary
+    /// junk) is a malformed message: logged and counted.
+    fn unsolicited_text(&mut self, text: &str) {
+        self.stats.unsolicited += 1;
+        match parse_ll(text) {
+            Ok(_) => {
+                debug!(miniserver = %self.config.name, bytes = text.len(), "unsolicited command answer ignored");
+            }
+            Err(e) => self.malformed(&format_args!("text message that is no LL answer: {e}")),
+        }
+    }
+
     /// Applies tables; returns text messages to the caller.
     fn dispatch(&mut self, msg: ProtocolMessage) -> Step<Option<String>> {
         match msg {
@@ -508,6 +522,8 @@ impl<T: Transport> Session<'_, T> {
                 Err(e) => self.malformed(&e),
             },
             ProtocolMessage::BinaryFile(buf) => {
+                // the protocol allows these (a gzip blob after a keepalive): tolerated
+                self.stats.unsolicited += 1;
                 debug!(miniserver = %self.config.name, bytes = buf.len(), "unsolicited binary file ignored");
             }
             ProtocolMessage::Keepalive => {}
@@ -1040,7 +1056,7 @@ impl<T: Transport> Session<'_, T> {
                 }
                 Event::Received(Err(e)) => return SessionEnd::Failed(e.into()),
                 Event::Received(Ok(r)) => match self.on_received(r) {
-                    Ok(Some(_unsolicited_text)) => self.stats.unsolicited += 1,
+                    Ok(Some(text)) => self.unsolicited_text(&text),
                     Ok(None) => {}
                     Err(end) => return end,
                 },
@@ -1602,6 +1618,31 @@ mod tests {
         sd.cancel();
         let (outcome, _) = task.await.unwrap();
         assert!(matches!(outcome.end, SessionEnd::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn unsolicited_broken_text_is_counted_and_an_unsolicited_answer_is_not() {
+        let rig = Rig::new();
+        let (uuid, uuid_action) = some_state();
+        let (task, h, sd) = rig.start(Carry::default());
+        until(|| rig.state.health().connected).await;
+        let text = |t: &str| {
+            let len = (t.len() as u32).to_le_bytes();
+            [
+                WireMessage::Binary(vec![3, 0, 0, 0, len[0], len[1], len[2], len[3]]),
+                WireMessage::Text(t.into()),
+            ]
+        };
+        let late_answer =
+            r#"{"LL":{"control":"jdev/sps/LoxAPPversion3","value":"x","Code":"200"}}"#;
+        for raw in text(r#"{"LL":"#).into_iter().chain(text(late_answer)) {
+            h.inject.send(Inject::Raw(raw)).unwrap();
+        }
+        h.inject.send(Inject::Values(vec![(uuid, 7.0)])).unwrap();
+        until(|| rig.value_of(&uuid_action) == Some(7.0)).await;
+        assert_eq!(rig.state.error_count("protocol"), 1);
+        sd.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
