@@ -14,6 +14,8 @@
 #   (a failed benchmark does not stop the others; the script then exits 1 at the end)
 #   E2E_REPEAT=3            runs per end-to-end measurement (the spread is reported)
 #   E2E_LAT_SAMPLES=1000    latency samples per run
+#   E2E_LAT_PLACEMENT=both  latency runs with the exporter sharing the CPUs (shared), pinned
+#                           apart from the simulator (split), or both
 #   E2E_CPU_SECS=30         CPU measurement window (at least 20 s)
 #   E2E_RSS_STATES=10000,100000
 #   LOXEXP_ENV_FILE=.test-env/env   sourced when present (rotel for the OTLP export bench)

@@ -22,9 +22,21 @@ command -v jq >/dev/null 2>&1 || need_apt+=(jq)            # scripts/bench.sh
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  as_root=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+      echo "error: installing ${need_apt[*]} needs root: run as root or install sudo" >&2
+      exit 1
+    }
+    as_root=(sudo)
+  fi
+  command -v apt-get >/dev/null 2>&1 || {
+    echo "error: apt-get not found: this script installs Debian/Ubuntu packages (${need_apt[*]})" >&2
+    exit 1
+  }
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 venv="$envdir/venv"

@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, LogFormat, LogLevel};
 use crate::http::DEFAULT_TELEMETRY_PATH;
 
+/// Help heading of the daemon's flags. They are global, so `check` and `healthcheck` take
+/// them too, and clap lists them under `simulate` as well, which refuses them: the heading
+/// says so.
+const EXPORTER_OPTIONS: &str = "Exporter options (not for `simulate`)";
+
 /// loxone-exporter: Loxone Miniserver values for Prometheus and OpenTelemetry.
 #[derive(Debug, Parser)]
 #[command(name = "loxone-exporter", disable_version_flag = true)]
@@ -17,20 +22,20 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Configuration file (default: ./config.yml, then ./config.yaml).
-    #[arg(short = 'c', long = "config", global = true, value_name = "PATH")]
+    #[arg(short = 'c', long = "config", global = true, help_heading = EXPORTER_OPTIONS, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Address to listen on, HOST:PORT (`:9504` for all interfaces, IPv4 and IPv6;
     /// `0.0.0.0:9504` for IPv4 only, `[::1]:9504` for IPv6 loopback).
-    #[arg(long = "web.listen-address", global = true, value_name = "HOST:PORT")]
+    #[arg(long = "web.listen-address", global = true, help_heading = EXPORTER_OPTIONS, value_name = "HOST:PORT")]
     pub listen_address: Option<String>,
     /// Path under which to expose metrics.
-    #[arg(long = "web.telemetry-path", global = true, default_value = DEFAULT_TELEMETRY_PATH, value_name = "PATH")]
+    #[arg(long = "web.telemetry-path", global = true, help_heading = EXPORTER_OPTIONS, default_value = DEFAULT_TELEMETRY_PATH, value_name = "PATH")]
     pub telemetry_path: String,
     /// Most /metrics requests served at once; more get 503 (0: no limit).
-    #[arg(long = "web.max-requests", global = true, default_value_t = crate::http::DEFAULT_MAX_REQUESTS, value_name = "N")]
+    #[arg(long = "web.max-requests", global = true, help_heading = EXPORTER_OPTIONS, default_value_t = crate::http::DEFAULT_MAX_REQUESTS, value_name = "N")]
     pub max_requests: usize,
     /// Exporter-toolkit web configuration file (TLS, basic auth).
-    #[arg(long = "web.config.file", global = true, value_name = "PATH")]
+    #[arg(long = "web.config.file", global = true, help_heading = EXPORTER_OPTIONS, value_name = "PATH")]
     pub web_config: Option<PathBuf>,
     /// Log level: debug, info, warning, error.
     #[arg(long = "log.level", global = true, value_name = "LEVEL")]

@@ -117,7 +117,12 @@ fn main() -> ExitCode {
                 config::load(cli.config.as_deref(), &env_lookup).unwrap_or_else(|_| {
                     Config::with_miniserver(config::MiniserverConfig::new("-", "-", "-", "-"))
                 });
-            let _ = cli.apply(&mut config);
+            if let Err(errors) = cli.apply(&mut config) {
+                for e in errors {
+                    eprintln!("unhealthy: {e}");
+                }
+                return ExitCode::from(1);
+            }
             let pin = match cli.web_config.as_deref().map(web::healthcheck_pin) {
                 Some(Ok(pin)) => pin,
                 Some(Err(e)) => {

@@ -1000,4 +1000,35 @@ fn simulate_refuses_the_daemons_flags() {
             && err.contains("--listen"),
         "{err}"
     );
+    // and its help says so, under the heading of the daemon's flags
+    let out = Command::new(common::exporter_bin())
+        .args(["simulate", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let heading = help
+        .find("Exporter options (not for `simulate`)")
+        .unwrap_or_else(|| panic!("{help}"));
+    let flag = help.find("--web.listen-address").unwrap();
+    assert!(flag > heading, "{help}");
+}
+
+#[test]
+fn healthcheck_with_a_bad_flag_is_unhealthy_not_a_probe_of_the_default_port() {
+    let out = Command::new(common::exporter_bin())
+        .args([
+            "healthcheck",
+            "--timeout",
+            "1",
+            "--web.listen-address",
+            "127.0.0.1:99999",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unhealthy: --web.listen-address") && err.contains("99999"),
+        "{err}"
+    );
 }
