@@ -208,7 +208,7 @@ impl Endpoint {
                 .await
                 .map_err(|source| ConnectError::Tls {
                     authority: self.authority.clone(),
-                    source: readable_tls_error(source),
+                    source: readable_tls_error(source, &self.host),
                 })?;
             Ok(Box::new(stream) as Box<dyn Io>)
         };
@@ -512,17 +512,27 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], ConnectError> {
 
 /// rustls shows a custom certificate error with `Debug`; a fingerprint mismatch reads
 /// better in its own words.
-fn readable_tls_error(e: std::io::Error) -> std::io::Error {
+fn readable_tls_error(e: std::io::Error, host: &str) -> std::io::Error {
     let mismatch = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .and_then(|tls| match tls {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
-                other.0.downcast_ref::<FingerprintMismatch>()
-            }
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => other
+                .0
+                .downcast_ref::<FingerprintMismatch>()
+                .map(ToString::to_string),
+            // protocol doc §1.2: a Miniserver's certificate names a host, never an IP
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            ) => Some(format!(
+                "the Miniserver's certificate is not issued for host '{host}' (tls_ca_file checks \
+                 the name): Miniserver certificates name hosts such as \
+                 192-168-1-77.<serial>.dyndns.loxonecloud.com, never an IP address; set host to \
+                 the name in the certificate, or pin the certificate with tls_fingerprint instead"
+            )),
             _ => None,
-        })
-        .map(ToString::to_string);
+        });
     match mismatch {
         Some(text) => std::io::Error::new(std::io::ErrorKind::InvalidData, text),
         None => e,
@@ -606,6 +616,28 @@ impl ServerCertVerifier for MiniserverCertVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_for_another_name_gets_the_hostname_hint() {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
+        );
+        let said = readable_tls_error(e, "192.168.1.77").to_string();
+        assert!(
+            said.contains("not issued for host '192.168.1.77'")
+                && said.contains("dyndns.loxonecloud.com")
+                && said.contains("tls_fingerprint"),
+            "{said}"
+        );
+        // other TLS errors pass unchanged
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+        );
+        let said = readable_tls_error(e, "ms").to_string();
+        assert!(!said.contains("dyndns"), "{said}");
+    }
 
     #[test]
     fn fingerprint_forms() {
