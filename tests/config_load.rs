@@ -933,3 +933,50 @@ fn otel_variables_the_file_outranks_are_warnings() {
     let c = ok(MS, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]);
     assert!(c.opentelemetry.enabled && c.warnings.is_empty());
 }
+
+/// The OpenTelemetry specification: a timeout variable of 0 means no limit, a negative one
+/// is warned about and the default used. Neither stops the exporter from starting.
+#[test]
+fn otel_timeout_zero_and_negative_mean_what_the_specification_says() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+    // 0: the longest timeout allowed below the interval (the default 30 s: 29 s)
+    let c = ok(MS, &[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "0")]);
+    assert_eq!(c.opentelemetry.timeout, Duration::from_secs(29));
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with("OTEL_EXPORTER_OTLP_TIMEOUT: 0 means no limit"),
+        "{:?}",
+        c.warnings
+    );
+    let c = ok(
+        MS,
+        &[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "0"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300000"),
+        ],
+    );
+    assert_eq!(c.opentelemetry.timeout, Duration::from_secs(60));
+    // negative: the default 15 s, also over a lower-ranked variable
+    let c = ok(
+        MS,
+        &[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "-5"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "20000"),
+        ],
+    );
+    assert_eq!(c.opentelemetry.timeout, Duration::from_secs(15));
+    assert!(
+        c.warnings[0].contains("-5 ms is negative; ignored, the default timeout of 15 s"),
+        "{:?}",
+        c.warnings
+    );
+    // the original's settings keep their range: 0 seconds there is an error
+    let errs = try_load(MS, &[endpoint, ("LOXONE_OTLP_TIMEOUT", "0")]).unwrap_err();
+    assert!(
+        errs.to_string()
+            .contains("LOXONE_OTLP_TIMEOUT: 0 is out of range"),
+        "{errs}"
+    );
+}

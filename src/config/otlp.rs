@@ -361,6 +361,7 @@ pub(crate) fn build(
         ],
         TIMEOUT_RANGE,
     );
+    let timeout_src = otel_timeout_meaning(timeout_src, interval, warnings);
     let timeout_at = timeout_src.as_ref().map(|t| t.at.clone());
     let timeout_checked = check_duration(
         e,
@@ -883,14 +884,9 @@ fn check_duration(
         (i128::from(lo), i128::from(hi))
     };
     if src.value < lo_u || src.value > hi_u {
-        let zero = if src.millis && src.value == 0 {
-            "; 0, meaning no limit, is not supported"
-        } else {
-            ""
-        };
         if src.millis {
             errs.push(format!(
-                "{}: {} ms is out of range (allowed {lo_u}-{hi_u} ms, i.e. {lo}-{hi} seconds){zero}",
+                "{}: {} ms is out of range (allowed {lo_u}-{hi_u} ms, i.e. {lo}-{hi} seconds)",
                 src.at, src.value
             ));
         } else {
@@ -908,6 +904,42 @@ fn check_duration(
     } else {
         Duration::from_secs(v)
     })
+}
+
+/// What the OpenTelemetry specification makes of an `OTEL_EXPORTER_OTLP[_METRICS]_TIMEOUT`
+/// of 0 (no limit) or below (warn, use the default), instead of a range error: those
+/// variables are shared with other programs. "No limit" becomes the longest timeout this
+/// exporter allows that still ends before the next export (exports never overlap).
+fn otel_timeout_meaning(
+    src: Option<DurationSrc>,
+    interval: Duration,
+    warnings: &mut Vec<String>,
+) -> Option<DurationSrc> {
+    match src {
+        Some(src) if src.millis && src.value < 0 => {
+            warnings.push(format!(
+                "{}: {} ms is negative; ignored, the default timeout of {} applies",
+                src.at,
+                src.value,
+                fmt_duration(DEFAULT_OTLP_TIMEOUT)
+            ));
+            None
+        }
+        Some(src) if src.millis && src.value == 0 => {
+            let (lo, hi) = TIMEOUT_RANGE;
+            let longest = hi.min(interval.as_secs().saturating_sub(1)).max(lo);
+            warnings.push(format!(
+                "{}: 0 means no limit; this exporter waits at most {longest} s (the longest it allows below the export interval of {})",
+                src.at,
+                fmt_duration(interval)
+            ));
+            Some(DurationSrc {
+                value: i128::from(longest) * 1000,
+                ..src
+            })
+        }
+        other => other,
+    }
 }
 
 /// `15 s`, `15.5 s`.
