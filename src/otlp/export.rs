@@ -17,8 +17,9 @@
 //!   export runs within the configured timeout, but at most [`FINAL_EXPORT_BUDGET`] after
 //!   the signal: the process is gone within 2 s of SIGTERM (`app::SHUTDOWN_GRACE`), and the
 //!   final export's outcome is logged either way. It too waits for a server hint, and is
-//!   skipped (with a log line) when the hint ends after the budget; a failed final export
-//!   leaves the state FAILED, as no retry follows.
+//!   skipped (with a log line) when the hint ends after the budget, or when an attempt
+//!   busy with a huge snapshot used the budget up; a failed or skipped final export leaves
+//!   the state FAILED, as no retry follows (a skip for a hint leaves it as it was).
 //!
 //! Does not: convert (see `convert`) or talk to the network (see `transport`).
 
@@ -270,17 +271,7 @@ impl<S: MetricsSink> ExportLoop<S> {
 
     /// Runs until `shutdown` is cancelled, then does the final export.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        // When the shutdown came. The final export's budget counts from then, not from
-        // when this task sees it: an attempt busy with a big snapshot (no await point)
-        // notices late, and `app::SHUTDOWN_GRACE` runs from the signal.
-        let cancelled_at = Arc::new(std::sync::OnceLock::new());
-        let watcher = tokio::spawn({
-            let (shutdown, cancelled_at) = (shutdown.clone(), Arc::clone(&cancelled_at));
-            async move {
-                shutdown.cancelled().await;
-                let _ = cancelled_at.set(Instant::now());
-            }
-        });
+        let cancelled_at = stamp_cancellation(&shutdown);
         self.set_state(ExportState::Idle);
         let mut next_tick = Instant::now();
         let mut retry_at: Option<Instant> = None;
@@ -349,7 +340,6 @@ impl<S: MetricsSink> ExportLoop<S> {
             }
         }
         drop(export_span);
-        let _ = watcher.await;
         let cancelled_at = cancelled_at.get().copied().unwrap_or_else(Instant::now);
         self.final_export(cancelled_at)
             .instrument(tracing::info_span!("otlp.export", otlp.final_export = true))
@@ -378,10 +368,15 @@ impl<S: MetricsSink> ExportLoop<S> {
         }
         let started = Instant::now();
         if started >= deadline {
-            tracing::warn!(
-                budget_s = budget.as_secs_f64(),
-                "final OTLP export on shutdown skipped: the shutdown budget was used up by the export in flight"
+            let reason = format!(
+                "final export skipped: the shutdown budget of {budget:?} was used up by the export in flight"
             );
+            tracing::warn!("{reason}");
+            // the abandoned attempt left EXPORTING; nothing was delivered
+            self.failure_log.quiet_after(&reason);
+            self.backoff.fail((self.random)());
+            let failures = self.backoff.failures();
+            self.fail(ExportState::Failed, failures, reason);
             return;
         }
         let outcome = match tokio::time::timeout_at(deadline, self.attempt()).await {
@@ -553,6 +548,30 @@ impl<S: MetricsSink> ExportLoop<S> {
     fn set_state(&self, state: ExportState) {
         self.health.update(|s| s.state = state);
     }
+}
+
+/// When `shutdown` is cancelled, stamped on a thread of its own. The final export's budget
+/// counts from then, not from when the loop notices: an attempt busy with a huge snapshot
+/// (no await point) notices late, `app::SHUTDOWN_GRACE` runs from the signal, and a task on
+/// the runtime could be woken late too while a worker is held. Read after the loop
+/// noticed; unset (thread not started) means "now".
+fn stamp_cancellation(shutdown: &CancellationToken) -> Arc<std::sync::OnceLock<Instant>> {
+    let stamp = Arc::new(std::sync::OnceLock::new());
+    let (token, set) = (shutdown.clone(), Arc::clone(&stamp));
+    // the runtime's clock (paused in tests) and a waker that needs no worker
+    let runtime = tokio::runtime::Handle::current();
+    let started = std::thread::Builder::new()
+        .name("otlp-shutdown".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                token.cancelled().await;
+                let _ = set.set(Instant::now());
+            });
+        });
+    if let Err(e) = started {
+        tracing::debug!(error = %e, "no shutdown clock thread; the final export counts from when the loop notices");
+    }
+    stamp
 }
 
 /// Which failed attempts reach the log: a new reason (WARN while retrying, ERROR once
@@ -1110,19 +1129,28 @@ mod tests {
     }
 
     /// Gauge whose snapshot takes `0` of wall time without an await point, as a huge
-    /// registry's does.
-    struct SlowSnapshot(Duration);
+    /// registry's does; `1` says when one has started.
+    struct SlowSnapshot(Duration, Arc<std::sync::atomic::AtomicBool>);
     impl Collector for SlowSnapshot {
         fn collect(&self, out: &mut Vec<Family>) {
+            self.1.store(true, Ordering::SeqCst);
             std::thread::sleep(self.0);
             out.push(Family::single("snap", "snapshots", MetricKind::Gauge, 1.0));
         }
     }
 
+    /// The shutdown comes while an attempt is busy with a snapshot longer than the final
+    /// export's budget: counted from the signal, that budget is used up when the loop
+    /// notices, so no final export starts (counted from the notice, one would, and the
+    /// process would outlive `app::SHUTDOWN_GRACE`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_final_export_budget_counts_from_the_signal_not_from_a_late_notice() {
+        let snapshot_started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let registry = Arc::new(Registry::new());
-        registry.register(Arc::new(SlowSnapshot(Duration::from_millis(500))));
+        registry.register(Arc::new(SlowSnapshot(
+            FINAL_EXPORT_BUDGET + Duration::from_millis(800),
+            snapshot_started.clone(),
+        )));
         let health = OtlpHealth::new(ExportState::Disabled);
         let resource = build_resource(&ResourceInfo {
             service_name: "t".into(),
@@ -1153,21 +1181,17 @@ mod tests {
         .unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(export.run(shutdown.clone()));
-        // the first attempt is inside its snapshot
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let signal = std::time::Instant::now();
+        // a blocking wait: tokio's timers may wait for the worker the snapshot holds
+        while !snapshot_started.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         shutdown.cancel();
         handle.await.unwrap();
-        let took = signal.elapsed();
-        assert!(
-            took < crate::app::SHUTDOWN_GRACE,
-            "the export loop ended {took:?} after the signal"
-        );
-        // the final export ran (its snapshot took 0.5 s of the budget) and timed out
-        assert_eq!(script.calls().len(), 2);
+        // only the attempt in flight sent its request; no final export followed
+        assert_eq!(script.calls().len(), 1);
         let st = health.get();
         assert_eq!(st.state, ExportState::Failed);
-        assert!(st.last_error.unwrap().contains("timed out"));
+        assert!(st.last_error.unwrap().contains("budget"));
     }
 
     #[tokio::test(start_paused = true)]
