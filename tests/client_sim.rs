@@ -773,3 +773,58 @@ async fn shutdown_kills_the_token_promptly() {
     wait_for("socket closed", || sim.counters().ws_active == 0).await;
     sim.shutdown().await;
 }
+
+/// Doc §3.6: events for UUIDs the structure does not have are ignored — no error, no new
+/// series, and the known states keep updating on the same socket.
+#[tokio::test]
+async fn unknown_state_uuids_are_ignored() {
+    use loxone_exporter::metrics::store::ERROR_KINDS;
+    let sim = start_sim(|_| {}).await;
+    let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+    wait_for("connected", || client.connected()).await;
+    value_flows(&sim, &client, 501.0).await;
+    let series = client.values().len();
+    let errors = |c: &Client| {
+        ERROR_KINDS
+            .iter()
+            .map(|k| (*k, c.state.error_count(k)))
+            .collect::<Vec<_>>()
+    };
+    let errors_before = errors(&client);
+
+    let unknown = "0badc0de-0000-1111-2222333344445555";
+    assert!(!sim
+        .control()
+        .value_state_uuids()
+        .contains(&LoxUuid::parse(unknown).expect("uuid")));
+    let http = loxone_exporter::tls_provider::reqwest_builder()
+        .build()
+        .expect("http client");
+    let status = http
+        .post(format!(
+            "http://{}/sim/value?uuid={unknown}&value=777.5",
+            sim.http_addr()
+        ))
+        .send()
+        .await
+        .expect("control api")
+        .status();
+    assert_eq!(status, 200, "the simulator sends events for unknown UUIDs");
+    // sent after the unknown one on the same socket: once it is in, the unknown was handled
+    value_flows(&sim, &client, 502.0).await;
+    assert_eq!(
+        client.values().len(),
+        series,
+        "no series for the unknown UUID"
+    );
+    assert!(!client.has_value(777.5));
+    assert_eq!(
+        errors(&client),
+        errors_before,
+        "nothing counted as an error"
+    );
+    assert!(client.connected());
+    assert_eq!(sim.counters().ws_connections, 1, "never reconnected");
+    client.stop().await;
+    sim.shutdown().await;
+}

@@ -545,3 +545,242 @@ async fn set_text_sends_a_text_table() {
     }
     sim.shutdown().await;
 }
+
+/// A value state of the served structure, as the `/sim/value` UUID parameter.
+fn some_value_state(sim: &loxone_exporter::loxone::simulator::Simulator) -> String {
+    sim.control().value_state_uuids()[0].to_string()
+}
+
+#[tokio::test]
+async fn control_api_refuses_non_finite_values() {
+    let sim = start(|o| o.rate = 1000.0).await;
+    let base = format!("http://{}", sim.http_addr());
+    let uuid = some_value_state(&sim);
+    for bad in ["NaN", "nan", "inf", "-inf", "Infinity", "1e999"] {
+        let (s, _) = http_post(&format!("{base}/sim/value?uuid={uuid}&value={bad}")).await;
+        assert_eq!(s, 400, "value={bad}");
+    }
+    let (s, _) = http_post(&format!("{base}/sim/value?uuid={uuid}&value=21.5")).await;
+    assert_eq!(s, 200);
+    // the generator is alive: a subscribed client keeps getting deltas
+    let mut c = RawClient::connect(&sim, true).await.unwrap();
+    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
+    c.send("jdev/sps/enablebinstatusupdate").await;
+    c.answer().await;
+    for _ in 0..6 {
+        match c.recv().await {
+            Received::Msg {
+                payload: Some(_), ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn dev_commands_are_answered_in_xml_over_http_and_websocket() {
+    let sim = start(|_| {}).await;
+    let base = format!("http://{}", sim.http_addr());
+    let (s, body) = http_get(&format!("{base}/dev/cfg/api"), None).await;
+    assert_eq!(s, 200);
+    assert!(
+        body.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<LL control=\"dev/cfg/api\" value=\"{'snr': '50:4F:94:A0:EF:1E'"),
+        "{body}"
+    );
+    assert!(body.ends_with("\" Code=\"200\"/>"), "{body}");
+    assert!(parse_ll(&body).is_err());
+    let (s, body) = http_get(
+        &format!("{base}/dev/sps/LoxAPPversion3"),
+        Some((USER, PASSWORD)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        body.ends_with(
+            "<LL control=\"dev/sps/LoxAPPversion3\" value=\"2026-01-10 13:24:37\" Code=\"200\"/>"
+        ),
+        "{body}"
+    );
+    // jdev/ stays JSON
+    let (_, body) = http_get(&format!("{base}/jdev/cfg/api"), None).await;
+    assert_eq!(parse_ll(&body).unwrap().control, "dev/cfg/api");
+
+    let mut c = RawClient::connect(&sim, true).await.unwrap();
+    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
+    c.send("dev/sps/LoxAPPversion3").await;
+    let (t, _) = c.answer().await;
+    assert!(t.starts_with("<?xml"), "{t}");
+    sim.shutdown().await;
+}
+
+/// `hasEventSlots` of `jdev/cfg/api`.
+async fn has_event_slots(sim: &loxone_exporter::loxone::simulator::Simulator) -> bool {
+    let (_, body) = http_get(&format!("http://{}/jdev/cfg/api", sim.http_addr()), None).await;
+    let raw = parse_ll(&body).unwrap().value.as_str().unwrap().to_string();
+    assert!(raw.contains("'hasEventSlots':"), "{raw}");
+    raw.contains("'hasEventSlots':true")
+}
+
+/// Logs in and enables status updates; returns the client after the initial tables.
+async fn subscribed(sim: &loxone_exporter::loxone::simulator::Simulator) -> RawClient {
+    let mut c = RawClient::connect(sim, true).await.unwrap();
+    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
+    c.send("jdev/sps/enablebinstatusupdate").await;
+    let (t, _) = c.answer().await;
+    assert_eq!(parse_ll(&t).unwrap().code, 200);
+    for _ in 0..4 {
+        c.recv().await;
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_slots_are_limited_to_31_and_freed_on_close() {
+    // default options: 31 slots, as doc §1.4 says
+    let sim = start(|_| {}).await;
+    assert!(has_event_slots(&sim).await);
+    let mut clients = Vec::new();
+    for _ in 0..31 {
+        clients.push(subscribed(&sim).await);
+    }
+    assert!(!has_event_slots(&sim).await, "all 31 slots taken");
+    // the 32nd may log in, but asking for status updates closes it with 4008
+    let mut c = RawClient::connect(&sim, true).await.unwrap();
+    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
+    let r = c.command("jdev/sps/LoxAPPversion3").await;
+    assert_eq!(r.code, 200, "other commands still work");
+    c.send("jdev/sps/enablebinstatusupdate").await;
+    match c.recv().await {
+        Received::Closed(code, _) => assert_eq!(code, Some(4008)),
+        other => panic!("expected close 4008, got {other:?}"),
+    }
+    // the 31 keep their updates
+    let uuid = sim.control().value_state_uuids()[2];
+    assert!(sim.control().set_value(uuid, 31.5));
+    for c in clients.iter_mut().take(3) {
+        assert!(
+            matches!(c.recv().await, Received::Msg { header, .. } if header.kind == MessageKind::ValueStates)
+        );
+    }
+    // one closes: its slot is free again
+    let mut gone = clients.pop().unwrap();
+    gone.ws.close(None).await.unwrap();
+    let _ = gone.closed().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !has_event_slots(&sim).await {
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _again = subscribed(&sim).await;
+    assert!(!has_event_slots(&sim).await);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_authwithtoken_and_basic_auth_count_towards_4003() {
+    let sim = start(|o| o.max_failed_logins = 2).await;
+    let mut c = RawClient::connect(&sim, true).await.unwrap();
+    assert_eq!(c.keyexchange().await.code, 200);
+    for _ in 0..2 {
+        let r = c
+            .enc_command(&format!("authwithtoken/{}/{USER}", "ab".repeat(32)))
+            .await;
+        assert_eq!(r.code, 401);
+    }
+    assert_eq!(sim.counters().auth_failures, 2);
+    let mut blocked = RawClient::connect(&sim, true).await.unwrap();
+    assert!(matches!(
+        blocked.recv().await,
+        Received::Closed(Some(4003), _)
+    ));
+    sim.shutdown().await;
+
+    let sim = start(|o| o.max_failed_logins = 2).await;
+    let url = format!("http://{}/data/LoxAPP3.json", sim.http_addr());
+    assert_eq!(http_get(&url, Some((USER, "wrong"))).await.0, 401);
+    // no credentials at all is no failed login (browsers ask first)
+    assert_eq!(http_get(&url, None).await.0, 401);
+    assert_eq!(http_get(&url, Some((USER, "wrong again"))).await.0, 401);
+    let mut blocked = RawClient::connect(&sim, true).await.unwrap();
+    assert!(matches!(
+        blocked.recv().await,
+        Received::Closed(Some(4003), _)
+    ));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_api_sends_events_for_unknown_uuids() {
+    let sim = start(|_| {}).await;
+    let mut c = RawClient::connect(&sim, true).await.unwrap();
+    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
+    c.send("jdev/sps/enablebinstatusupdate").await;
+    c.answer().await;
+    for _ in 0..4 {
+        c.recv().await;
+    }
+    let unknown = "0badc0de-0000-1111-2222333344445555";
+    let parsed = loxone_exporter::loxone::uuid::LoxUuid::parse(unknown).unwrap();
+    assert!(!sim.control().value_state_uuids().contains(&parsed));
+    let (s, _) = http_post(&format!(
+        "http://{}/sim/value?uuid={unknown}&value=12.25",
+        sim.http_addr()
+    ))
+    .await;
+    assert_eq!(s, 200);
+    match c.recv().await {
+        Received::Msg {
+            header,
+            payload: Some(p),
+            ..
+        } => {
+            assert_eq!(header.kind, MessageKind::ValueStates);
+            let evs: Vec<_> = value_events(&p.into_data()).unwrap().collect();
+            assert_eq!((evs[0].uuid, evs[0].value), (parsed, 12.25));
+        }
+        other => panic!("{other:?}"),
+    }
+    // not stored as a state of the structure
+    assert!(!sim.control().value_state_uuids().contains(&parsed));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_certificate_names_hosts_never_ips() {
+    use std::sync::Arc;
+    let sim = start(|o| o.tls_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = sim.tls_addr().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            sim.tls_certificate_der().unwrap().to_vec(),
+        ))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let handshake = |name: &'static str| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(name).unwrap();
+            connector.connect(name, tcp).await.map(|_| ())
+        }
+    };
+    assert!(handshake("localhost").await.is_ok());
+    assert!(handshake("127-0-0-1.504F94A0EF1E.dyndns.loxonecloud.com")
+        .await
+        .is_ok());
+    // like a CloudDNS certificate, none for an address (doc §1.2, ioBroker #663)
+    for ip in ["127.0.0.1", "::1"] {
+        let e = handshake(ip).await.expect_err(ip);
+        assert!(e.to_string().contains("not valid for name"), "{ip}: {e}");
+    }
+    sim.shutdown().await;
+}

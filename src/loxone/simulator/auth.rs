@@ -2,13 +2,20 @@
 //! (protocol doc §4.2, §4.3, §4.6).
 //!
 //! Keys are global per Miniserver (PYLOX fetches one over HTTP and uses it on the socket),
-//! single-use and short-lived. Credential and token hashes are verified against every live
-//! key, case-insensitively, and the matching key is consumed. Time is passed in
+//! single-use and short-lived (doc §4.2). Credential and token hashes are compared
+//! case-insensitively and the matching key is consumed. Time is passed in
 //! ([`tokio::time::Instant`] for expiry, Unix seconds for `validUntil`), so tests can pause it.
+//!
+//! Bounded: at most [`MAX_KEYS`] live keys (a new one evicts the oldest; `getkey` needs no
+//! login) and [`MAX_TOKENS`] tokens (a new one evicts the one closest to expiry). A token hash
+//! is found in O(1): the hash of every live (key, token) pair is computed when the later of
+//! the two is issued, so the lookup never tries every key against every token. Failed
+//! getjwt/gettoken, authwithtoken and HTTP Basic logins all count towards the block (doc §4.6).
 //!
 //! No I/O and no logging of any secret.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngCore;
@@ -44,6 +51,15 @@ pub enum LoginError {
     Blocked(Duration),
 }
 
+/// Most one-time keys live at once; issuing one more evicts the oldest. With the default
+/// 10 s lifetime that is 25 keys a second, more than any set of real clients fetches.
+pub const MAX_KEYS: usize = 256;
+
+/// Most tokens stored at once; issuing one more evicts the one closest to expiry (clients
+/// are asked to kill tokens they no longer use, doc §5.4). Each issued key costs one HMAC
+/// per stored token, so this also bounds the work an unauthenticated `getkey` causes.
+pub const MAX_TOKENS: usize = 64;
+
 /// Users, keys, tokens.
 #[derive(Debug)]
 pub struct AuthStore {
@@ -53,8 +69,12 @@ pub struct AuthStore {
     any_alg_for_tokens: bool,
     user_salt: String,
     key_lifetime: Duration,
-    keys: HashMap<String, Instant>,
-    tokens: HashMap<String, TokenRecord>,
+    /// Live one-time keys → expiry.
+    keys: HashMap<Arc<str>, Instant>,
+    tokens: HashMap<Arc<str>, TokenRecord>,
+    /// Lowercase token hash → the (key, token) it was made from. May hold pairs whose key
+    /// or token is gone (checked on use, dropped by [`AuthStore::compact_hashes`]).
+    token_hashes: HashMap<String, (Arc<str>, Arc<str>)>,
     failures: u32,
     max_failures: u32,
     block_duration: Duration,
@@ -95,6 +115,7 @@ impl AuthStore {
             key_lifetime: cfg.key_lifetime,
             keys: HashMap::new(),
             tokens: HashMap::new(),
+            token_hashes: HashMap::new(),
             failures: 0,
             max_failures: cfg.max_failures,
             block_duration: cfg.block_duration,
@@ -126,9 +147,53 @@ impl AuthStore {
         self.password = password;
     }
 
-    /// Plain user/password check (HTTP Basic auth).
+    /// Plain user/password check, not counted (see [`login_with_password`](Self::login_with_password)).
     pub fn check_password(&self, user: &str, password: &str) -> bool {
         !self.reject_all_logins && user == self.user && password == self.password
+    }
+
+    /// A user/password login (HTTP Basic auth): refused while blocked, and a wrong one
+    /// counts towards the block like any failed login.
+    pub fn login_with_password(
+        &mut self,
+        user: &str,
+        password: &str,
+        now: Instant,
+    ) -> Result<(), LoginError> {
+        if let Some(d) = self.blocked_for(now) {
+            return Err(LoginError::Blocked(d));
+        }
+        if self.check_password(user, password) {
+            self.failures = 0;
+            Ok(())
+        } else {
+            self.record_failure(now);
+            Err(LoginError::Unauthorized)
+        }
+    }
+
+    /// `authwithtoken`: resolves the token hash (or plaintext token) as
+    /// [`find_token`](Self::find_token) does; refused while blocked, and a failure counts
+    /// towards the block (a client retrying a dead token gets 4003 as on hardware).
+    pub fn login_with_token(
+        &mut self,
+        user: &str,
+        hash_or_token: &str,
+        now: Instant,
+    ) -> Result<String, LoginError> {
+        if let Some(d) = self.blocked_for(now) {
+            return Err(LoginError::Blocked(d));
+        }
+        match self.find_token(user, hash_or_token, now) {
+            Some(t) => {
+                self.failures = 0;
+                Ok(t)
+            }
+            None => {
+                self.record_failure(now);
+                Err(LoginError::Unauthorized)
+            }
+        }
     }
 
     /// Makes every password check fail (control API).
@@ -136,12 +201,65 @@ impl AuthStore {
         self.reject_all_logins = on;
     }
 
-    /// Issues a fresh one-time key (80 hex digits of 40 ASCII hex chars).
+    /// Issues a fresh one-time key (80 hex digits of 40 ASCII hex chars), evicting the
+    /// oldest when [`MAX_KEYS`] are live. Costs one HMAC per live token (and algorithm).
     pub fn issue_key<R: RngCore>(&mut self, now: Instant, rng: &mut R) -> String {
-        self.keys.retain(|_, exp| *exp > now);
-        let key = crypto::random_one_time_key(rng);
+        self.prune(now);
+        while self.keys.len() >= MAX_KEYS {
+            let oldest = self
+                .keys
+                .iter()
+                .min_by_key(|(_, exp)| **exp)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.keys.remove(&k),
+                None => break,
+            };
+        }
+        let key: Arc<str> = Arc::from(crypto::random_one_time_key(rng));
         self.keys.insert(key.clone(), now + self.key_lifetime);
-        key
+        let tokens: Vec<Arc<str>> = self.tokens.keys().cloned().collect();
+        for token in tokens {
+            self.index_pair(&key, &token);
+        }
+        self.compact_hashes();
+        key.to_string()
+    }
+
+    /// Algorithms a token hash may have been made with.
+    fn token_algs(&self) -> &'static [HashAlg] {
+        match (self.any_alg_for_tokens, self.alg) {
+            (true, _) => &[HashAlg::Sha1, HashAlg::Sha256],
+            (false, HashAlg::Sha1) => &[HashAlg::Sha1],
+            (false, HashAlg::Sha256) => &[HashAlg::Sha256],
+        }
+    }
+
+    /// Records the hashes a client can make from `key` and `token`.
+    fn index_pair(&mut self, key: &Arc<str>, token: &Arc<str>) {
+        for &alg in self.token_algs() {
+            if let Ok(h) = crypto::token_hash(alg, key, token) {
+                self.token_hashes
+                    .insert(h.to_ascii_lowercase(), (key.clone(), token.clone()));
+            }
+        }
+    }
+
+    /// Drops hashes of consumed, evicted or expired keys and tokens once they outnumber the
+    /// live pairs (amortised O(1) per issued key or token).
+    fn compact_hashes(&mut self) {
+        let live = self.keys.len() * self.tokens.len() * self.token_algs().len();
+        if self.token_hashes.len() > 2 * live + 1024 {
+            let (keys, tokens) = (&self.keys, &self.tokens);
+            self.token_hashes
+                .retain(|_, (k, t)| keys.contains_key(k) && tokens.contains_key(t));
+        }
+    }
+
+    /// Forgets expired keys and tokens.
+    fn prune(&mut self, now: Instant) {
+        self.keys.retain(|_, exp| *exp > now);
+        self.tokens.retain(|_, r| r.expires_at > now);
     }
 
     /// Remaining block time, if logins are blocked.
@@ -190,6 +308,8 @@ impl AuthStore {
     /// Finds a live key for which `expected(key)` equals `presented` (case-insensitive) and
     /// removes it.
     fn consume_key(&mut self, expected: impl Fn(&str) -> Option<String>, presented: &str) -> bool {
+        // at most MAX_KEYS HMACs: the credential hash depends on the password, which the
+        // control API may change, so it is not indexed like token hashes
         let found = self
             .keys
             .keys()
@@ -213,7 +333,19 @@ impl AuthStore {
         unix_now: u64,
         rng: &mut R,
     ) -> (String, TokenRecord) {
-        let token = new_token_text(jwt, &self.user, rng);
+        self.prune(now);
+        while self.tokens.len() >= MAX_TOKENS {
+            let soonest = self
+                .tokens
+                .iter()
+                .min_by_key(|(_, r)| r.expires_at)
+                .map(|(t, _)| t.clone());
+            match soonest {
+                Some(t) => self.tokens.remove(&t),
+                None => break,
+            };
+        }
+        let token: Arc<str> = Arc::from(new_token_text(jwt, &self.user, rng));
         let rec = TokenRecord {
             permission,
             expires_at: now + lifetime,
@@ -221,7 +353,12 @@ impl AuthStore {
             valid_until: unix_now.saturating_sub(LOXONE_EPOCH_UNIX) + lifetime.as_secs(),
         };
         self.tokens.insert(token.clone(), rec.clone());
-        (token, rec)
+        let keys: Vec<Arc<str>> = self.keys.keys().cloned().collect();
+        for key in keys {
+            self.index_pair(&key, &token);
+        }
+        self.compact_hashes();
+        (token.to_string(), rec)
     }
 
     /// Resolves a token hash (HMAC over the token with a live key, which is consumed) or a
@@ -230,33 +367,18 @@ impl AuthStore {
         if user != self.user {
             return None;
         }
-        self.keys.retain(|_, exp| *exp > now);
-        self.tokens.retain(|_, r| r.expires_at > now);
+        self.prune(now);
         if self.tokens.contains_key(hash_or_token) {
             return Some(hash_or_token.to_string());
         }
-        let algs: &[HashAlg] = if self.any_alg_for_tokens {
-            &[HashAlg::Sha1, HashAlg::Sha256]
-        } else {
-            std::slice::from_ref(&self.alg)
-        };
-        let presented = hash_or_token.trim();
-        let mut hit: Option<(String, String)> = None;
-        'outer: for key in self.keys.keys() {
-            for token in self.tokens.keys() {
-                for &alg in algs {
-                    if crypto::token_hash(alg, key, token)
-                        .is_ok_and(|h| h.eq_ignore_ascii_case(presented))
-                    {
-                        hit = Some((key.clone(), token.clone()));
-                        break 'outer;
-                    }
-                }
-            }
+        let presented = hash_or_token.trim().to_ascii_lowercase();
+        let (key, token) = self.token_hashes.get(&presented)?.clone();
+        if !(self.keys.contains_key(&key) && self.tokens.contains_key(&token)) {
+            return None;
         }
-        let (key, token) = hit?;
+        self.token_hashes.remove(&presented);
         self.keys.remove(&key);
-        Some(token)
+        Some(token.to_string())
     }
 
     /// The record of a live token.
@@ -439,5 +561,109 @@ mod tests {
         assert!(legacy
             .chars()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()));
+    }
+
+    #[test]
+    fn key_and_token_storage_is_bounded_and_lookup_still_works() {
+        let (mut s, mut rng) = store(HashAlg::Sha256);
+        let now = Instant::now();
+        let mut tokens = Vec::new();
+        for _ in 0..MAX_TOKENS + 10 {
+            let (t, _) = s.issue_token(
+                4,
+                Duration::from_secs(100),
+                true,
+                now,
+                1_700_000_000,
+                &mut rng,
+            );
+            tokens.push(t);
+        }
+        for _ in 0..MAX_KEYS + 10 {
+            s.issue_key(now, &mut rng);
+        }
+        assert!(s.keys.len() <= MAX_KEYS, "{} keys stored", s.keys.len());
+        assert!(
+            s.tokens.len() <= MAX_TOKENS,
+            "{} tokens stored",
+            s.tokens.len()
+        );
+        // a bogus hash is answered quickly, and the newest key and token still work
+        let started = std::time::Instant::now();
+        assert_eq!(s.find_token("admin", &"ab".repeat(32), now), None);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "bogus lookup took {:?}",
+            started.elapsed()
+        );
+        let newest = tokens.last().unwrap();
+        let key = s.issue_key(now, &mut rng);
+        let h = crypto::token_hash(HashAlg::Sha256, &key, newest).unwrap();
+        assert_eq!(
+            s.find_token("admin", &h, now).as_deref(),
+            Some(newest.as_str())
+        );
+        // a key issued before a token can hash that token
+        let key = s.issue_key(now, &mut rng);
+        let (late, _) = s.issue_token(
+            2,
+            Duration::from_secs(100),
+            true,
+            now,
+            1_700_000_000,
+            &mut rng,
+        );
+        let h = crypto::token_hash(HashAlg::Sha256, &key, &late).unwrap();
+        assert_eq!(
+            s.find_token("admin", &h, now).as_deref(),
+            Some(late.as_str())
+        );
+        // credentials with the newest key
+        let key = s.issue_key(now, &mut rng);
+        let good = client_hash(&s, &key, "secret");
+        assert_eq!(s.verify_credentials("admin", &good, now), Ok(()));
+    }
+
+    #[test]
+    fn failed_token_logins_and_passwords_count_towards_the_block() {
+        let (mut s, mut rng) = store(HashAlg::Sha256);
+        let now = Instant::now();
+        let (tok, _) = s.issue_token(
+            4,
+            Duration::from_secs(100),
+            true,
+            now,
+            1_700_000_000,
+            &mut rng,
+        );
+        // max_failures is 3: two bogus authwithtoken and one wrong Basic-auth password
+        assert_eq!(
+            s.login_with_token("admin", "00", now),
+            Err(LoginError::Unauthorized)
+        );
+        assert_eq!(
+            s.login_with_token("admin", &"ab".repeat(32), now),
+            Err(LoginError::Unauthorized)
+        );
+        assert_eq!(
+            s.login_with_password("admin", "wrong", now),
+            Err(LoginError::Unauthorized)
+        );
+        assert!(s.blocked_for(now).is_some(), "3 failures should block");
+        // blocked: even the right token and password are refused
+        assert!(matches!(
+            s.login_with_token("admin", &tok, now),
+            Err(LoginError::Blocked(_))
+        ));
+        assert!(matches!(
+            s.login_with_password("admin", "secret", now),
+            Err(LoginError::Blocked(_))
+        ));
+        let after = now + Duration::from_secs(61);
+        assert_eq!(
+            s.login_with_token("admin", &tok, after).as_deref(),
+            Ok(tok.as_str())
+        );
+        assert_eq!(s.login_with_password("admin", "secret", after), Ok(()));
     }
 }

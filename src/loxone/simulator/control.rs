@@ -119,9 +119,24 @@ impl SimControl {
     }
 
     /// Sets a value state and sends the change to every subscribed socket. False for a
-    /// UUID that is not a value state.
+    /// UUID that is not a value state and for a value that is not finite.
     pub fn set_value(&self, uuid: LoxUuid, value: f64) -> bool {
         self.shared.set_values(&[(uuid, value)]) == 1
+    }
+
+    /// Sends a value event for any UUID to every subscribed socket: a value state of the
+    /// structure is set as by [`set_value`](Self::set_value); any other UUID is only sent (not
+    /// stored, never in an initial table), as real units send states the structure does not
+    /// list and clients must ignore (protocol doc §3.6). False for a value that is not
+    /// finite, which is not sent.
+    pub fn send_value_event(&self, uuid: LoxUuid, value: f64) -> bool {
+        if !value.is_finite() {
+            return false;
+        }
+        if !self.set_value(uuid, value) {
+            self.shared.send_raw_values(&[(uuid, value)]);
+        }
+        true
     }
 
     /// Sets a text state and sends the change to every subscribed socket. False for a UUID

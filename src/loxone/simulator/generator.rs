@@ -203,9 +203,13 @@ impl Generator {
         self.walks.iter().map(|w| (w.uuid, w.value))
     }
 
-    /// Overrides a value (commands, control API). Returns false for an unknown UUID.
-    /// Counters keep counting up from the new value.
+    /// Overrides a value (commands, control API). Returns false for an unknown UUID and for
+    /// a value that is not finite (NaN or ±∞; callers refuse those first). Counters keep
+    /// counting up from the new value.
     pub fn set(&mut self, uuid: &LoxUuid, value: f64) -> bool {
+        if !value.is_finite() {
+            return false;
+        }
         match self.index.get(uuid) {
             Some(&i) => {
                 let w = &mut self.walks[i];
@@ -249,8 +253,12 @@ fn initial_value(class: ValueClass, rng: &mut SplitMix64) -> f64 {
     }
 }
 
+/// One step of a walk. Never panics and never leaves the finite range, whatever finite
+/// `base` and `v` a command set (a non-finite one is treated as 0).
 fn step(class: ValueClass, base: f64, v: f64, rng: &mut SplitMix64) -> f64 {
-    match class {
+    let v = if v.is_finite() { v } else { 0.0 };
+    let base = if base.is_finite() { base } else { v };
+    let next = match class {
         // drift of at most 0.1 per step, pulled back towards the base
         ValueClass::Temperature => {
             round2((v + 0.1 * rng.signed() + 0.05 * (base - v)).clamp(-40.0, 60.0))
@@ -270,18 +278,33 @@ fn step(class: ValueClass, base: f64, v: f64, rng: &mut SplitMix64) -> f64 {
         }
         ValueClass::Counter => round3(v + 0.01 * rng.unit() + 0.001),
         ValueClass::Power => round3((v + 0.2 * rng.signed()).clamp(-20.0, 50.0)),
+        // finite bounds with lo <= hi, so `clamp` cannot panic
         ValueClass::Generic => round2((v + rng.signed()).clamp(base - 50.0, base + 50.0)),
+    };
+    if next.is_finite() {
+        next
+    } else {
+        v
     }
 }
 
+/// `x` rounded to `1/scale`; `x` itself where scaling would overflow (|x| near `f64::MAX`).
+fn round_to(x: f64, scale: f64) -> f64 {
+    let r = (x * scale).round() / scale;
+    if r.is_finite() {
+        r
+    } else {
+        x
+    }
+}
 fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
+    round_to(x, 10.0)
 }
 fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+    round_to(x, 100.0)
 }
 fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+    round_to(x, 1000.0)
 }
 
 #[cfg(test)]
@@ -381,5 +404,43 @@ mod tests {
         );
         assert_eq!(g.len(), 1);
         assert_eq!(g.class(&uuid(1)), Some(ValueClass::Digital));
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_and_no_walk_can_panic() {
+        let classes = [
+            ValueClass::Temperature,
+            ValueClass::Humidity,
+            ValueClass::Co2,
+            ValueClass::Fraction,
+            ValueClass::Percent,
+            ValueClass::Digital,
+            ValueClass::Counter,
+            ValueClass::Power,
+            ValueClass::Generic,
+        ];
+        let states: Vec<_> = (0u8..)
+            .zip(classes)
+            .map(|(i, class)| (uuid(i + 1), class))
+            .collect();
+        let mut g = Generator::new(3, states.clone());
+        for (u, _) in &states {
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                assert!(!g.set(u, bad), "{bad} accepted");
+            }
+            assert!(g.value(u).is_some_and(f64::is_finite));
+        }
+        // the largest finite values: stepping neither panics nor leaves the finite range
+        for extreme in [f64::MAX, -f64::MAX, 1e300, -1e300] {
+            for (u, _) in &states {
+                assert!(g.set(u, extreme));
+            }
+            let mut out = Vec::new();
+            g.next_batch(5000, &mut out);
+            assert!(
+                out.iter().all(|(_, v)| v.is_finite()),
+                "non-finite value after {extreme}"
+            );
+        }
     }
 }

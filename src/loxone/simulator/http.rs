@@ -1,7 +1,8 @@
 //! The simulator's HTTP side on the same port as the WebSocket, like a real Miniserver
 //! (protocol doc §1.4, §8 "HTTP side"): `jdev/cfg/api(Key)`, `jdev/sys/getPublicKey`,
 //! `jdev/sys/getkey`, `data/LoxAPP3.json` and `jdev/sps/LoxAPPversion3` behind Basic auth,
-//! 503 while rebooting, the `/ws/rfc6455` upgrade, and the `/sim/...` control API.
+//! 503 while rebooting, the `/ws/rfc6455` upgrade, and the `/sim/...` control API. A command
+//! sent as `dev/…` instead of `jdev/…` is answered in the deprecated XML form (doc §5.2).
 //!
 //! Accept loops and connection plumbing live here too; socket behaviour is in `session.rs`.
 
@@ -28,6 +29,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::auth::LoginError;
 use super::control::SimControl;
 use super::shared::{Counters, MalformedKind, Shared};
 use crate::loxone::envelope::{encode_api_key_value, encode_ll, ApiKeyInfo, CodeStyle};
@@ -50,13 +52,20 @@ pub fn api_key_value(shared: &Shared, key: Option<String>, _peer: Option<SocketA
         serial.clone()
     };
     let gen2 = s.structure.ms_info.miniserver_type.unwrap_or(2) >= 2;
-    encode_api_key_value(&ApiKeyInfo {
+    let value = encode_api_key_value(&ApiKeyInfo {
         snr,
         version: shared.opts.firmware_version.clone(),
         key,
         https_status: gen2.then_some(if shared.tls_enabled { 1 } else { 0 }),
         local: Some(true),
-    })
+    });
+    // the shared encoder always writes `true`; whether a status-update slot is free is
+    // the simulator's to say (doc §1.4)
+    if shared.has_free_event_slot() {
+        value
+    } else {
+        value.replacen("'hasEventSlots':true", "'hasEventSlots':false", 1)
+    }
 }
 
 fn html_error(code: StatusCode) -> Resp {
@@ -79,37 +88,60 @@ fn with_type(body: impl Into<Bytes>, ctype: &'static str) -> Resp {
     r
 }
 
-fn ll_response(control: &str, value: serde_json::Value) -> Resp {
-    with_type(
-        encode_ll(control, 200, &value, CodeStyle::UpperString),
-        "application/json",
-    )
+/// An LL answer: JSON for `jdev/…`, the deprecated XML form for `dev/…` (doc §5.2).
+fn ll_response(control: &str, value: serde_json::Value, xml: bool) -> Resp {
+    if xml {
+        with_type(
+            super::session::encode_ll_xml(control, 200, &value),
+            "text/xml",
+        )
+    } else {
+        with_type(
+            encode_ll(control, 200, &value, CodeStyle::UpperString),
+            "application/json",
+        )
+    }
 }
 
-fn basic_auth_ok(shared: &Shared, req: &Request<Incoming>) -> bool {
-    let Some(v) = req
+/// Outcome of HTTP Basic auth.
+enum BasicAuth {
+    Ok,
+    /// No (usable) `Authorization` header: not a failed login, browsers ask first.
+    Missing,
+    /// Wrong user or password (counted towards the block).
+    Wrong,
+    /// Logins are blocked after too many failures.
+    Blocked,
+}
+
+fn basic_auth(shared: &Shared, req: &Request<Incoming>, now: Instant) -> BasicAuth {
+    let credentials = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    else {
-        return false;
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+        .and_then(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let Some(text) = credentials else {
+        return BasicAuth::Missing;
     };
-    let Some(b64) = v
-        .strip_prefix("Basic ")
-        .or_else(|| v.strip_prefix("basic "))
-    else {
-        return false;
-    };
-    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
-        return false;
-    };
-    let Ok(text) = String::from_utf8(raw) else {
-        return false;
-    };
-    let Some((u, p)) = text.split_once(':') else {
-        return false;
-    };
-    shared.auth.lock().check_password(u, p)
+    let (u, p) = text.split_once(':').unwrap_or((text.as_str(), ""));
+    let result = shared.auth.lock().login_with_password(u, p, now);
+    match result {
+        Ok(()) => BasicAuth::Ok,
+        Err(LoginError::Unauthorized) => {
+            Counters::inc(&shared.counters.auth_failures);
+            BasicAuth::Wrong
+        }
+        Err(LoginError::Blocked(_)) => BasicAuth::Blocked,
+    }
 }
 
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
@@ -141,6 +173,8 @@ async fn handle(
     }
     let now = Instant::now();
     let p = path.trim_start_matches('/');
+    // `dev/…` (not `jdev/…`) asks for the deprecated XML answers
+    let xml = p.starts_with("dev/");
     let p = p
         .strip_prefix('j')
         .filter(|r| r.starts_with("dev/"))
@@ -151,36 +185,44 @@ async fn handle(
             "<html><body>Loxone Miniserver simulator (loxone-exporter)</body></html>",
             "text/html",
         ),
-        "dev/cfg/api" => ll_response("dev/cfg/api", json!(api_key_value(&shared, None, None))),
+        "dev/cfg/api" => ll_response(
+            "dev/cfg/api",
+            json!(api_key_value(&shared, None, None)),
+            xml,
+        ),
         "dev/cfg/apiKey" => {
             let key = shared.auth.lock().issue_key(now, &mut rand::rngs::OsRng);
             ll_response(
                 "dev/cfg/apiKey",
                 json!(api_key_value(&shared, Some(key), None)),
+                xml,
             )
         }
         "dev/sys/getPublicKey" => {
-            ll_response("dev/sys/getPublicKey", json!(shared.public_key_text))
+            ll_response("dev/sys/getPublicKey", json!(shared.public_key_text), xml)
         }
         "dev/sys/getkey" => {
             let key = shared.auth.lock().issue_key(now, &mut rand::rngs::OsRng);
-            ll_response("dev/sys/getkey", json!(key))
+            ll_response("dev/sys/getkey", json!(key), xml)
         }
-        "data/LoxAPP3.json" | "dev/sps/LoxAPPversion3" => {
-            if !basic_auth_ok(&shared, &req) {
+        "data/LoxAPP3.json" | "dev/sps/LoxAPPversion3" => match basic_auth(&shared, &req, now) {
+            BasicAuth::Ok if p == "data/LoxAPP3.json" => {
+                with_type(shared.structure().text.to_string(), "application/json")
+            }
+            BasicAuth::Ok => {
+                let lm = shared.structure().last_modified.clone();
+                ll_response("dev/sps/LoxAPPversion3", json!(lm), xml)
+            }
+            BasicAuth::Blocked => html_error(StatusCode::FORBIDDEN),
+            BasicAuth::Missing | BasicAuth::Wrong => {
                 let mut r = html_error(StatusCode::UNAUTHORIZED);
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"Loxone Miniserver\""),
                 );
                 r
-            } else if p == "data/LoxAPP3.json" {
-                with_type(shared.structure().text.to_string(), "application/json")
-            } else {
-                let lm = shared.structure().last_modified.clone();
-                ll_response("dev/sps/LoxAPPversion3", json!(lm))
             }
-        }
+        },
         _ => html_error(StatusCode::NOT_FOUND),
     };
     Ok(resp)
@@ -272,10 +314,12 @@ fn control_api(shared: &Arc<Shared>, method: &Method, rest: &str, query: &str) -
             return json_ok(json!({"lastModified": lm}));
         }
         "value" => {
+            // any well-formed UUID: one the structure does not list is sent all the same
+            // (clients must ignore it, doc §3.6); NaN and ±∞ are refused
             let uuid = query_param(query, "uuid")
                 .and_then(|u| crate::loxone::uuid::LoxUuid::parse(u).ok());
-            match (uuid, num("value")) {
-                (Some(u), Some(v)) if ctl.set_value(u, v) => {}
+            match (uuid, num("value").filter(|v| v.is_finite())) {
+                (Some(u), Some(v)) if ctl.send_value_event(u, v) => {}
                 _ => return html_error(StatusCode::BAD_REQUEST),
             }
         }

@@ -22,7 +22,9 @@
 //! - It compares the LL status with the STRING `"200"` (key `Code` or `code`). The doc quotes a
 //!   real getkey2 answer with a numeric `"code": 200` (LJ capture); loxwebsocket does not check
 //!   getkey2's code but does check keyexchange's, so `--code-style *-number` breaks its login.
-//!   Default here: `"Code": "200"`, the form in the official doc examples.
+//!   Default here: `mixed`, the shapes of real captures per answer kind (`"code": 200` for
+//!   getkey2, `"code": "200"` for the other token/system answers including keyexchange,
+//!   `"Code": "200"` elsewhere), which loxwebsocket accepts.
 //! - It AES-decrypts the `control` of every answer it did not wait for (e.g. `jdev/sps/io`
 //!   answers), i.e. it assumes the older cipher-form echo `jdev/sys/enc/<base64>`; it cannot
 //!   read a URI-encoded cipher there. The doc's captures of current firmware (node-lox-ws-api

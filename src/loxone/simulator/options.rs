@@ -90,9 +90,12 @@ pub struct SimulatorOptions {
     #[arg(long, value_name = "DURATION", default_value = "28d", value_parser = parse_duration)]
     pub token_lifetime_app: Duration,
 
-    /// Shape of the LL status key: `upper-string` (`"Code": "200"`), `upper-number`,
-    /// `lower-string` (`"code": "200"`), `lower-number` (`"code": 200`).
-    #[arg(long, value_enum, default_value = "upper-string")]
+    /// Shape of the LL status key: `mixed` (per answer as real units send it, protocol doc
+    /// §2.2: `"code": 200` for getkey2, `"code": "200"` for the other token/system answers,
+    /// `"Code": "200"` for everything else), or one shape for every answer: `upper-string`
+    /// (`"Code": "200"`), `upper-number`, `lower-string` (`"code": "200"`), `lower-number`
+    /// (`"code": 200`).
+    #[arg(long, value_enum, default_value = "mixed")]
     pub code_style: CodeStyleArg,
 
     /// Echo encrypted commands as their cipher form `jdev/sys/enc/<base64>` (older firmware;
@@ -127,7 +130,15 @@ pub struct SimulatorOptions {
     #[arg(long)]
     pub tables_before_answer: bool,
 
-    /// Failed logins before the Miniserver blocks new connections (closed with 4003).
+    /// Status-update slots: how many WebSockets may have `enablebinstatusupdate` on at once
+    /// (protocol doc §1.4: at most 31; the doc gives no other number for Gen 2 — its 256 is
+    /// the HTTP connection limit). One more is closed with 4008 ("no free event slot",
+    /// doc §2.3); a slot is freed when its socket closes. 0 = unlimited.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_EVENT_SLOTS)]
+    pub event_slots: usize,
+
+    /// Failed logins (getjwt/gettoken, authwithtoken, HTTP Basic auth) before the Miniserver
+    /// blocks new connections (closed with 4003).
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub max_failed_logins: u32,
 
@@ -192,7 +203,7 @@ impl Default for SimulatorOptions {
             key_lifetime: Duration::from_secs(10),
             token_lifetime_web: Duration::from_secs(12 * 3600),
             token_lifetime_app: Duration::from_secs(28 * 24 * 3600),
-            code_style: CodeStyleArg::UpperString,
+            code_style: CodeStyleArg::Mixed,
             echo_cipher: false,
             salt_check: SaltCheck::Strict,
             allow_plain_token_commands: false,
@@ -200,6 +211,7 @@ impl Default for SimulatorOptions {
             checktoken_invalid_code: 401,
             killtoken_code: 200,
             tables_before_answer: false,
+            event_slots: DEFAULT_EVENT_SLOTS,
             max_failed_logins: 5,
             block_duration: Duration::from_secs(60),
             rsa_bits: 1024,
@@ -224,9 +236,18 @@ pub enum HashAlgArg {
     Sha256,
 }
 
+/// Status-update slots of a Miniserver (protocol doc §1.4, §9: "max 31 event-update
+/// clients").
+pub const DEFAULT_EVENT_SLOTS: usize = 31;
+
 /// Shape of the LL status key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CodeStyleArg {
+    /// Per answer kind, as captures of real units show (protocol doc §2.2): `"code": 200`
+    /// (number) for getkey2 (LJ capture), `"code": "…"` (string) for the other `jdev/sys/…`
+    /// token and system answers and `authwithtoken` (node-lox-ws-api 401 capture; LK's
+    /// keyexchange), `"Code": "…"` for everything else (official examples).
+    Mixed,
     /// `"Code": "200"`.
     UpperString,
     /// `"Code": 200`.
@@ -388,6 +409,8 @@ mod tests {
         assert_eq!(cli.sim.estimated_flag, d.estimated_flag);
         assert_eq!(cli.sim.rate, d.rate);
         assert_eq!(cli.sim.user, d.user);
+        assert_eq!(cli.sim.code_style, d.code_style);
+        assert_eq!(cli.sim.event_slots, d.event_slots);
     }
 
     #[test]

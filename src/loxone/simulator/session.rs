@@ -6,6 +6,13 @@
 //! [`Session::handle`] is synchronous and socket-free: it turns one received text into
 //! [`Action`]s. [`run`] owns the socket, the timers (auth timeout → 420 + close, idle timeout,
 //! token expiry → close 1000) and the broadcast subscriptions (event deltas, faults).
+//!
+//! Strict where a real Miniserver is (doc §4.3, §4.5, §5.2): enc/fenc ciphers must be
+//! URI-component-encoded, canonically padded base64 of whole AES blocks (else 401);
+//! getjwt/gettoken need all five arguments with permission 2 or 4 (else 400); control values
+//! must be finite numbers (else 400); `dev/…` commands get the XML answer form; a socket
+//! holds one of the `--event-slots` status-update slots from `enablebinstatusupdate` until
+//! it closes, and with none free it is closed with 4008.
 
 use std::sync::Arc;
 
@@ -25,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{LoginError, LOXONE_EPOCH_UNIX, TOKEN_RIGHTS};
 use super::options::{CodeStyleArg, EstimatedFlag, SaltCheck};
-use super::shared::{format_timestamp, Counters, Fault, MalformedKind, Outgoing, Shared};
+use super::shared::{
+    format_timestamp, Counters, EventSlot, Fault, MalformedKind, Outgoing, Shared,
+};
 use crate::loxone::crypto::{self, SaltPrefix, SessionKey};
 use crate::loxone::envelope::{encode_ll, CodeStyle};
 use crate::loxone::events::{
@@ -69,7 +78,18 @@ pub struct Session {
     salt: Option<String>,
     token: Option<String>,
     events: Option<broadcast::Receiver<Arc<Outgoing>>>,
+    /// The status-update slot taken by `enablebinstatusupdate`; freed when the session ends.
+    event_slot: Option<EventSlot>,
+    /// Shape of the answer being built: status key style and JSON or XML (`dev/…`).
+    answer: AnswerForm,
     rng: StdRng,
+}
+
+/// How the LL answer to the command being handled is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AnswerForm {
+    style: CodeStyle,
+    xml: bool,
 }
 
 impl Session {
@@ -83,6 +103,11 @@ impl Session {
             salt: None,
             token: None,
             events: None,
+            event_slot: None,
+            answer: AnswerForm {
+                style: CodeStyle::UpperString,
+                xml: false,
+            },
             rng: StdRng::from_entropy(),
         }
     }
@@ -93,17 +118,44 @@ impl Session {
         self.phase
     }
 
-    fn style(&self) -> CodeStyle {
+    /// Status-key style of the answer to `path` (a command without query; `jdev/` or
+    /// `dev/`, enc-wrapped or not).
+    fn style_for(&self, path: &str) -> CodeStyle {
         match self.shared.opts.code_style {
             CodeStyleArg::UpperString => CodeStyle::UpperString,
             CodeStyleArg::UpperNumber => CodeStyle::UpperNumber,
             CodeStyleArg::LowerString => CodeStyle::LowerString,
             CodeStyleArg::LowerNumber => CodeStyle::LowerNumber,
+            CodeStyleArg::Mixed => {
+                let norm = path.strip_prefix('j').unwrap_or(path);
+                if norm.starts_with("dev/sys/getkey2/") {
+                    // LJ capture of getkey2: `"code": 200`
+                    CodeStyle::LowerNumber
+                } else if norm.starts_with("dev/sys/") || norm.starts_with("authwithtoken/") {
+                    // node-lox-ws-api capture of a gettoken 401: `"code":"401"`
+                    CodeStyle::LowerString
+                } else {
+                    CodeStyle::UpperString
+                }
+            }
         }
     }
 
+    /// Sets the answer form for `path` (the command as received, or the decrypted inner
+    /// command): XML once either is `dev/…` (doc §5.2).
+    fn answer_to(&mut self, path: &str) {
+        self.answer = AnswerForm {
+            style: self.style_for(path),
+            xml: self.answer.xml || path.starts_with("dev/"),
+        };
+    }
+
     fn ll(&self, control: &str, code: u16, value: Json) -> Action {
-        Action::Text(encode_ll(control, code, &value, self.style()))
+        if self.answer.xml {
+            Action::Text(encode_ll_xml(control, code, &value))
+        } else {
+            Action::Text(encode_ll(control, code, &value, self.answer.style))
+        }
     }
 
     /// Handles one text message from the client.
@@ -115,6 +167,11 @@ impl Session {
             return vec![Action::HeaderOnly(MessageKind::Keepalive)];
         }
         Counters::inc(&self.shared.counters.commands);
+        self.answer = AnswerForm {
+            style: CodeStyle::UpperString,
+            xml: false,
+        };
+        self.answer_to(text);
         if let Some(b64) = text.strip_prefix("jdev/sys/keyexchange/") {
             return vec![self.keyexchange(text, b64, now)];
         }
@@ -151,6 +208,11 @@ impl Session {
         let Some(sk) = self.session_key.clone() else {
             return vec![self.ll(text, 401, json!("no session key"))];
         };
+        if !cipher_is_well_formed(text) {
+            // a real Miniserver cannot decrypt it either: a raw `/` splits the path, a cut
+            // or unpadded cipher is no whole AES block (doc §4.5, §7 pitfall 20)
+            return vec![self.ll(text, 401, json!("decryption failed"))];
+        }
         let dc = match crypto::decrypt_command(&sk, text) {
             Ok(dc) => dc,
             Err(_) => return vec![self.ll(text, 401, json!("decryption failed"))],
@@ -200,7 +262,13 @@ impl Session {
         now: Instant,
     ) -> Vec<Action> {
         let cmd = cmd.trim_start_matches('/');
+        if encrypted && cmd.trim_matches('\0').trim() == "keepalive" {
+            // keepalive may be enc-wrapped too (doc §8): the same bare header
+            Counters::inc(&self.shared.counters.keepalives);
+            return vec![Action::HeaderOnly(MessageKind::Keepalive)];
+        }
         let path = cmd.split('?').next().unwrap_or_default();
+        self.answer_to(path);
         // `jdev/...` and `dev/...` address the same command
         let norm = path
             .strip_prefix('j')
@@ -242,13 +310,21 @@ impl Session {
                     json!({"key": key, "salt": salt, "hashAlg": alg.as_loxone()}),
                 )]
             }
-            ["dev", "sys", verb @ ("getjwt" | "gettoken"), hash, user, perm, ..] => {
+            ["dev", "sys", verb @ ("getjwt" | "gettoken"), args @ ..] => {
                 if !secure_channel {
                     return vec![self.ll(&control, 400, json!("must be encrypted"))];
                 }
+                // getjwt/<hash>/<user>/<permission>/<clientUuid>/<info>, permission 2 or 4
+                // (doc §4.3)
+                let [hash, user, perm @ ("2" | "4"), client_uuid, info] = args else {
+                    return vec![self.ll(&control, 400, json!("invalid arguments"))];
+                };
+                if [hash, user, client_uuid, info].iter().any(|a| a.is_empty()) {
+                    return vec![self.ll(&control, 400, json!("invalid arguments"))];
+                }
                 let jwt = *verb == "getjwt";
                 let user = percent_decode(user);
-                let permission: u32 = perm.parse().unwrap_or(2);
+                let permission: u32 = if *perm == "4" { 4 } else { 2 };
                 self.get_token(&control, hash, &user, permission, jwt, now)
             }
             ["authwithtoken", hash, user] | ["dev", "sys", "authwithtoken", hash, user] => {
@@ -259,11 +335,13 @@ impl Session {
                 let unix = Shared::unix_now();
                 let found = {
                     let mut a = self.shared.auth.lock();
-                    a.find_token(&user, hash, now)
-                        .and_then(|t| a.extend(&t, now, unix).map(|r| (t, r)))
+                    a.login_with_token(&user, hash, now).map(|t| {
+                        let rec = a.extend(&t, now, unix);
+                        (t, rec)
+                    })
                 };
                 match found {
-                    Some((token, rec)) => {
+                    Ok((token, Some(rec))) => {
                         Counters::inc(&self.shared.counters.auth_ok);
                         self.phase = Phase::Authenticated;
                         self.token = Some(token);
@@ -273,9 +351,14 @@ impl Session {
                             json!({"validUntil": rec.valid_until, "tokenRights": TOKEN_RIGHTS, "unsecurePass": false}),
                         )]
                     }
-                    None => {
+                    Ok((_, None)) => vec![self.ll(&control, 401, json!("invalid token"))],
+                    Err(e) => {
                         Counters::inc(&self.shared.counters.auth_failures);
-                        vec![self.ll(&control, 401, json!("invalid token"))]
+                        let code = match e {
+                            LoginError::Unauthorized => 401,
+                            LoginError::Blocked(_) => 403,
+                        };
+                        vec![self.ll(&control, code, json!("invalid token"))]
                     }
                 }
             }
@@ -426,6 +509,16 @@ impl Session {
     }
 
     fn enable_updates(&mut self, control: &str) -> Vec<Action> {
+        if self.event_slot.is_none() {
+            match self.shared.take_event_slot() {
+                Some(slot) => self.event_slot = Some(slot),
+                None => {
+                    // all slots taken (doc §1.4): "no free event slot" (doc §2.3, §5.4)
+                    Counters::inc(&self.shared.counters.event_slots_refused);
+                    return vec![Action::Close(4008, "no free event slot".into())];
+                }
+            }
+        }
         // subscribe before the snapshot so no delta falls between them
         if self.events.is_none() {
             self.events = Some(self.shared.events.subscribe());
@@ -468,17 +561,23 @@ impl Session {
         };
         let mut it = cmd.split('/');
         let verb = it.next().unwrap_or_default();
+        let invalid = || vec![self.ll(control, 400, json!("invalid value"))];
         let new = match verb.to_ascii_lowercase().as_str() {
             "on" => Some(full_scale),
             "off" => Some(0.0),
             "pulse" => Some(if current >= 0.5 { 0.0 } else { full_scale }),
             "up" | "fullup" => Some(0.0),
             "down" | "fulldown" => Some(1.0),
-            "manualposition" => it
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .map(|v| v / 100.0),
-            other => other.parse::<f64>().ok().filter(|v| v.is_finite()),
+            "manualposition" => match it.next().map(str::parse::<f64>) {
+                Some(Ok(v)) if v.is_finite() => Some(v / 100.0),
+                _ => return invalid(),
+            },
+            // a number sets the value; NaN and ±∞ are no values
+            other => match other.parse::<f64>() {
+                Ok(v) if v.is_finite() => Some(v),
+                Ok(_) => return invalid(),
+                Err(_) => None,
+            },
         };
         let value = match new {
             Some(v) => {
@@ -503,6 +602,57 @@ impl Session {
                 .ok_or(()),
         )
     }
+}
+
+/// The deprecated XML form of an LL answer, for commands sent as `dev/…` (doc §5.2), e.g.
+/// `<LL control="dev/sps/io/VI1/On" value="1" Code="200"/>` after an XML declaration
+/// (captures in Loxone's web-services page and client code; the line break after the
+/// declaration is \[UNSURE\]). An object value is written as its JSON text.
+pub fn encode_ll_xml(control: &str, code: u16, value: &Json) -> String {
+    let value = match value {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<LL control=\"{}\" value=\"{}\" Code=\"{code}\"/>",
+        xml_attr(control),
+        xml_attr(&value)
+    )
+}
+
+fn xml_attr(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether the cipher of `jdev/sys/enc|fenc/<cipher>` is what a real Miniserver can
+/// decrypt: no raw `/` (it would split the path), and once URI-decoded, canonically padded
+/// standard base64 of a whole number of AES blocks (doc §4.5: URI-component-encoded, zero
+/// padded to 16). `crypto::decrypt_command` itself is lenient, as the exporter's client
+/// needs it for old-firmware fenc answers.
+fn cipher_is_well_formed(command: &str) -> bool {
+    use base64::Engine;
+    let Some((_, cipher)) = crypto::split_encrypted_command(command) else {
+        return false;
+    };
+    if cipher.contains('/') {
+        return false;
+    }
+    let Ok(decoded) = percent_encoding::percent_decode_str(cipher).decode_utf8() else {
+        return false;
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(decoded.as_bytes())
+        .is_ok_and(|c| !c.is_empty() && c.len() % 16 == 0)
 }
 
 fn fmt_number(v: f64) -> String {
@@ -1002,6 +1152,10 @@ pub async fn run<S>(
                 Err(_) => continue,
             },
             _ = sleep_opt(auth_at) => {
+                session.answer = AnswerForm {
+                    style: session.style_for("Auth"),
+                    xml: false,
+                };
                 let a = session.ll("Auth", 420, json!("Authentication timeout"));
                 let _ = execute(&mut ws, &shared, vec![a]).await;
                 close(&mut ws, 1000, "authentication timeout").await;
@@ -1371,5 +1525,247 @@ mod tests {
         assert_eq!(ll(&out[0]).code, 200);
         assert!(matches!(out[1], Action::Close(1000, _)));
         assert!(shared.auth.lock().token(&token, Instant::now()).is_none());
+    }
+
+    /// A uuidAction and the value state `io_command` changes for it.
+    fn io_target(shared: &Shared, control_type: &str) -> (String, LoxUuid) {
+        let cat = shared.structure().catalogue.clone();
+        cat.io_targets
+            .iter()
+            .filter(|(_, t)| t.control_type == control_type && !t.value_states.is_empty())
+            .map(|(k, t)| {
+                let state = ["value", "active", "position", "tempTarget", "actual"]
+                    .iter()
+                    .find_map(|p| t.value_states.iter().find(|(n, _)| n == p))
+                    .unwrap_or(&t.value_states[0])
+                    .1;
+                (k.clone(), state)
+            })
+            .min()
+            .unwrap_or_else(|| panic!("a {control_type} in the fixture"))
+    }
+
+    async fn logged_in(f: impl FnOnce(&mut SimulatorOptions)) -> (Arc<Shared>, Session, Client) {
+        let shared = shared_with(f).await;
+        let mut s = Session::new(shared.clone(), false);
+        let c = keyed(&mut s, &shared);
+        assert_eq!(login(&mut s, &c, "pw", "getjwt").code, 200);
+        (shared, s, c)
+    }
+
+    #[tokio::test]
+    async fn non_finite_io_values_are_refused() {
+        let (shared, mut s, c) = logged_in(|_| {}).await;
+        let (jalousie, position) = io_target(&shared, "Jalousie");
+        let (switch, _) = io_target(&shared, "Switch");
+        let before = shared.values.lock().value(&position).unwrap();
+        for cmd in [
+            format!("jdev/sps/io/{jalousie}/manualPosition/NaN"),
+            format!("jdev/sps/io/{jalousie}/manualPosition/inf"),
+            format!("jdev/sps/io/{jalousie}/manualPosition/-Infinity"),
+            format!("jdev/sps/io/{jalousie}/manualPosition/"),
+            format!("jdev/sps/io/{jalousie}/manualPosition/abc"),
+            format!("jdev/sps/io/{switch}/NaN"),
+            format!("jdev/sps/io/{switch}/inf"),
+        ] {
+            let r = ll(&s.handle(&c.enc(&cmd), Instant::now())[0]);
+            assert_eq!(r.code, 400, "{cmd}: {r:?}");
+        }
+        assert_eq!(shared.values.lock().value(&position), Some(before));
+        // a finite position still works
+        let r = ll(&s.handle(
+            &c.enc(&format!("jdev/sps/io/{jalousie}/manualPosition/40")),
+            Instant::now(),
+        )[0]);
+        assert_eq!(r.code, 200);
+        assert_eq!(shared.values.lock().value(&position), Some(0.4));
+        // the generator keeps stepping every state without panicking
+        let mut out = Vec::new();
+        shared.values.lock().next_batch(10_000, &mut out);
+        assert!(out.iter().all(|(_, v)| v.is_finite()));
+    }
+
+    #[tokio::test]
+    async fn dev_commands_are_answered_in_xml() {
+        let (shared, mut s, c) = logged_in(|_| {}).await;
+        let lm = shared.structure().last_modified.clone();
+        let out = s.handle("dev/sps/LoxAPPversion3", Instant::now());
+        let t = text(&out[0]);
+        assert!(parse_ll(t).is_err(), "not JSON: {t}");
+        assert_eq!(
+            t,
+            format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<LL control=\"dev/sps/LoxAPPversion3\" value=\"{lm}\" Code=\"200\"/>"
+            )
+        );
+        // encrypted too, and errors; values are attribute-escaped
+        let out = s.handle(&c.enc("dev/sps/nothing<&\">"), Instant::now());
+        assert_eq!(
+            text(&out[0]),
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<LL control=\"dev/sps/nothing&lt;&amp;&quot;&gt;\" value=\"File not found!\" Code=\"404\"/>"
+        );
+        // jdev/ stays JSON
+        let r = ll(&s.handle("jdev/sps/LoxAPPversion3", Instant::now())[0]);
+        assert_eq!((r.code, r.value.as_str()), (200, Some(lm.as_str())));
+    }
+
+    #[tokio::test]
+    async fn enc_cipher_must_be_uri_encoded_padded_and_whole() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let shared = shared_with(|_| {}).await;
+        let mut s = Session::new(shared.clone(), false);
+        let c = keyed(&mut s, &shared);
+        let code = |s: &mut Session, w: &str| ll(&s.handle(w, Instant::now())[0]).code;
+        // the well-formed command first (and it fixes the salt)
+        assert_eq!(code(&mut s, &c.enc("jdev/sys/getkey")), 200);
+        // a raw '/' in the cipher: a real Miniserver splits the path there
+        let with_slash = (0..200)
+            .map(|i| {
+                crypto::aes_encrypt_b64(&c.sk, format!("salt/a1b2/jdev/sys/getkey\0{i}").as_bytes())
+            })
+            .find(|b| b.contains('/'))
+            .expect("some cipher contains '/'");
+        assert_eq!(code(&mut s, &format!("jdev/sys/enc/{with_slash}")), 401);
+        // the same cipher encoded is fine
+        assert_eq!(
+            code(
+                &mut s,
+                &format!("jdev/sys/enc/{}", crypto::uri_component_encode(&with_slash))
+            ),
+            200
+        );
+        // '=' padding missing: 26 plaintext bytes → 32 cipher bytes → 44 chars with one '='
+        let padded = crypto::aes_encrypt_b64(&c.sk, b"salt/a1b2/jdev/sys/getkey\0");
+        assert!(padded.ends_with('=') && !padded.ends_with("=="), "{padded}");
+        let unpadded = padded.trim_end_matches('=');
+        assert_eq!(
+            code(
+                &mut s,
+                &format!("jdev/sys/enc/{}", crypto::uri_component_encode(unpadded))
+            ),
+            401
+        );
+        // ciphertext cut short of a block: the first blocks alone would still decrypt to the
+        // whole command
+        let mut plain = b"salt/a1b2/jdev/sys/getkey\0".to_vec();
+        plain.resize(48, 0);
+        let whole = b64.decode(crypto::aes_encrypt_b64(&c.sk, &plain)).unwrap();
+        assert_eq!(whole.len(), 48);
+        let cut = b64.encode(&whole[..40]);
+        assert_eq!(
+            code(
+                &mut s,
+                &format!("jdev/sys/enc/{}", crypto::uri_component_encode(&cut))
+            ),
+            401
+        );
+        let full = b64.encode(&whole);
+        assert_eq!(
+            code(
+                &mut s,
+                &format!("jdev/sys/enc/{}", crypto::uri_component_encode(&full))
+            ),
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_getjwt_is_refused() {
+        let shared = shared_with(|_| {}).await;
+        let mut s = Session::new(shared.clone(), false);
+        let c = keyed(&mut s, &shared);
+        let uuid = "098802e1-02b4-603c-ffffeee000d80cfd";
+        for tail in [
+            format!("3/{uuid}/test"),
+            format!("0/{uuid}/test"),
+            format!("x/{uuid}/test"),
+            format!("4/{uuid}"),
+            format!("4/{uuid}/"),
+            "4".to_string(),
+            "4//test".to_string(),
+            format!("4/{uuid}/test/extra"),
+        ] {
+            let out = s.handle(&c.enc("jdev/sys/getkey2/admin"), Instant::now());
+            let v = ll(&out[0]).value;
+            let alg = crypto::HashAlg::from_loxone(v["hashAlg"].as_str());
+            let pw = crypto::password_hash(alg, "pw", v["salt"].as_str().unwrap());
+            let h = crypto::credential_hash(alg, v["key"].as_str().unwrap(), "admin", &pw).unwrap();
+            let r = ll(&s.handle(
+                &c.enc(&format!("jdev/sys/getjwt/{h}/admin/{tail}")),
+                Instant::now(),
+            )[0]);
+            assert_eq!(r.code, 400, "getjwt/<hash>/admin/{tail}: {r:?}");
+            assert_ne!(s.phase(), Phase::Authenticated);
+        }
+        // the right form with permission 2 logs in
+        let out = s.handle(&c.enc("jdev/sys/getkey2/admin"), Instant::now());
+        let v = ll(&out[0]).value;
+        let alg = crypto::HashAlg::from_loxone(v["hashAlg"].as_str());
+        let pw = crypto::password_hash(alg, "pw", v["salt"].as_str().unwrap());
+        let h = crypto::credential_hash(alg, v["key"].as_str().unwrap(), "admin", &pw).unwrap();
+        let r = ll(&s.handle(
+            &c.enc(&format!("jdev/sys/getjwt/{h}/admin/2/{uuid}/test")),
+            Instant::now(),
+        )[0]);
+        assert_eq!(r.code, 200, "{r:?}");
+        assert_eq!(shared.counters.snapshot().auth_failures, 0);
+    }
+
+    #[tokio::test]
+    async fn enc_wrapped_keepalive_is_a_bare_header() {
+        let shared = shared_with(|_| {}).await;
+        let mut s = Session::new(shared.clone(), false);
+        let c = keyed(&mut s, &shared);
+        // before authentication, enc-wrapped (doc §8)
+        assert_eq!(
+            s.handle(&c.enc("keepalive"), Instant::now()),
+            vec![Action::HeaderOnly(MessageKind::Keepalive)]
+        );
+        assert_eq!(login(&mut s, &c, "pw", "getjwt").code, 200);
+        assert_eq!(
+            s.handle(&c.enc("keepalive"), Instant::now()),
+            vec![Action::HeaderOnly(MessageKind::Keepalive)]
+        );
+        assert_eq!(shared.counters.snapshot().keepalives, 2);
+    }
+
+    #[tokio::test]
+    async fn default_code_style_mixes_like_real_units() {
+        let shared = shared_with(|_| {}).await;
+        let mut s = Session::new(shared.clone(), false);
+        let c = keyed(&mut s, &shared);
+        let raw = |s: &mut Session, w: &str| text(&s.handle(w, Instant::now())[0]).to_string();
+        // getkey2: `"code": 200`, a number (LJ capture)
+        let t = raw(&mut s, &c.enc("jdev/sys/getkey2/admin"));
+        assert!(t.ends_with("\"code\": 200}}"), "{t}");
+        // other token/system answers: `"code": "…"` (node-lox-ws-api 401 capture)
+        let t = raw(&mut s, &c.enc("jdev/sys/getkey"));
+        assert!(t.ends_with("\"code\": \"200\"}}"), "{t}");
+        assert_eq!(login(&mut s, &c, "nope", "getjwt").code, 401);
+        let pw_fail = {
+            let out = s.handle(&c.enc("jdev/sys/getkey2/admin"), Instant::now());
+            let v = ll(&out[0]).value;
+            let alg = crypto::HashAlg::from_loxone(v["hashAlg"].as_str());
+            let pw = crypto::password_hash(alg, "nope", v["salt"].as_str().unwrap());
+            let h = crypto::credential_hash(alg, v["key"].as_str().unwrap(), "admin", &pw).unwrap();
+            raw(
+                &mut s,
+                &c.enc(&format!(
+                    "jdev/sys/getjwt/{h}/admin/4/098802e1-02b4-603c-ffffeee000d80cfd/x"
+                )),
+            )
+        };
+        assert!(pw_fail.ends_with("\"code\": \"401\"}}"), "{pw_fail}");
+        assert_eq!(login(&mut s, &c, "pw", "getjwt").code, 200);
+        // everything else: `"Code": "200"` (official examples)
+        let t = raw(&mut s, "jdev/sps/LoxAPPversion3");
+        assert!(t.ends_with("\"Code\": \"200\"}}"), "{t}");
+        // an explicit style still applies to every answer
+        let shared = shared_with(|o| o.code_style = CodeStyleArg::UpperNumber).await;
+        let mut s = Session::new(shared.clone(), false);
+        let c = keyed(&mut s, &shared);
+        let t = raw(&mut s, &c.enc("jdev/sys/getkey2/admin"));
+        assert!(t.ends_with("\"Code\": 200}}"), "{t}");
     }
 }

@@ -182,6 +182,8 @@ pub struct Counters {
     pub(crate) blocked_connections: AtomicU64,
     pub(crate) refused_connections: AtomicU64,
     pub(crate) tokens_killed: AtomicU64,
+    pub(crate) event_slots_in_use: AtomicU64,
+    pub(crate) event_slots_refused: AtomicU64,
 }
 
 /// A snapshot of the simulator's internal counters.
@@ -215,6 +217,10 @@ pub struct SimCounters {
     pub refused_connections: u64,
     /// Valid tokens revoked with `killtoken`.
     pub tokens_killed: u64,
+    /// Status-update slots held now (sockets with `enablebinstatusupdate` on).
+    pub event_slots_in_use: u64,
+    /// WebSockets closed with 4008 because no status-update slot was free.
+    pub event_slots_refused: u64,
 }
 
 impl Counters {
@@ -240,7 +246,27 @@ impl Counters {
             blocked_connections: r(&self.blocked_connections),
             refused_connections: r(&self.refused_connections),
             tokens_killed: r(&self.tokens_killed),
+            event_slots_in_use: r(&self.event_slots_in_use),
+            event_slots_refused: r(&self.event_slots_refused),
         }
+    }
+}
+
+/// One socket's status-update slot ([`Shared::take_event_slot`]); freed on drop.
+pub struct EventSlot(Arc<Shared>);
+
+impl std::fmt::Debug for EventSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSlot")
+    }
+}
+
+impl Drop for EventSlot {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .event_slots_in_use
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -317,6 +343,42 @@ impl Shared {
             }));
         }
         n
+    }
+
+    /// Broadcasts one value table with these entries without storing them: events for
+    /// UUIDs the structure does not list, which clients must ignore (protocol doc §3.6).
+    pub fn send_raw_values(&self, entries: &[(LoxUuid, f64)]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut payload = Vec::with_capacity(entries.len() * 24);
+        for &(uuid, value) in entries {
+            encode_value_event(&ValueEvent { uuid, value }, &mut payload);
+        }
+        let _ = self.events.send(Arc::new(Outgoing {
+            kind: MessageKind::ValueStates,
+            payload: Bytes::from(payload),
+            entries: entries.len() as u64,
+        }));
+    }
+
+    /// Takes one of the `--event-slots` status-update slots, if one is free (protocol doc
+    /// §1.4). The slot is given back when the returned guard is dropped (its socket closed).
+    pub fn take_event_slot(self: &Arc<Self>) -> Option<EventSlot> {
+        let max = self.opts.event_slots as u64;
+        self.counters
+            .event_slots_in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| EventSlot(self.clone()))
+    }
+
+    /// Whether a status-update slot is free (`hasEventSlots` of `jdev/cfg/api`).
+    pub fn has_free_event_slot(&self) -> bool {
+        let max = self.opts.event_slots as u64;
+        max == 0 || self.counters.event_slots_in_use.load(Ordering::Acquire) < max
     }
 
     /// Sets a text state and broadcasts a text table with it. False for a UUID that is not

@@ -1,6 +1,8 @@
 //! The optional TLS listener's certificate: self-signed, generated at start (Gen2 units serve
-//! https/wss beside plain http/ws, protocol doc §1.2). Names: `localhost`, the loopback
-//! addresses and the CloudDNS-style `127-0-0-1.<serial>.dyndns.loxonecloud.com`.
+//! https/wss beside plain http/ws, protocol doc §1.2). Names: `localhost` and the
+//! CloudDNS-style `127-0-0-1.<serial>.dyndns.loxonecloud.com` — hostnames only, never an IP
+//! address, like the CloudDNS certificates of real units (doc §1.2): a client that verifies
+//! names and connects by IP fails here as it would there.
 
 use std::sync::Arc;
 
@@ -21,11 +23,7 @@ pub struct TlsSetup {
 
 /// Generates a self-signed certificate and builds an acceptor.
 pub fn self_signed(serial: &str) -> Result<TlsSetup, SimError> {
-    let mut names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
+    let mut names = vec!["localhost".to_string()];
     if !serial.is_empty() && serial.chars().all(|c| c.is_ascii_alphanumeric()) {
         names.push(format!("127-0-0-1.{serial}.dyndns.loxonecloud.com"));
     }
