@@ -222,12 +222,19 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
         instance_id: format!("{}:{}", otlp::export::local_host_name(), addr.port()),
         env: &env_lookup,
     })?;
-    let std_listener = bind(addr)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("loxone-exporter")
         .build()
         .context("cannot start the async runtime")?;
+    // The handlers go in before the port is bound: whoever sees the port open (a test, a
+    // supervisor) may signal at once, and the default action would kill the process.
+    let shutdown = CancellationToken::new();
+    let signals = {
+        let _in_runtime = runtime.enter();
+        signal_handler(shutdown.clone())
+    };
+    let std_listener = bind(addr)?;
     let options = RunOptions {
         telemetry_path: cli.telemetry_path.clone(),
         web_config: cli.web_config.clone(),
@@ -246,8 +253,7 @@ fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<()> {
         }
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .with_context(|| format!("cannot use listener on {addr}"))?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signal_handler(shutdown.clone()));
+        tokio::spawn(signals);
         // the demo's simulated Miniserver lives as long as the daemon
         let _simulator = if demo {
             let sim = simulator::start(demo_simulator_options())

@@ -40,6 +40,14 @@ fn attr(point: &Json, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The `room="bedroom"` point of `test_temperature_celsius` in a decoded request.
+fn bedroom_point(req: &Json) -> Option<&Json> {
+    metric(req, "test_temperature_celsius")["gauge"]["dataPoints"]
+        .as_array()?
+        .iter()
+        .find(|p| attr(p, "room").as_deref() == Some("bedroom"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_wire_format_is_exact() {
     let Some(python) = common::component(common::PYTHON) else {
@@ -167,30 +175,57 @@ async fn http_wire_format_is_exact() {
     );
     assert_eq!(i["sum"]["dataPoints"][0]["asDouble"], 1.0);
 
-    // the bedroom series vanishes: one point flagged NoRecordedValue (flags = 1), no value
+    // the bedroom series vanishes: one point flagged NoRecordedValue (flags = 1), no value,
+    // sent once. An export whose snapshot was taken just before the change may land after
+    // it and still carry the bedroom value: such captures are skipped.
     collector.with_bedroom.store(false, Ordering::SeqCst);
     let n_before = sink.captured().len();
-    let stale_req = eventually(Duration::from_secs(10), "capture with stale marker", || {
-        sink.captured().into_iter().skip(n_before).find_map(|p| {
-            let req = decode(&python, &p);
-            let g = metric(&req, "test_temperature_celsius");
-            let has = g["gauge"]["dataPoints"]
-                .as_array()?
-                .iter()
-                .any(|p| attr(p, "room").as_deref() == Some("bedroom"));
-            has.then_some(req)
-        })
-    })
+    let mut decoded: Vec<Json> = Vec::new();
+    let decode_new = |decoded: &mut Vec<Json>| {
+        for p in sink.captured().into_iter().skip(n_before + decoded.len()) {
+            decoded.push(decode(&python, &p));
+        }
+    };
+    let stale_at = eventually(
+        Duration::from_secs(20),
+        "an export without the bedroom value",
+        || {
+            decode_new(&mut decoded);
+            decoded.iter().position(|req| match bedroom_point(req) {
+                Some(p) => p.get("asDouble").is_none(),
+                None => true,
+            })
+        },
+    )
     .await;
-    let g = metric(&stale_req, "test_temperature_celsius");
-    let bedroom = g["gauge"]["dataPoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| attr(p, "room").as_deref() == Some("bedroom"))
-        .unwrap();
-    assert_eq!(bedroom["flags"], 1);
-    assert!(bedroom.get("asDouble").is_none());
+    // the first export without the value ends the series: the marker, not silence
+    let bedroom = bedroom_point(&decoded[stale_at])
+        .expect("the first export after the series vanished carries its stale marker");
+    assert_eq!(bedroom["flags"], 1, "{bedroom}");
+    assert!(bedroom.get("asDouble").is_none(), "{bedroom}");
+    // sent once: the next two exports (each one snapshot later) no longer name the series
+    eventually(
+        Duration::from_secs(20),
+        "two exports after the marker",
+        || {
+            decode_new(&mut decoded);
+            (decoded.len() >= stale_at + 3).then_some(())
+        },
+    )
+    .await;
+    for (i, req) in decoded.iter().enumerate().skip(stale_at + 1) {
+        // the export ran: the other series are in it
+        assert_eq!(
+            metric(req, "test_events_total")["sum"]["dataPoints"][0]["asDouble"],
+            42.0,
+            "export {i} after the marker"
+        );
+        assert!(
+            bedroom_point(req).is_none(),
+            "the stale marker was sent again in export {i} after it: {}",
+            bedroom_point(req).unwrap()
+        );
+    }
 
     shutdown.cancel();
     task.await.unwrap();

@@ -22,7 +22,7 @@ use loxone_exporter::metrics::self_health::SelfHealth;
 use loxone_exporter::metrics::store::StateStore;
 use loxone_exporter::metrics::{Registry, Value};
 use loxone_exporter::otlp::convert::{build_resource, Converter, ResourceInfo};
-use loxone_exporter::otlp::export::run_export_loop_with_stats;
+use loxone_exporter::otlp::export::{run_export_loop_with_stats, BACKOFF_INITIAL};
 use loxone_exporter::otlp::health::{health_collector_with_stats, ExportStats};
 use loxone_exporter::otlp::transport::{ExportOutcome, Transport};
 use loxone_exporter::secret::Secret;
@@ -256,12 +256,12 @@ async fn wrong_token_is_a_non_retryable_failure_visible_in_health() {
         Some("WRONG-t0ken-xyz"),
     );
     let r = run_loop(c).await;
+    // the attempt is counted when it ends, its outcome recorded just after: wait for both
     eventually(Duration::from_secs(10), "first attempt", || {
-        (r.stats.attempts() >= 1).then_some(())
+        (r.stats.attempts() >= 1 && r.health.get().state == ExportState::Failed).then_some(())
     })
     .await;
     let st = r.health.get();
-    assert_eq!(st.state, ExportState::Failed);
     assert_eq!(st.consecutive_failures, 1);
     let err = st.last_error.unwrap();
     assert!(err.contains("UNAUTHENTICATED"), "{err}");
@@ -277,9 +277,14 @@ async fn wrong_token_is_a_non_retryable_failure_visible_in_health() {
         gauge(&r.registry, "loxone_otlp_export_duration_seconds"),
         1.0
     );
-    // not retried before the next tick (an hour away)
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // not retried before the next tick (an hour away). Absence can only be waited for:
+    // twice the first backoff, after which a retryable failure would have been tried again
+    // (BACKOFF_INITIAL ± 10 %; the fault tests below see the same loop retry a 503); the
+    // loop must still be running, or no retry could have shown
+    tokio::time::sleep(2 * BACKOFF_INITIAL).await;
+    assert!(!r.task.is_finished(), "the export loop stopped");
     assert_eq!(r.stats.attempts(), 1);
+    assert_eq!(r.health.get().state, ExportState::Failed);
     r.shutdown.cancel();
     r.task.await.unwrap();
 }

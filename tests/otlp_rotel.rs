@@ -158,24 +158,32 @@ async fn roundtrip(protocol: OtlpProtocol) {
             .then_some(d)
     })
     .await;
-    let stale = dump
-        .points("test_temperature_celsius")
-        .into_iter()
-        .filter(|(_, p)| p.value.is_none())
-        .count();
-    // wait one more export: the marker is sent once only
-    let exported_before = stats.attempts();
-    eventually(Duration::from_secs(10), "another export", || {
-        (stats.attempts() > exported_before + 1).then_some(())
-    })
+    let stale_points = |d: &Dump| -> Vec<u64> {
+        d.points("test_temperature_celsius")
+            .into_iter()
+            .filter(|(_, p)| p.value.is_none())
+            .map(|(_, p)| p.time)
+            .collect()
+    };
+    let stale = stale_points(&dump).len();
+    let marker_time = stale_points(&dump)[0];
+    // sent once: wait until rotel has printed two later exports (their counter points,
+    // which travel in the same request after the gauge), then count the markers again
+    let later = eventually(
+        Duration::from_secs(15),
+        "two exports after the marker at rotel",
+        || {
+            let d = rotel.dump();
+            let after = d
+                .points("test_events_total")
+                .iter()
+                .filter(|(_, p)| p.time > marker_time)
+                .count();
+            (after >= 2).then_some(d)
+        },
+    )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // rotel batches for 200 ms
-    let later = rotel.dump();
-    let stale_later = later
-        .points("test_temperature_celsius")
-        .into_iter()
-        .filter(|(_, p)| p.value.is_none())
-        .count();
+    let stale_later = stale_points(&later).len();
     assert_eq!(stale, 1);
     assert_eq!(stale_later, 1, "stale marker repeated");
     // counter start time constant over exports

@@ -310,44 +310,78 @@ fn promtool_accepts_metrics_from_real_structures() {
 /// A scrape waiting for a Miniserver's values gets its turn while a huge value table is
 /// applied, instead of waiting for the whole table (a hostile Miniserver's 60 MB tables
 /// held `/metrics` back for 100 ms and more).
+///
+/// No timing: the table is applied with the lock held from its start; a probe collector
+/// registered before the store tells the applier that the scrape has started, and the
+/// table then goes on (one event at a time, as long as 60 s) until the scrape is done.
+/// The scrape can only finish while the table is still being applied if the store hands
+/// it the lock; a store holding the lock for the whole table makes it wait for the end.
 #[test]
 fn a_scrape_is_not_held_back_for_a_whole_huge_table() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::mpsc;
+    use std::time::{Duration, Instant};
 
-    const EVENTS: usize = 2_000_000;
+    /// Signals when a scrape starts (its `collect` runs before the store's).
+    struct ScrapeStarted(mpsc::Sender<()>);
+    impl loxone_exporter::metrics::Collector for ScrapeStarted {
+        fn collect(&self, _out: &mut Vec<loxone_exporter::metrics::model::Family>) {
+            let _ = self.0.send(());
+        }
+    }
+
+    /// Longest the table goes on waiting for the scrape (the failing case's duration).
+    const LIMIT: Duration = Duration::from_secs(60);
     let s = structure("gen2-home-cz.json");
     let store = StateStore::new(&FilterConfig::default(), false).unwrap();
     let ms = store.add_miniserver("home");
     ms.load_structure(&s);
     let uuids = all_state_uuids(&s);
+    let (started_tx, started_rx) = mpsc::channel();
     let registry = Registry::new();
+    registry.register(Arc::new(ScrapeStarted(started_tx)));
     registry.register(store.clone());
     let progress = Arc::new(AtomicUsize::new(0));
+    let scrape_done = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
     let applier = {
         let progress = progress.clone();
+        let scrape_done = scrape_done.clone();
         std::thread::spawn(move || {
-            ms.apply_values((0..EVENTS).map(|i| {
-                progress.store(i, Ordering::Relaxed);
-                if i == 100 {
-                    // the table's lock is held here: let the scrape start waiting for it
-                    ready_tx.send(()).unwrap();
-                    go_rx.recv().unwrap();
-                }
-                (uuids[i % uuids.len()], i as f64)
-            }))
+            let mut deadline = None;
+            let mut ended_by_scrape = false;
+            ms.apply_values(
+                (0..)
+                    .take_while(|&i| {
+                        if i == 100 {
+                            // the table's lock is held here: let the scrape start, and go on
+                            // only once it has
+                            ready_tx.send(()).unwrap();
+                            started_rx.recv().unwrap();
+                            deadline = Some(Instant::now() + LIMIT);
+                        }
+                        if i > 100 && scrape_done.load(Ordering::SeqCst) {
+                            ended_by_scrape = true;
+                            return false;
+                        }
+                        deadline.is_none_or(|d| Instant::now() < d)
+                    })
+                    .map(|i| {
+                        progress.store(i, Ordering::Relaxed);
+                        (uuids[i % uuids.len()], i as f64)
+                    }),
+            );
+            (ended_by_scrape, progress.load(Ordering::Relaxed))
         })
     };
     ready_rx.recv().unwrap();
-    go_tx.send(()).unwrap();
     let snap = registry.snapshot();
     let scraped_at = progress.load(Ordering::Relaxed);
-    applier.join().unwrap();
+    scrape_done.store(true, Ordering::SeqCst);
+    let (ended_by_scrape, last) = applier.join().unwrap();
     assert!(snap.family("loxone_control_value").is_some());
     assert!(
-        scraped_at < EVENTS - 1,
-        "the scrape waited for all {EVENTS} events"
+        ended_by_scrape,
+        "the scrape waited for the whole table ({last} events, {LIMIT:?}): it saw event {scraped_at}"
     );
 }

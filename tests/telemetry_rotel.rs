@@ -595,6 +595,7 @@ async fn scrape(requests: &[Option<&str>]) {
 
 #[test]
 fn a_scrape_with_traceparent_continues_the_callers_trace() {
+    const LAST_TRACE: &str = "6bf92f3577b34da6a3ce929d0e0e4736";
     let Some(rotel_bin) = common::component(common::ROTEL) else {
         return;
     };
@@ -616,29 +617,25 @@ fn a_scrape_with_traceparent_continues_the_callers_trace() {
             None,
             // not sampled upstream: parent-based sampling keeps it out
             Some("00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-00"),
+            // sampled, after it: once this span is at rotel, a wrongly sampled third span
+            // (ended before it, exported in the same or an earlier batch) would be too
+            Some(&format!("00-{LAST_TRACE}-20f067aa0ba902b7-01")),
         ]));
     }
     guard.force_flush();
     let spans = current_thread().block_on(eventually(
         Duration::from_secs(15),
-        "scrape spans at rotel",
+        "the last scrape's span at rotel",
         || {
             let s = printed_spans(&rotel);
-            (by_name(&s, "http.scrape").len() >= 2).then_some(s)
+            by_name(&s, "http.scrape")
+                .iter()
+                .any(|s| s.trace_id == LAST_TRACE)
+                .then_some(s)
         },
     ));
-    // give a wrongly sampled third span the chance to arrive before counting
-    std::thread::sleep(Duration::from_millis(700));
-    let spans = {
-        let later = printed_spans(&rotel);
-        if later.len() > spans.len() {
-            later
-        } else {
-            spans
-        }
-    };
     let scrapes = by_name(&spans, "http.scrape");
-    assert_eq!(scrapes.len(), 2, "{scrapes:#?}");
+    assert_eq!(scrapes.len(), 3, "{scrapes:#?}");
     let continued = scrapes
         .iter()
         .find(|s| s.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736")
@@ -655,7 +652,7 @@ fn a_scrape_with_traceparent_continues_the_callers_trace() {
     assert_resource(continued);
     let root = scrapes
         .iter()
-        .find(|s| s.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736")
+        .find(|s| s.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736" && s.trace_id != LAST_TRACE)
         .unwrap();
     assert!(root.parent_id.is_empty());
     assert!(!scrapes.iter().any(|s| s.trace_id.starts_with("5bf92f35")));
@@ -663,8 +660,12 @@ fn a_scrape_with_traceparent_continues_the_callers_trace() {
 }
 
 /// Runs a Miniserver session and a scrape with the given environment; returns how many
-/// requests the capture sink (the traces endpoint) received.
-fn traces_requests_with(python: &Path, extra: Vec<(&'static str, String)>) -> usize {
+/// requests the capture sink (the traces endpoint) received. With `traces`, the pipeline
+/// must be on and the count is taken once the first request has arrived (15 s at most);
+/// without, it must be off and the count is taken after a grace period for anything in
+/// flight: absence can only be waited for, and the caller's control run with traces on
+/// (the same session, scrape and sink) shows that this setup does send when it may.
+fn traces_requests_with(python: &Path, extra: Vec<(&'static str, String)>, traces: bool) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let sink = CaptureSink::start(python, dir.path(), port);
@@ -689,9 +690,21 @@ fn traces_requests_with(python: &Path, extra: Vec<(&'static str, String)>) -> us
             .await;
         });
     }
+    assert_eq!(guard.traces_enabled(), traces);
     guard.shutdown(Duration::from_secs(2));
-    // anything still in flight lands within this
-    std::thread::sleep(Duration::from_millis(500));
+    if traces {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while sink.captured().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "control: no traces reached the sink over OTLP/HTTP"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    } else {
+        // nothing may arrive: anything in flight would land within this
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let lines = logs.lines();
     assert!(
         lines
@@ -723,12 +736,12 @@ fn sdk_disabled_sends_nothing_while_enabled_does() {
     let Some(python) = common::component(common::PYTHON) else {
         return;
     };
-    let enabled = traces_requests_with(&python, vec![]);
+    let enabled = traces_requests_with(&python, vec![], true);
     assert!(
         enabled >= 1,
         "control: traces reach the sink over OTLP/HTTP"
     );
-    let disabled = traces_requests_with(&python, vec![("OTEL_SDK_DISABLED", "true".into())]);
+    let disabled = traces_requests_with(&python, vec![("OTEL_SDK_DISABLED", "true".into())], false);
     assert_eq!(
         disabled, 0,
         "OTEL_SDK_DISABLED=true: no self-telemetry traffic"
