@@ -7,10 +7,10 @@
 //! several controls feeds all of them (the original kept only the last owner). Values live
 //! beside the table under one mutex: a client applies an event table under that lock, and
 //! a scrape or an OTLP export copies a view under the same lock, so no family is ever
-//! split. A table longer than 16 384 entries (`ENTRIES_PER_LOCK_HOLD`; a start-up burst of a huge
-//! installation) hands the lock to a waiting scrape between chunks of that size, so such a
-//! scrape may see part of the table applied: a scrape is not held back for its whole
-//! length.
+//! split. A table longer than 16 384 entries (`ENTRIES_PER_LOCK_HOLD`; a start-up burst
+//! of a huge installation) hands the lock to a waiting scrape between chunks of that size,
+//! so such a scrape may see part of the table applied: a scrape is not held back for its
+//! whole length.
 //!
 //! Series (original-exporter.md §3): `loxone_control_value` for numeric states that have
 //! received a value, `loxone_control_info` for text-only controls when
