@@ -863,9 +863,16 @@ mod tests {
         handle: tokio::task::JoinHandle<()>,
     }
 
-    fn start(interval_secs: u64, timeout_secs: u64, script: Script) -> Harness {
+    /// A loop over `collector` sending through a [`FakeSink`] playing `script`, with
+    /// requests of at most `max_request_bytes`.
+    fn export_loop(
+        collector: Arc<dyn Collector>,
+        script: &Script,
+        (interval, timeout): (Duration, Duration),
+        max_request_bytes: usize,
+    ) -> (ExportLoop<FakeSink>, OtlpHealth, Arc<ExportStats>) {
         let registry = Arc::new(Registry::new());
-        registry.register(Arc::new(SnapshotCounter(AtomicU64::new(0))));
+        registry.register(collector);
         let health = OtlpHealth::new(ExportState::Disabled);
         let stats = ExportStats::new();
         let resource = build_resource(&ResourceInfo {
@@ -874,7 +881,7 @@ mod tests {
             host_name: "h".into(),
             extra: vec![],
         });
-        let converter = Converter::new(resource, SystemTime::now(), 1 << 20);
+        let converter = Converter::new(resource, SystemTime::now(), max_request_bytes);
         let sink = FakeSink {
             script: script.clone(),
             health: health.clone(),
@@ -886,11 +893,24 @@ mod tests {
             converter,
             health.clone(),
             stats.clone(),
-            Duration::from_secs(interval_secs),
-            Duration::from_secs(timeout_secs),
+            interval,
+            timeout,
             Box::new(|| 0.5),
         )
         .unwrap();
+        (export, health, stats)
+    }
+
+    fn start(interval_secs: u64, timeout_secs: u64, script: Script) -> Harness {
+        let (export, health, stats) = export_loop(
+            Arc::new(SnapshotCounter(AtomicU64::new(0))),
+            &script,
+            (
+                Duration::from_secs(interval_secs),
+                Duration::from_secs(timeout_secs),
+            ),
+            1 << 20,
+        );
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(export.run(shutdown.clone()));
         Harness {
@@ -906,6 +926,12 @@ mod tests {
         ExportOutcome::Retry {
             after: None,
             reason: "HTTP 503 Service Unavailable".into(),
+        }
+    }
+
+    fn unauthorized() -> ExportOutcome {
+        ExportOutcome::Drop {
+            reason: "HTTP 401 Unauthorized".into(),
         }
     }
 
@@ -994,12 +1020,7 @@ mod tests {
     async fn non_retryable_failure_is_failed_at_once_and_waits_for_the_tick() {
         let t0 = Instant::now();
         let script = Script::default();
-        script.push(
-            Duration::ZERO,
-            ExportOutcome::Drop {
-                reason: "HTTP 401 Unauthorized".into(),
-            },
-        );
+        script.push(Duration::ZERO, unauthorized());
         let h = start(10, 5, script);
         advance_to(t0, 9.0).await;
         let st = h.health.get();
@@ -1017,12 +1038,7 @@ mod tests {
     async fn from_failed_a_retryable_failure_waits_for_the_next_tick_too() {
         let t0 = Instant::now();
         let script = Script::default();
-        script.push(
-            Duration::ZERO,
-            ExportOutcome::Drop {
-                reason: "HTTP 401 Unauthorized".into(),
-            },
-        );
+        script.push(Duration::ZERO, unauthorized());
         script.push(Duration::ZERO, retry());
         script.push(Duration::ZERO, retry());
         let h = start(10, 5, script);
@@ -1090,40 +1106,33 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_final_export_waits_for_a_server_hint_or_is_skipped() {
-        // a hint that ends inside the shutdown budget: the final export waits for it
-        let t0 = Instant::now();
-        let script = Script::default();
-        script.push(
-            Duration::ZERO,
-            ExportOutcome::Retry {
-                after: Some(Duration::from_millis(5500)),
-                reason: "HTTP 429".into(),
-            },
-        );
-        let h = start(1000, 5, script);
-        advance_to(t0, 5.0).await;
-        h.shutdown.cancel();
-        h.handle.await.unwrap();
-        let at: Vec<Duration> = h.script.calls().iter().map(|c| c.at).collect();
+        // a 429 at 0 with a hint, the shutdown at 5 s (the final export's budget: 1.2 s)
+        async fn final_export_after_hint(hint: Duration) -> (Script, OtlpHealth, Duration) {
+            let t0 = Instant::now();
+            let script = Script::default();
+            script.push(
+                Duration::ZERO,
+                ExportOutcome::Retry {
+                    after: Some(hint),
+                    reason: "HTTP 429".into(),
+                },
+            );
+            let h = start(1000, 5, script);
+            advance_to(t0, 5.0).await;
+            h.shutdown.cancel();
+            h.handle.await.unwrap();
+            (h.script, h.health, t0.elapsed())
+        }
+        // a hint that ends inside the budget: the final export waits for it
+        let (script, health, _) = final_export_after_hint(Duration::from_millis(5500)).await;
+        let at: Vec<Duration> = script.calls().iter().map(|c| c.at).collect();
         assert_eq!(at, vec![Duration::ZERO, Duration::from_millis(5500)]);
-        assert_eq!(h.health.get().state, ExportState::Idle);
+        assert_eq!(health.get().state, ExportState::Idle);
         // one that ends after it: nothing more is sent, and the state stays as it was
-        let t0 = Instant::now();
-        let script = Script::default();
-        script.push(
-            Duration::ZERO,
-            ExportOutcome::Retry {
-                after: Some(Duration::from_secs(200)),
-                reason: "HTTP 429".into(),
-            },
-        );
-        let h = start(1000, 5, script);
-        advance_to(t0, 5.0).await;
-        h.shutdown.cancel();
-        h.handle.await.unwrap();
-        assert_eq!(t0.elapsed(), Duration::from_secs(5));
-        assert_eq!(h.script.times(), vec![0]);
-        let st = h.health.get();
+        let (script, health, took) = final_export_after_hint(Duration::from_secs(200)).await;
+        assert_eq!(took, Duration::from_secs(5));
+        assert_eq!(script.times(), vec![0]);
+        let st = health.get();
         assert_eq!(st.state, ExportState::Retrying);
         assert_eq!(st.consecutive_failures, 1);
     }
@@ -1146,39 +1155,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_final_export_budget_counts_from_the_signal_not_from_a_late_notice() {
         let snapshot_started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let registry = Arc::new(Registry::new());
-        registry.register(Arc::new(SlowSnapshot(
-            FINAL_EXPORT_BUDGET + Duration::from_millis(800),
-            snapshot_started.clone(),
-        )));
-        let health = OtlpHealth::new(ExportState::Disabled);
-        let resource = build_resource(&ResourceInfo {
-            service_name: "t".into(),
-            instance_id: "h:1".into(),
-            host_name: "h".into(),
-            extra: vec![],
-        });
         // a hung collector
         let script = Script::default();
         for _ in 0..3 {
             script.push(Duration::from_secs(100), ExportOutcome::Sent);
         }
-        let sink = FakeSink {
-            script: script.clone(),
-            health: health.clone(),
-            start: Instant::now(),
-        };
-        let export = ExportLoop::new(
-            sink,
-            registry,
-            Converter::new(resource, SystemTime::now(), 1 << 20),
-            health.clone(),
-            ExportStats::new(),
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            Box::new(|| 0.5),
-        )
-        .unwrap();
+        let (export, health, _) = export_loop(
+            Arc::new(SlowSnapshot(
+                FINAL_EXPORT_BUDGET + Duration::from_millis(800),
+                snapshot_started.clone(),
+            )),
+            &script,
+            (Duration::from_secs(60), Duration::from_secs(10)),
+            1 << 20,
+        );
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(export.run(shutdown.clone()));
         // a blocking wait: tokio's timers may wait for the worker the snapshot holds
@@ -1396,15 +1386,6 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .set_default();
-        let registry = Arc::new(Registry::new());
-        registry.register(Arc::new(ManyGauges(40)));
-        let health = OtlpHealth::new(ExportState::Disabled);
-        let resource = build_resource(&ResourceInfo {
-            service_name: "t".into(),
-            instance_id: "h:1".into(),
-            host_name: "h".into(),
-            extra: vec![],
-        });
         let script = Script::default();
         script.push(
             Duration::ZERO,
@@ -1414,23 +1395,13 @@ mod tests {
             },
         );
         script.push(Duration::from_millis(1), retry());
-        let stats = ExportStats::new();
-        let sink = FakeSink {
-            script: script.clone(),
-            health: health.clone(),
-            start: Instant::now(),
-        };
-        let export = ExportLoop::new(
-            sink,
-            registry,
-            Converter::new(resource, SystemTime::now(), 1024),
-            health.clone(),
-            stats.clone(),
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            Box::new(|| 0.5),
-        )
-        .unwrap();
+        // 40 gauges in requests of at most 1 KiB: an export of several requests
+        let (export, health, stats) = export_loop(
+            Arc::new(ManyGauges(40)),
+            &script,
+            (Duration::from_secs(60), Duration::from_secs(10)),
+            1024,
+        );
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(export.run(shutdown.clone()));
         tokio::time::sleep(Duration::from_millis(100)).await;
