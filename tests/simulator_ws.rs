@@ -257,9 +257,11 @@ async fn reboot_refuses_then_503_then_recovers() {
     let sim = start(|_| {}).await;
     let mut c = RawClient::connect(&sim, true).await.unwrap();
     assert_eq!(c.login(USER, PASSWORD).await.code, 200);
-    // down for 4 s: refused for the first half, 503 for the second; each phase is found by
-    // polling, so a slow machine only moves the phases, never the outcome
-    sim.control().reboot(Duration::from_secs(4));
+    // down for 10 s: refused for the first half, 503 for the second. Each phase is found by
+    // polling, but each check must land in its phase: 5 s each is room for a loaded machine
+    // (a slower one moves the phases, not the outcome, as long as no single step takes 5 s)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    sim.control().reboot(Duration::from_secs(10));
     assert!(
         matches!(c.recv().await, Received::Msg { header, .. } if header.kind == MessageKind::OutOfService)
     );
@@ -272,7 +274,6 @@ async fn reboot_refuses_then_503_then_recovers() {
     let client = loxone_exporter::tls_provider::reqwest_builder()
         .build()
         .expect("http client");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
         match client.get(&url).send().await {
             Ok(r) => break r.status().as_u16(),
@@ -365,25 +366,37 @@ async fn split_frames_are_reassembled_into_one_message() {
     sim.shutdown().await;
 }
 
+/// Only lower bounds on time: each timeout runs from a moment after `started`, so the close
+/// comes at least that long after it; a slow machine only adds to it. The windows a login
+/// must fit in (`auth_timeout`, and `idle_timeout` between two of its commands) are seconds
+/// wide, as a debug build's key exchange on a loaded machine needs.
 #[tokio::test]
 async fn auth_timeout_420_and_idle_timeout() {
-    let sim = start(|o| {
-        o.auth_timeout = Duration::from_millis(300);
-        o.idle_timeout = Duration::from_millis(700);
-    })
-    .await;
+    const AUTH: Duration = Duration::from_millis(300);
+    let sim = start(|o| o.auth_timeout = AUTH).await;
+    let started = tokio::time::Instant::now();
     let mut c = RawClient::connect(&sim, true).await.unwrap();
     let (t, _) = c.answer().await;
     let ll = parse_ll(&t).unwrap();
     assert_eq!((ll.control.as_str(), ll.code), ("Auth", 420));
+    let waited = started.elapsed();
+    assert!(waited >= AUTH, "420 after {waited:?}");
     assert!(c.closed().await.is_some());
+    sim.shutdown().await;
 
+    const IDLE: Duration = Duration::from_secs(3);
+    let sim = start(|o| {
+        o.auth_timeout = Duration::from_secs(5);
+        o.idle_timeout = IDLE;
+    })
+    .await;
     let mut c = RawClient::connect(&sim, true).await.unwrap();
-    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
+    // the idle time runs from the last command the simulator read, getjwt, sent after this
     let started = tokio::time::Instant::now();
+    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
     assert_eq!(c.closed().await, Some(1000));
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    assert!(waited >= IDLE, "closed as idle after {waited:?}");
     sim.shutdown().await;
 }
 
@@ -483,20 +496,26 @@ async fn control_api_stats_and_bad_requests() {
     sim.shutdown().await;
 }
 
+/// The login must be done before the fault fires: 3 s is room for a debug build's key
+/// exchange on a loaded machine. The fault's time is checked as a lower bound only.
 #[tokio::test]
 async fn scheduled_fault_flags_close_sockets() {
+    const AFTER: Duration = Duration::from_secs(3);
+    let started = tokio::time::Instant::now(); // the simulator's schedule starts after this
     let sim = start(|o| {
-        o.fault_close_after = Some(Duration::from_millis(800));
+        o.fault_close_after = Some(AFTER);
         o.fault_close_code = 4006;
     })
     .await;
     let mut c = RawClient::connect(&sim, true).await.unwrap();
     assert_eq!(c.login(USER, PASSWORD).await.code, 200);
     assert_eq!(c.closed().await, Some(4006));
+    assert!(started.elapsed() >= AFTER, "{:?}", started.elapsed());
     sim.shutdown().await;
 
+    let started = tokio::time::Instant::now();
     let sim = start(|o| {
-        o.fault_out_of_service_after = Some(Duration::from_millis(800));
+        o.fault_out_of_service_after = Some(AFTER);
         o.fault_reboot_for = Duration::from_secs(30);
     })
     .await;
@@ -506,6 +525,7 @@ async fn scheduled_fault_flags_close_sockets() {
         Received::Msg { header, .. } => assert_eq!(header.kind, MessageKind::OutOfService),
         other => panic!("{other:?}"),
     }
+    assert!(started.elapsed() >= AFTER, "{:?}", started.elapsed());
     assert!(
         RawClient::connect(&sim, true).await.is_err(),
         "down after the reboot fault"

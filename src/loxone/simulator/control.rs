@@ -34,6 +34,12 @@ impl SimControl {
         self.shared.counters.snapshot()
     }
 
+    /// When each failed login counted in `auth_failures` happened, oldest first (the latest
+    /// 1024): tests measure a client's backoff from the gaps.
+    pub fn auth_failure_times(&self) -> Vec<Instant> {
+        self.shared.counters.auth_failure_times()
+    }
+
     /// Every open socket gets an out-of-service header (type 5) and is closed.
     pub fn out_of_service(&self) {
         let _ = self.shared.faults.send(Fault::OutOfService);

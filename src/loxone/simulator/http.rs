@@ -137,7 +137,7 @@ fn basic_auth(shared: &Shared, req: &Request<Incoming>, now: Instant) -> BasicAu
     match result {
         Ok(()) => BasicAuth::Ok,
         Err(LoginError::Unauthorized) => {
-            Counters::inc(&shared.counters.auth_failures);
+            shared.counters.record_auth_failure();
             BasicAuth::Wrong
         }
         Err(LoginError::Blocked(_)) => BasicAuth::Blocked,

@@ -151,6 +151,12 @@ impl Simulator {
         self.shared.counters.snapshot()
     }
 
+    /// When each failed login counted in `auth_failures` happened, oldest first (the latest
+    /// 1024; see [`SimControl::auth_failure_times`]).
+    pub fn auth_failure_times(&self) -> Vec<Instant> {
+        self.shared.counters.auth_failure_times()
+    }
+
     /// Stops listeners and closes every socket (close 1001), waiting up to 5 s.
     pub async fn shutdown(self) {
         self.cancel.cancel();

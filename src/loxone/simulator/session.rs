@@ -353,7 +353,7 @@ impl Session {
                     }
                     Ok((_, None)) => vec![self.ll(&control, 401, json!("invalid token"))],
                     Err(e) => {
-                        Counters::inc(&self.shared.counters.auth_failures);
+                        self.shared.counters.record_auth_failure();
                         let code = match e {
                             LoginError::Unauthorized => 401,
                             LoginError::Blocked(_) => 403,
@@ -420,7 +420,7 @@ impl Session {
             }
             Err(e) => {
                 drop(a);
-                Counters::inc(&self.shared.counters.auth_failures);
+                self.shared.counters.record_auth_failure();
                 let code = match e {
                     LoginError::Unauthorized => 401,
                     LoginError::Blocked(_) => 403,
@@ -458,6 +458,7 @@ impl Session {
             "refreshjwt" => match a.replace(&token, now, unix, &mut self.rng) {
                 Some((new, rec)) => {
                     drop(a);
+                    Counters::inc(&self.shared.counters.tokens_refreshed);
                     if self.token.as_deref() == Some(token.as_str()) {
                         self.token = Some(new.clone());
                     }
@@ -471,11 +472,15 @@ impl Session {
                 None => vec![self.ll(control, 401, json!("invalid token"))],
             },
             "refreshtoken" => match a.extend(&token, now, unix) {
-                Some(rec) => vec![self.ll(
-                    control,
-                    200,
-                    json!({"validUntil": rec.valid_until, "unsecurePass": false}),
-                )],
+                Some(rec) => {
+                    drop(a);
+                    Counters::inc(&self.shared.counters.tokens_refreshed);
+                    vec![self.ll(
+                        control,
+                        200,
+                        json!({"validUntil": rec.valid_until, "unsecurePass": false}),
+                    )]
+                }
                 None => vec![self.ll(control, 401, json!("invalid token"))],
             },
             "checktoken" => match a.token(&token, now) {

@@ -2,7 +2,7 @@
 //! structure, current state values, the auth store, runtime fault switches, the event and
 //! fault broadcast channels and the counters tests read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -182,9 +182,16 @@ pub struct Counters {
     pub(crate) blocked_connections: AtomicU64,
     pub(crate) refused_connections: AtomicU64,
     pub(crate) tokens_killed: AtomicU64,
+    pub(crate) tokens_refreshed: AtomicU64,
     pub(crate) event_slots_in_use: AtomicU64,
     pub(crate) event_slots_refused: AtomicU64,
+    /// When the latest failed logins happened, oldest first ([`Counters::record_auth_failure`]).
+    auth_failure_times: Mutex<VecDeque<Instant>>,
 }
+
+/// How many failed-login times [`Counters`] keeps (the latest): bounded for a simulator
+/// that runs for days, plenty for a test.
+pub const AUTH_FAILURE_TIMES_KEPT: usize = 1024;
 
 /// A snapshot of the simulator's internal counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -217,6 +224,8 @@ pub struct SimCounters {
     pub refused_connections: u64,
     /// Valid tokens revoked with `killtoken`.
     pub tokens_killed: u64,
+    /// Tokens renewed with `refreshjwt` or `refreshtoken`.
+    pub tokens_refreshed: u64,
     /// Status-update slots held now (sockets with `enablebinstatusupdate` on).
     pub event_slots_in_use: u64,
     /// WebSockets closed with 4008 because no status-update slot was free.
@@ -226,6 +235,23 @@ pub struct SimCounters {
 impl Counters {
     pub(crate) fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed login and notes when it happened.
+    pub(crate) fn record_auth_failure(&self) {
+        let mut times = self.auth_failure_times.lock();
+        if times.len() == AUTH_FAILURE_TIMES_KEPT {
+            times.pop_front();
+        }
+        times.push_back(Instant::now());
+        // counted under the lock: a reader that sees the count sees the time too
+        Self::inc(&self.auth_failures);
+    }
+
+    /// When the latest failed logins happened (at most [`AUTH_FAILURE_TIMES_KEPT`]), oldest
+    /// first.
+    pub fn auth_failure_times(&self) -> Vec<Instant> {
+        self.auth_failure_times.lock().iter().copied().collect()
     }
 
     /// Reads all counters.
@@ -246,6 +272,7 @@ impl Counters {
             blocked_connections: r(&self.blocked_connections),
             refused_connections: r(&self.refused_connections),
             tokens_killed: r(&self.tokens_killed),
+            tokens_refreshed: r(&self.tokens_refreshed),
             event_slots_in_use: r(&self.event_slots_in_use),
             event_slots_refused: r(&self.event_slots_refused),
         }
@@ -489,6 +516,24 @@ mod tests {
         assert_eq!(format_timestamp(1_230_768_000), "2009-01-01 00:00:00");
         assert_eq!(format_timestamp(1_767_225_599), "2025-12-31 23:59:59");
         assert_eq!(format_timestamp(951_782_400), "2000-02-29 00:00:00");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_login_times_are_kept_in_order_and_bounded() {
+        let c = Counters::default();
+        let first = Instant::now();
+        for _ in 0..AUTH_FAILURE_TIMES_KEPT + 2 {
+            c.record_auth_failure();
+            tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        }
+        let times = c.auth_failure_times();
+        assert_eq!(
+            c.snapshot().auth_failures,
+            AUTH_FAILURE_TIMES_KEPT as u64 + 2
+        );
+        assert_eq!(times.len(), AUTH_FAILURE_TIMES_KEPT, "the latest are kept");
+        assert_eq!(times[0] - first, std::time::Duration::from_millis(2));
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first");
     }
 
     #[test]
