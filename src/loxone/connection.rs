@@ -110,6 +110,15 @@ pub enum TransportError {
     WebSocket(Box<tungstenite::Error>),
 }
 
+impl TransportError {
+    /// The Miniserver stopped reading: 512 KiB (`MAX_WRITE_BUFFER`) wait unsent (a command,
+    /// keepalives, the answers to its pings).
+    pub fn is_write_backlog(&self) -> bool {
+        let TransportError::WebSocket(e) = self;
+        matches!(**e, tungstenite::Error::WriteBufferFull(_))
+    }
+}
+
 /// What arrived on the WebSocket.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Received {

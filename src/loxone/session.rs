@@ -174,6 +174,9 @@ impl SessionError {
     /// The `kind` label for `loxone_exporter_miniserver_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
+            // a Miniserver that does not read: the same as one that takes too long to
+            // (SendTimeout), whichever comes first
+            SessionError::Transport(t) if t.is_write_backlog() => "timeout",
             SessionError::Transport(_) => "closed",
             SessionError::Timeout { .. } | SessionError::SendTimeout { .. } => "timeout",
             SessionError::Refused { .. }
@@ -1618,6 +1621,20 @@ mod tests {
         sd.cancel();
         let (outcome, _) = task.await.unwrap();
         assert!(matches!(outcome.end, SessionEnd::Shutdown));
+    }
+
+    #[test]
+    fn a_miniserver_that_does_not_read_is_a_timeout_whichever_bound_hits() {
+        let backlog = SessionError::Transport(TransportError::WebSocket(Box::new(
+            tokio_tungstenite::tungstenite::Error::WriteBufferFull(Box::new(
+                tokio_tungstenite::tungstenite::Message::Text("keepalive".into()),
+            )),
+        )));
+        assert_eq!(backlog.kind(), "timeout");
+        let reset = SessionError::Transport(TransportError::WebSocket(Box::new(
+            tokio_tungstenite::tungstenite::Error::ConnectionClosed,
+        )));
+        assert_eq!(reset.kind(), "closed");
     }
 
     #[tokio::test]
