@@ -536,13 +536,7 @@ async fn scheduled_fault_flags_close_sockets() {
 #[tokio::test]
 async fn set_text_sends_a_text_table() {
     let sim = start(|_| {}).await;
-    let mut c = RawClient::connect(&sim, true).await.unwrap();
-    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
-    c.send("jdev/sps/enablebinstatusupdate").await;
-    c.answer().await;
-    for _ in 0..4 {
-        c.recv().await;
-    }
+    let mut c = subscribed(&sim).await;
     let uuid = sim.control().text_state_uuids()[0];
     assert!(sim.control().set_text(uuid, "Příliš žluťoučký kůň"));
     assert!(!sim
@@ -733,13 +727,7 @@ async fn failed_authwithtoken_and_basic_auth_count_towards_4003() {
 #[tokio::test]
 async fn control_api_sends_events_for_unknown_uuids() {
     let sim = start(|_| {}).await;
-    let mut c = RawClient::connect(&sim, true).await.unwrap();
-    assert_eq!(c.login(USER, PASSWORD).await.code, 200);
-    c.send("jdev/sps/enablebinstatusupdate").await;
-    c.answer().await;
-    for _ in 0..4 {
-        c.recv().await;
-    }
+    let mut c = subscribed(&sim).await;
     let unknown = "0badc0de-0000-1111-2222333344445555";
     let parsed = loxone_exporter::loxone::uuid::LoxUuid::parse(unknown).unwrap();
     assert!(!sim.control().value_state_uuids().contains(&parsed));
