@@ -462,9 +462,7 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
-/// `s` safe inside HTML text and quoted attributes (and XML attributes: the simulator's
-/// `dev/` answers).
-pub(crate) fn html_escape(s: &str) -> String {
+fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

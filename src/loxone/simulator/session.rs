@@ -620,9 +620,25 @@ pub fn encode_ll_xml(control: &str, code: u16, value: &Json) -> String {
     };
     format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<LL control=\"{}\" value=\"{}\" Code=\"{code}\"/>",
-        crate::http::html_escape(control),
-        crate::http::html_escape(&value)
+        xml_attr(control),
+        xml_attr(&value)
     )
+}
+
+/// Escapes for a double-quoted XML attribute. Not `http::html_escape`: that one also
+/// writes `'` as `&#39;`, which the Miniserver leaves raw (its values quote with `'`).
+fn xml_attr(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Whether the cipher of `jdev/sys/enc|fenc/<cipher>` is what a real Miniserver can
