@@ -1243,16 +1243,27 @@ mod tests {
         }
     }
 
-    fn login(s: &mut Session, c: &Client, password: &str, verb: &str) -> LlResponse {
+    /// `jdev/sys/<verb>/<hash>/admin/<tail>`, encrypted, with the credential hash of
+    /// `password` over a fresh getkey2 key.
+    fn token_command(
+        s: &mut Session,
+        c: &Client,
+        password: &str,
+        verb: &str,
+        tail: &str,
+    ) -> String {
         let out = s.handle(&c.enc("jdev/sys/getkey2/admin"), Instant::now());
         let v = ll(&out[0]).value;
         let alg = crate::loxone::crypto::HashAlg::from_loxone(v["hashAlg"].as_str());
         let pw = crypto::password_hash(alg, password, v["salt"].as_str().unwrap());
         let h = crypto::credential_hash(alg, v["key"].as_str().unwrap(), "admin", &pw).unwrap();
-        let cmd = format!(
-            "jdev/sys/{verb}/{h}/admin/4/098802e1-02b4-603c-ffffeee000d80cfd/test%20client"
-        );
-        ll(&s.handle(&c.enc(&cmd), Instant::now())[0])
+        c.enc(&format!("jdev/sys/{verb}/{h}/admin/{tail}"))
+    }
+
+    fn login(s: &mut Session, c: &Client, password: &str, verb: &str) -> LlResponse {
+        let tail = "4/098802e1-02b4-603c-ffffeee000d80cfd/test%20client";
+        let cmd = token_command(s, c, password, verb, tail);
+        ll(&s.handle(&cmd, Instant::now())[0])
     }
 
     #[tokio::test]
@@ -1693,28 +1704,14 @@ mod tests {
             "4//test".to_string(),
             format!("4/{uuid}/test/extra"),
         ] {
-            let out = s.handle(&c.enc("jdev/sys/getkey2/admin"), Instant::now());
-            let v = ll(&out[0]).value;
-            let alg = crypto::HashAlg::from_loxone(v["hashAlg"].as_str());
-            let pw = crypto::password_hash(alg, "pw", v["salt"].as_str().unwrap());
-            let h = crypto::credential_hash(alg, v["key"].as_str().unwrap(), "admin", &pw).unwrap();
-            let r = ll(&s.handle(
-                &c.enc(&format!("jdev/sys/getjwt/{h}/admin/{tail}")),
-                Instant::now(),
-            )[0]);
+            let cmd = token_command(&mut s, &c, "pw", "getjwt", &tail);
+            let r = ll(&s.handle(&cmd, Instant::now())[0]);
             assert_eq!(r.code, 400, "getjwt/<hash>/admin/{tail}: {r:?}");
             assert_ne!(s.phase(), Phase::Authenticated);
         }
         // the right form with permission 2 logs in
-        let out = s.handle(&c.enc("jdev/sys/getkey2/admin"), Instant::now());
-        let v = ll(&out[0]).value;
-        let alg = crypto::HashAlg::from_loxone(v["hashAlg"].as_str());
-        let pw = crypto::password_hash(alg, "pw", v["salt"].as_str().unwrap());
-        let h = crypto::credential_hash(alg, v["key"].as_str().unwrap(), "admin", &pw).unwrap();
-        let r = ll(&s.handle(
-            &c.enc(&format!("jdev/sys/getjwt/{h}/admin/2/{uuid}/test")),
-            Instant::now(),
-        )[0]);
+        let cmd = token_command(&mut s, &c, "pw", "getjwt", &format!("2/{uuid}/test"));
+        let r = ll(&s.handle(&cmd, Instant::now())[0]);
         assert_eq!(r.code, 200, "{r:?}");
         assert_eq!(shared.counters.snapshot().auth_failures, 0);
     }
@@ -1751,17 +1748,9 @@ mod tests {
         assert!(t.ends_with("\"code\": \"200\"}}"), "{t}");
         assert_eq!(login(&mut s, &c, "nope", "getjwt").code, 401);
         let pw_fail = {
-            let out = s.handle(&c.enc("jdev/sys/getkey2/admin"), Instant::now());
-            let v = ll(&out[0]).value;
-            let alg = crypto::HashAlg::from_loxone(v["hashAlg"].as_str());
-            let pw = crypto::password_hash(alg, "nope", v["salt"].as_str().unwrap());
-            let h = crypto::credential_hash(alg, v["key"].as_str().unwrap(), "admin", &pw).unwrap();
-            raw(
-                &mut s,
-                &c.enc(&format!(
-                    "jdev/sys/getjwt/{h}/admin/4/098802e1-02b4-603c-ffffeee000d80cfd/x"
-                )),
-            )
+            let tail = "4/098802e1-02b4-603c-ffffeee000d80cfd/x";
+            let cmd = token_command(&mut s, &c, "nope", "getjwt", tail);
+            raw(&mut s, &cmd)
         };
         assert!(pw_fail.ends_with("\"code\": \"401\"}}"), "{pw_fail}");
         assert_eq!(login(&mut s, &c, "pw", "getjwt").code, 200);
