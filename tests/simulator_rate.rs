@@ -10,9 +10,7 @@ mod common;
 
 use std::time::Instant;
 
-use client::{start, RawClient, Received, PASSWORD, USER};
-use loxone_exporter::loxone::events::value_events;
-use loxone_exporter::loxone::header::MessageKind;
+use client::{start, RawClient, PASSWORD, USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generator_keeps_its_configured_rate() {
@@ -42,25 +40,14 @@ async fn generator_keeps_its_configured_rate() {
     let mut largest = 0u64;
     for _ in 0..TABLES {
         // each message has `client::WAIT` to come: a generator that stopped fails here
-        match c.recv().await {
-            Received::Msg {
-                header,
-                payload: Some(p),
-                ..
-            } => {
-                assert_eq!(header.kind, MessageKind::ValueStates);
-                let data = p.into_data();
-                let mut n = 0u64;
-                for e in value_events(&data).unwrap() {
-                    assert!(uuids.contains(&e.uuid), "{e:?} is not a value state");
-                    n += 1;
-                }
-                assert!(n > 0, "no empty tables");
-                entries += n;
-                largest = largest.max(n);
-            }
-            other => panic!("{other:?}"),
+        let table = c.value_table().await;
+        for e in &table {
+            assert!(uuids.contains(&e.uuid), "{e:?} is not a value state");
         }
+        let n = table.len() as u64;
+        assert!(n > 0, "no empty tables");
+        entries += n;
+        largest = largest.max(n);
     }
     let secs = subscribed.elapsed().as_secs_f64();
     let mean = entries as f64 / TABLES as f64;

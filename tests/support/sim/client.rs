@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use loxone_exporter::loxone::crypto::{self, HashAlg, SaltPrefix, SessionKey};
 use loxone_exporter::loxone::envelope::{parse_ll, LlResponse};
+use loxone_exporter::loxone::events::{value_events, ValueEvent};
 use loxone_exporter::loxone::header::{parse_header, Header, MessageKind, DEFAULT_MAX_PAYLOAD};
 use loxone_exporter::loxone::simulator::{self, Simulator, SimulatorOptions};
 use loxone_exporter::tls_provider::reqwest_builder;
@@ -226,6 +227,21 @@ impl RawClient {
                 estimated_before,
                 payload,
             };
+        }
+    }
+
+    /// The next message, which must be a value-event table; its events.
+    pub async fn value_table(&mut self) -> Vec<ValueEvent> {
+        match self.recv().await {
+            Received::Msg {
+                header,
+                payload: Some(p),
+                ..
+            } => {
+                assert_eq!(header.kind, MessageKind::ValueStates);
+                value_events(&p.into_data()).unwrap().collect()
+            }
+            other => panic!("expected a value table, got {other:?}"),
         }
     }
 
