@@ -92,6 +92,14 @@ struct AnswerForm {
     xml: bool,
 }
 
+impl AnswerForm {
+    /// Before a command is looked at: JSON, `"Code": "…"`.
+    const JSON: AnswerForm = AnswerForm {
+        style: CodeStyle::UpperString,
+        xml: false,
+    };
+}
+
 impl Session {
     /// A new socket.
     pub fn new(shared: Arc<Shared>, tls: bool) -> Self {
@@ -104,10 +112,7 @@ impl Session {
             token: None,
             events: None,
             event_slot: None,
-            answer: AnswerForm {
-                style: CodeStyle::UpperString,
-                xml: false,
-            },
+            answer: AnswerForm::JSON,
             rng: StdRng::from_entropy(),
         }
     }
@@ -167,10 +172,7 @@ impl Session {
             return vec![Action::HeaderOnly(MessageKind::Keepalive)];
         }
         Counters::inc(&self.shared.counters.commands);
-        self.answer = AnswerForm {
-            style: CodeStyle::UpperString,
-            xml: false,
-        };
+        self.answer = AnswerForm::JSON;
         self.answer_to(text);
         if let Some(b64) = text.strip_prefix("jdev/sys/keyexchange/") {
             return vec![self.keyexchange(text, b64, now)];
@@ -1159,10 +1161,8 @@ pub async fn run<S>(
                 Err(_) => continue,
             },
             _ = sleep_opt(auth_at) => {
-                session.answer = AnswerForm {
-                    style: session.style_for("Auth"),
-                    xml: false,
-                };
+                session.answer = AnswerForm::JSON;
+                session.answer_to("Auth");
                 let a = session.ll("Auth", 420, json!("Authentication timeout"));
                 let _ = execute(&mut ws, &shared, vec![a]).await;
                 close(&mut ws, 1000, "authentication timeout").await;
@@ -1635,6 +1635,12 @@ mod tests {
         let mut s = Session::new(shared.clone(), false);
         let c = keyed(&mut s, &shared);
         let code = |s: &mut Session, w: &str| ll(&s.handle(w, Instant::now())[0]).code;
+        let encoded = |s: &mut Session, cipher: &str| {
+            code(
+                s,
+                &format!("jdev/sys/enc/{}", crypto::uri_component_encode(cipher)),
+            )
+        };
         // the well-formed command first (and it fixes the salt)
         assert_eq!(code(&mut s, &c.enc("jdev/sys/getkey")), 200);
         // a raw '/' in the cipher: a real Miniserver splits the path there
@@ -1646,24 +1652,12 @@ mod tests {
             .expect("some cipher contains '/'");
         assert_eq!(code(&mut s, &format!("jdev/sys/enc/{with_slash}")), 401);
         // the same cipher encoded is fine
-        assert_eq!(
-            code(
-                &mut s,
-                &format!("jdev/sys/enc/{}", crypto::uri_component_encode(&with_slash))
-            ),
-            200
-        );
+        assert_eq!(encoded(&mut s, &with_slash), 200);
         // '=' padding missing: 26 plaintext bytes → 32 cipher bytes → 44 chars with one '='
         let padded = crypto::aes_encrypt_b64(&c.sk, b"salt/a1b2/jdev/sys/getkey\0");
         assert!(padded.ends_with('=') && !padded.ends_with("=="), "{padded}");
         let unpadded = padded.trim_end_matches('=');
-        assert_eq!(
-            code(
-                &mut s,
-                &format!("jdev/sys/enc/{}", crypto::uri_component_encode(unpadded))
-            ),
-            401
-        );
+        assert_eq!(encoded(&mut s, unpadded), 401);
         // ciphertext cut short of a block: the first blocks alone would still decrypt to the
         // whole command
         let mut plain = b"salt/a1b2/jdev/sys/getkey\0".to_vec();
@@ -1671,21 +1665,9 @@ mod tests {
         let whole = b64.decode(crypto::aes_encrypt_b64(&c.sk, &plain)).unwrap();
         assert_eq!(whole.len(), 48);
         let cut = b64.encode(&whole[..40]);
-        assert_eq!(
-            code(
-                &mut s,
-                &format!("jdev/sys/enc/{}", crypto::uri_component_encode(&cut))
-            ),
-            401
-        );
+        assert_eq!(encoded(&mut s, &cut), 401);
         let full = b64.encode(&whole);
-        assert_eq!(
-            code(
-                &mut s,
-                &format!("jdev/sys/enc/{}", crypto::uri_component_encode(&full))
-            ),
-            200
-        );
+        assert_eq!(encoded(&mut s, &full), 200);
     }
 
     #[tokio::test]
