@@ -140,7 +140,7 @@ impl SimControl {
             return false;
         }
         if !self.set_value(uuid, value) {
-            self.shared.send_raw_values(&[(uuid, value)]);
+            self.shared.broadcast_values(&[(uuid, value)]);
         }
         true
     }

@@ -56,7 +56,6 @@ use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -68,11 +67,9 @@ pub use options::{
 pub use shared::{MalformedKind, SimCounters, DEFAULT_STRUCTURE};
 
 use auth::{AuthConfig, AuthStore};
-use shared::{Counters, Outgoing, Runtime, Shared, StructureData};
+use shared::{Counters, Runtime, Shared, StructureData};
 
 use crate::loxone::crypto::{self, HashAlg};
-use crate::loxone::events::{encode_value_event, ValueEvent};
-use crate::loxone::header::MessageKind;
 
 /// Why the simulator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -378,15 +375,7 @@ async fn generator_task(shared: Arc<Shared>, cancel: CancellationToken) {
         }
         batch.clear();
         shared.values.lock().next_batch(n, &mut batch);
-        let mut payload = Vec::with_capacity(batch.len() * 24);
-        for &(uuid, value) in &batch {
-            encode_value_event(&ValueEvent { uuid, value }, &mut payload);
-        }
-        let _ = shared.events.send(Arc::new(Outgoing {
-            kind: MessageKind::ValueStates,
-            payload: Bytes::from(payload),
-            entries: batch.len() as u64,
-        }));
+        shared.broadcast_values(&batch);
     }
 }
 

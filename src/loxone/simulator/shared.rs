@@ -351,30 +351,22 @@ impl Shared {
     /// Sets value states and broadcasts one value table with the changes. Unknown UUIDs are
     /// ignored; returns how many were known.
     pub fn set_values(&self, changes: &[(LoxUuid, f64)]) -> usize {
-        let mut payload = Vec::with_capacity(changes.len() * 24);
-        let mut n = 0;
-        {
+        let known: Vec<(LoxUuid, f64)> = {
             let mut g = self.values.lock();
-            for &(uuid, value) in changes {
-                if g.set(&uuid, value) {
-                    encode_value_event(&ValueEvent { uuid, value }, &mut payload);
-                    n += 1;
-                }
-            }
-        }
-        if n > 0 {
-            let _ = self.events.send(Arc::new(Outgoing {
-                kind: MessageKind::ValueStates,
-                payload: Bytes::from(payload),
-                entries: n as u64,
-            }));
-        }
-        n
+            changes
+                .iter()
+                .copied()
+                .filter(|(uuid, value)| g.set(uuid, *value))
+                .collect()
+        };
+        self.broadcast_values(&known);
+        known.len()
     }
 
-    /// Broadcasts one value table with these entries without storing them: events for
-    /// UUIDs the structure does not list, which clients must ignore (protocol doc §3.6).
-    pub fn send_raw_values(&self, entries: &[(LoxUuid, f64)]) {
+    /// Broadcasts one value table with these entries (none: nothing) without storing them:
+    /// the generator's steps (already stored), and events for UUIDs the structure does not
+    /// list, which clients must ignore (protocol doc §3.6).
+    pub fn broadcast_values(&self, entries: &[(LoxUuid, f64)]) {
         if entries.is_empty() {
             return;
         }
