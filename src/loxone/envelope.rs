@@ -193,6 +193,8 @@ pub struct ApiKeyInfo {
     pub https_status: Option<i64>,
     /// Whether the Miniserver considers the connection local (12.1+).
     pub local: Option<bool>,
+    /// Whether a status-update slot is free (`hasEventSlots`, doc §1.4).
+    pub has_event_slots: Option<bool>,
 }
 
 impl std::fmt::Debug for ApiKeyInfo {
@@ -203,6 +205,7 @@ impl std::fmt::Debug for ApiKeyInfo {
             .field("key", &self.key.as_ref().map(|_| "****"))
             .field("https_status", &self.https_status)
             .field("local", &self.local)
+            .field("has_event_slots", &self.has_event_slots)
             .finish()
     }
 }
@@ -234,6 +237,7 @@ pub fn parse_api_key_value(value: &str) -> Result<ApiKeyInfo, EnvelopeError> {
             Some(Value::String(s)) => s.parse().ok(),
             _ => None,
         },
+        has_event_slots: o.get("hasEventSlots").and_then(Value::as_bool),
     })
 }
 
@@ -243,7 +247,10 @@ pub fn encode_api_key_value(info: &ApiKeyInfo) -> String {
     if let Some(k) = &info.key {
         s.push_str(&format!(", 'key':'{k}'"));
     }
-    s.push_str(", 'hasEventSlots':true, 'isInTrust':false");
+    if let Some(slots) = info.has_event_slots {
+        s.push_str(&format!(", 'hasEventSlots':{slots}"));
+    }
+    s.push_str(", 'isInTrust':false");
     if let Some(l) = info.local {
         s.push_str(&format!(", 'local':{l}"));
     }
@@ -416,6 +423,16 @@ mod tests {
         );
         assert!(parse_api_key_value("garbage").is_err());
         assert_eq!(parse_api_key_value(&encode_api_key_value(&i)).unwrap(), i);
+        let full = ApiKeyInfo {
+            has_event_slots: Some(false),
+            ..i
+        };
+        let text = encode_api_key_value(&full);
+        assert!(
+            text.contains("'hasEventSlots':false, 'isInTrust':false"),
+            "{text}"
+        );
+        assert_eq!(parse_api_key_value(&text).unwrap(), full);
     }
 
     #[test]

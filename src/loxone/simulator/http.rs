@@ -52,20 +52,14 @@ pub fn api_key_value(shared: &Shared, key: Option<String>, _peer: Option<SocketA
         serial.clone()
     };
     let gen2 = s.structure.ms_info.miniserver_type.unwrap_or(2) >= 2;
-    let value = encode_api_key_value(&ApiKeyInfo {
+    encode_api_key_value(&ApiKeyInfo {
         snr,
         version: shared.opts.firmware_version.clone(),
         key,
         https_status: gen2.then_some(if shared.tls_enabled { 1 } else { 0 }),
         local: Some(true),
-    });
-    // the shared encoder always writes `true`; whether a status-update slot is free is
-    // the simulator's to say (doc §1.4)
-    if shared.has_free_event_slot() {
-        value
-    } else {
-        value.replacen("'hasEventSlots':true", "'hasEventSlots':false", 1)
-    }
+        has_event_slots: Some(shared.has_free_event_slot()),
+    })
 }
 
 fn html_error(code: StatusCode) -> Resp {
