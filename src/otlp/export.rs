@@ -373,20 +373,14 @@ impl<S: MetricsSink> ExportLoop<S> {
             );
             tracing::warn!("{reason}");
             // the abandoned attempt left EXPORTING; nothing was delivered
-            self.failure_log.quiet_after(&reason);
-            self.backoff.fail((self.random)());
-            let failures = self.backoff.failures();
-            self.fail(ExportState::Failed, failures, reason);
+            self.final_failed(reason);
             return;
         }
         let outcome = match tokio::time::timeout_at(deadline, self.attempt()).await {
             Ok(o) => o,
             Err(_) => {
                 // `attempt` observes only the attempts it finishes
-                let elapsed = started.elapsed().as_secs_f64();
-                self.stats.observe_duration(elapsed);
-                self.health
-                    .update(|s| s.last_duration_seconds = Some(elapsed));
+                self.observe_duration(started.elapsed().as_secs_f64());
                 ExportOutcome::Retry {
                     after: None,
                     reason: format!("final export timed out after {budget:?} (shutdown)"),
@@ -401,13 +395,25 @@ impl<S: MetricsSink> ExportLoop<S> {
             }
             ExportOutcome::Retry { reason, .. } | ExportOutcome::Drop { reason } => {
                 tracing::warn!(error = %reason, "final OTLP export on shutdown not delivered");
-                // No retry follows: FAILED, not RETRYING, and no second log line.
-                self.failure_log.quiet_after(&reason);
-                self.backoff.fail((self.random)());
-                let failures = self.backoff.failures();
-                self.fail(ExportState::Failed, failures, reason);
+                self.final_failed(reason);
             }
         }
+    }
+
+    /// The final export did not deliver (the caller logged why): no retry follows, so
+    /// FAILED, not RETRYING, and no second log line.
+    fn final_failed(&mut self, reason: String) {
+        self.failure_log.quiet_after(&reason);
+        self.backoff.fail((self.random)());
+        let failures = self.backoff.failures();
+        self.fail(ExportState::Failed, failures, reason);
+    }
+
+    /// Records how long an attempt took (histogram and `/healthz`).
+    fn observe_duration(&self, seconds: f64) {
+        self.stats.observe_duration(seconds);
+        self.health
+            .update(|s| s.last_duration_seconds = Some(seconds));
     }
 
     /// One export attempt: fresh snapshot, convert, send the requests (up to
@@ -437,14 +443,11 @@ impl<S: MetricsSink> ExportLoop<S> {
         let tally = send_requests(&self.sink, requests, CONCURRENT_REQUESTS).await;
         let accepted_points = tally.accepted_points;
         let rejected_total = tally.rejected_points;
-        let elapsed = started.elapsed().as_secs_f64();
         let rejected = u64::try_from(rejected_total).unwrap_or(0);
-        self.stats.observe_duration(elapsed);
+        self.observe_duration(started.elapsed().as_secs_f64());
         self.stats
             .add_exported(accepted_points.saturating_sub(rejected));
         self.stats.add_rejected(rejected);
-        self.health
-            .update(|s| s.last_duration_seconds = Some(elapsed));
         if let (Some(message), ExportOutcome::Retry { .. } | ExportOutcome::Drop { .. }) =
             (&tally.partial_message, &tally.outcome)
         {
