@@ -60,6 +60,20 @@ pub const MAX_KEYS: usize = 256;
 /// per stored token, so this also bounds the work an unauthenticated `getkey` causes.
 pub const MAX_TOKENS: usize = 64;
 
+/// Removes the entries expiring first until `map` has room for one more below `max`.
+fn make_room<V>(map: &mut HashMap<Arc<str>, V>, max: usize, expires: impl Fn(&V) -> Instant) {
+    while map.len() >= max {
+        let soonest = map
+            .iter()
+            .min_by_key(|(_, v)| expires(v))
+            .map(|(k, _)| k.clone());
+        match soonest {
+            Some(k) => map.remove(&k),
+            None => break,
+        };
+    }
+}
+
 /// Users, keys, tokens.
 #[derive(Debug)]
 pub struct AuthStore {
@@ -205,17 +219,8 @@ impl AuthStore {
     /// oldest when [`MAX_KEYS`] are live. Costs one HMAC per live token (and algorithm).
     pub fn issue_key<R: RngCore>(&mut self, now: Instant, rng: &mut R) -> String {
         self.prune(now);
-        while self.keys.len() >= MAX_KEYS {
-            let oldest = self
-                .keys
-                .iter()
-                .min_by_key(|(_, exp)| **exp)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => self.keys.remove(&k),
-                None => break,
-            };
-        }
+        // all keys live equally long: the one expiring first is the oldest
+        make_room(&mut self.keys, MAX_KEYS, |exp| *exp);
         let key: Arc<str> = Arc::from(crypto::random_one_time_key(rng));
         self.keys.insert(key.clone(), now + self.key_lifetime);
         let tokens: Vec<Arc<str>> = self.tokens.keys().cloned().collect();
@@ -334,17 +339,7 @@ impl AuthStore {
         rng: &mut R,
     ) -> (String, TokenRecord) {
         self.prune(now);
-        while self.tokens.len() >= MAX_TOKENS {
-            let soonest = self
-                .tokens
-                .iter()
-                .min_by_key(|(_, r)| r.expires_at)
-                .map(|(t, _)| t.clone());
-            match soonest {
-                Some(t) => self.tokens.remove(&t),
-                None => break,
-            };
-        }
+        make_room(&mut self.tokens, MAX_TOKENS, |r| r.expires_at);
         let token: Arc<str> = Arc::from(new_token_text(jwt, &self.user, rng));
         let rec = TokenRecord {
             permission,
