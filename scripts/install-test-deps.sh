@@ -3,7 +3,7 @@
 #   Debian: prometheus (promtool), nginx + echo module, wrk, openssl, systemd-analyze,
 #           g++ (libFuzzer), jq (bench.sh), python3-venv
 #   PyPI (venv in .test-env/venv, pinned): rotel, loxwebsocket, opentelemetry-proto,
-#           protobuf, grpcio
+#           protobuf, grpcio; pyloxone-api in .test-env/venv-pyloxone (its pins clash)
 # Prints the environment file path tests read: .test-env/env
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,6 +59,25 @@ if [ "$(cat "$pins" 2>/dev/null)" != "$wanted" ] ||
 fi
 rotel=$("$venv/bin/python" -c 'import rotel,os;print(os.path.join(os.path.dirname(rotel.__file__),"rotel-agent"))')
 
+# pyloxone-api (a second third-party Loxone client for the simulator tests) gets a venv of its
+# own: it pins pycryptodome<4, which loxwebsocket's venv has at 4.x, and websockets<10,
+# whose 9.x cannot run on Python 3.10+ (it passes `loop=` to asyncio.Lock). So the whole set
+# is pinned here and installed without dependency resolution, with websockets 10.4, whose
+# legacy client API the library uses unchanged.
+pyl_venv="$envdir/venv-pyloxone"
+pyl_pkgs=(pyloxone-api==0.2.4 websockets==10.4 httpx==0.19.0 httpcore==0.13.7 h11==0.12.0
+  anyio==3.7.1 sniffio==1.3.1 rfc3986==1.5.0 idna==3.20 certifi==2026.10.18
+  charset-normalizer==3.5.2 pycryptodome==3.24.1)
+if [ ! -x "$pyl_venv/bin/python" ]; then
+  python3 -m venv "$pyl_venv"
+fi
+if [ "$(cat "$pyl_venv/.pinned" 2>/dev/null)" != "${pyl_pkgs[*]}" ] ||
+  ! "$pyl_venv/bin/python" -c 'import pyloxone_api, websockets, httpx, Crypto' 2>/dev/null; then
+  echo "installing PyPI packages (venv-pyloxone, no dependency resolution): ${pyl_pkgs[*]}"
+  "$pyl_venv/bin/pip" install -q --no-deps "${pyl_pkgs[@]}"
+  echo "${pyl_pkgs[*]}" >"$pyl_venv/.pinned"
+fi
+
 cat > "$envdir/env" <<ENV
 export LOXEXP_PROMTOOL=$(command -v promtool)
 export LOXEXP_PROMETHEUS=$(command -v prometheus)
@@ -68,5 +87,6 @@ export LOXEXP_WRK=$(command -v wrk)
 export LOXEXP_OPENSSL=$(command -v openssl)
 export LOXEXP_PYTHON=$venv/bin/python
 export LOXEXP_ROTEL=$rotel
+export LOXEXP_PYLOXONE_PYTHON=$pyl_venv/bin/python
 ENV
 echo "$envdir/env"

@@ -38,6 +38,20 @@
 //!   plus a NUL, `salt/` then `nextSalt/` every 30 uses, and hashes tokens with a key from
 //!   plain `getkey` and the algorithm the token was issued with: all accepted as the doc says.
 
+//!
+//! Interoperability with the PyPI client `pyloxone-api` 0.2.4 (PYAPI in the protocol doc;
+//! tests/simulator_pyloxone.rs):
+//! - It URI-encodes its ciphers with Python's `quote`, which leaves `/` as it is; PyLoxone
+//!   does the same with `pathname2url`. The doc says the cipher is URI-component-encoded, but
+//!   these clients log in to real units, and most of their ciphers hold a `/`, so a raw `/`
+//!   is accepted (see `session::cipher_is_well_formed`).
+//! - It PKCS#7-pads after a NUL, sends `authwithtoken/` without `jdev/sys/`, and reads the
+//!   answer to each token command straight from the socket, so it expects no event in
+//!   between (the tests run it with the generator off).
+//! - Its `start()` hands coroutines to `asyncio.wait`, which Python 3.11 refuses, and it
+//!   needs websockets < 10, which does not run on 3.10 or later; the probe runs the
+//!   library's message loop itself and uses websockets 10.4.
+
 mod auth;
 mod catalogue;
 mod control;

@@ -1,0 +1,135 @@
+//! Interoperability: the real third-party Python client `pyloxone-api` 0.2.4 (PyPI; JoDehli,
+//! the "PYAPI" the protocol doc quotes) against the simulator. Unlike loxwebsocket it fetches
+//! the structure over HTTP with Basic auth, PKCS#7-pads its ciphers after a NUL, leaves
+//! base64's `/` unencoded in them, logs in again with its saved token (`authwithtoken/`
+//! without the `jdev/sys/` prefix), and uses `checktoken` and `refreshjwt`
+//! (tests/support/sim/pyloxone_probe.py prints a JSON summary we assert on).
+
+#[path = "support/sim/client.rs"]
+mod client;
+mod common;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use client::{start, PASSWORD, USER};
+use loxone_exporter::loxone::simulator::{HashAlgArg, Simulator, SimulatorOptions};
+use loxone_exporter::loxone::uuid::LoxUuid;
+
+/// The venv of `scripts/install-test-deps.sh` that holds pyloxone-api (its own: its pins
+/// clash with loxwebsocket's).
+const PYLOXONE_PYTHON: &str = "LOXEXP_PYLOXONE_PYTHON";
+
+async fn run_probe(sim: &Simulator) -> Option<serde_json::Value> {
+    let python = common::component(PYLOXONE_PYTHON)?;
+    let probe = common::repo_root().join("tests/support/sim/pyloxone_probe.py");
+    let child = tokio::process::Command::new(python)
+        .arg(probe)
+        .arg(sim.http_addr().to_string())
+        .arg(USER)
+        .arg(PASSWORD)
+        .arg("30")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn python");
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("probe finished in time")
+        .expect("probe output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "probe printed nothing; status {:?}; stderr:\n{stderr}",
+            out.status
+        )
+    });
+    let v: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("probe output not JSON ({e}): {line}\nstderr:\n{stderr}"));
+    eprintln!(
+        "probe stderr:\n{stderr}\nsummary: {}",
+        v.to_string().chars().take(600).collect::<String>()
+    );
+    Some(v)
+}
+
+fn assert_summary(sim: &Simulator, v: &serde_json::Value) {
+    assert_eq!(v["errors"], serde_json::json!([]), "probe errors: {v}");
+    let ctl = sim.control();
+    // HTTP with Basic auth: the structure file and the apiKey version
+    assert_eq!(
+        v["structure_controls"].as_u64(),
+        Some(ctl.control_count() as u64),
+        "{v}"
+    );
+    assert_eq!(
+        v["structure_last_modified"].as_str(),
+        Some(ctl.last_modified().as_str())
+    );
+    assert!(
+        v["miniserver_version"]
+            .as_str()
+            .is_some_and(|s| s.split('.').all(|p| p.parse::<u32>().is_ok())),
+        "{v}"
+    );
+    // password login over the encrypted WebSocket
+    assert_eq!(v["login_ok"], true, "{v}");
+    assert_eq!(v["token_saved"], true, "{v}");
+    // the full initial value table, UUIDs as the library prints them (8-4-4-16)
+    let ours: HashSet<LoxUuid> = ctl.value_state_uuids().into_iter().collect();
+    let theirs: Vec<LoxUuid> = v["sample_uuids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| LoxUuid::parse(u.as_str().unwrap()).expect("pyloxone-api prints 8-4-4-16"))
+        .collect();
+    assert_eq!(v["distinct_value_uuids"].as_u64(), Some(ours.len() as u64));
+    assert!(
+        theirs.iter().all(|u| ours.contains(u)),
+        "value events with UUIDs not in the structure"
+    );
+    assert!(v["text_events"].as_u64().unwrap() > 0, "{v}");
+    // a plain jdev/sps/io changed the Switch and its event came back
+    assert!(v["io_value_seen"].is_number(), "io round trip failed: {v}");
+    assert_eq!(v["checktoken_ok"], true, "{v}");
+    // keepalive is answered by a header alone, of type 6
+    assert_eq!(v["keepalive_header_type"], 6, "{v}");
+    // second socket: the saved token logs in, then refreshjwt answers a validUntil
+    assert_eq!(v["token_login_ok"], true, "{v}");
+    assert_eq!(v["token_reused"], true, "{v}");
+    assert!(
+        v["refreshed_valid_until"].as_u64().is_some_and(|t| t > 0),
+        "refreshjwt gave no validUntil: {v}"
+    );
+    let counters = sim.counters();
+    assert_eq!(counters.auth_ok, 2, "{counters:?}");
+    assert_eq!(counters.auth_failures, 0, "{counters:?}");
+    assert_eq!(counters.tokens_refreshed, 1, "{counters:?}");
+    assert!(counters.keepalives >= 1, "{counters:?}");
+    assert_eq!(counters.ws_connections, 2, "{counters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyloxone_api_logs_in_receives_events_and_reuses_its_token() {
+    // rate 0: the probe reads answers to its token commands straight from the socket, as the
+    // library does, so no generated event may come in between
+    let sim = start(|_: &mut SimulatorOptions| {}).await;
+    let Some(v) = run_probe(&sim).await else {
+        return;
+    };
+    assert_summary(&sim, &v);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyloxone_api_with_a_sha1_user() {
+    let sim = start(|o: &mut SimulatorOptions| o.hash_alg = HashAlgArg::Sha1).await;
+    let Some(v) = run_probe(&sim).await else {
+        return;
+    };
+    assert_summary(&sim, &v);
+    sim.shutdown().await;
+}
