@@ -21,15 +21,32 @@ use loxone_exporter::loxone::uuid::LoxUuid;
 /// clash with loxwebsocket's).
 const PYLOXONE_PYTHON: &str = "LOXEXP_PYLOXONE_PYTHON";
 
-async fn run_probe(sim: &Simulator) -> Option<serde_json::Value> {
+/// Runs the probe over http/ws, or with `tls` over https/wss to `localhost`, trusting only
+/// the simulator's certificate.
+async fn run_probe(sim: &Simulator, tls: bool) -> Option<serde_json::Value> {
     let python = common::component(PYLOXONE_PYTHON)?;
     let probe = common::repo_root().join("tests/support/sim/pyloxone_probe.py");
-    let child = tokio::process::Command::new(python)
-        .arg(probe)
-        .arg(sim.http_addr().to_string())
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(probe);
+    let _ca_dir;
+    if tls {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("simulator.pem");
+        std::fs::write(&ca, sim.tls_certificate_pem().expect("TLS listener")).expect("write CA");
+        // read by OpenSSL (websockets) and by httpx
+        cmd.env("SSL_CERT_FILE", &ca).env_remove("SSL_CERT_DIR");
+        let port = sim.tls_addr().expect("TLS listener").port();
+        cmd.arg(format!("localhost:{port}"));
+        _ca_dir = Some(dir);
+    } else {
+        cmd.arg(sim.http_addr().to_string());
+        _ca_dir = None;
+    }
+    let child = cmd
         .arg(USER)
         .arg(PASSWORD)
         .arg("30")
+        .arg(if tls { "tls" } else { "plain" })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -56,7 +73,7 @@ async fn run_probe(sim: &Simulator) -> Option<serde_json::Value> {
     Some(v)
 }
 
-fn assert_summary(sim: &Simulator, v: &serde_json::Value) {
+fn assert_summary(sim: &Simulator, v: &serde_json::Value, tls: bool) {
     assert_eq!(v["errors"], serde_json::json!([]), "probe errors: {v}");
     let ctl = sim.control();
     // HTTP with Basic auth: the structure file and the apiKey version
@@ -109,7 +126,13 @@ fn assert_summary(sim: &Simulator, v: &serde_json::Value) {
     assert_eq!(counters.auth_failures, 0, "{counters:?}");
     assert_eq!(counters.tokens_refreshed, 1, "{counters:?}");
     assert!(counters.keepalives >= 1, "{counters:?}");
-    assert_eq!(counters.ws_connections, 2, "{counters:?}");
+    // ws_connections counts every socket, wss_connections the TLS ones among them
+    let wss = if tls { 2 } else { 0 };
+    assert_eq!(
+        (counters.ws_connections, counters.wss_connections),
+        (2, wss),
+        "{counters:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,19 +140,33 @@ async fn pyloxone_api_logs_in_receives_events_and_reuses_its_token() {
     // rate 0: the probe reads answers to its token commands straight from the socket, as the
     // library does, so no generated event may come in between
     let sim = start(|_: &mut SimulatorOptions| {}).await;
-    let Some(v) = run_probe(&sim).await else {
+    let Some(v) = run_probe(&sim, false).await else {
         return;
     };
-    assert_summary(&sim, &v);
+    assert_summary(&sim, &v, false);
     sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyloxone_api_with_a_sha1_user() {
     let sim = start(|o: &mut SimulatorOptions| o.hash_alg = HashAlgArg::Sha1).await;
-    let Some(v) = run_probe(&sim).await else {
+    let Some(v) = run_probe(&sim, false).await else {
         return;
     };
-    assert_summary(&sim, &v);
+    assert_summary(&sim, &v, false);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyloxone_api_over_https_and_wss_checks_the_certificate() {
+    // a Gen2 Miniserver: Python's TLS stack verifies the chain and the host name
+    let sim = start(|o: &mut SimulatorOptions| {
+        o.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let Some(v) = run_probe(&sim, true).await else {
+        return;
+    };
+    assert_summary(&sim, &v, true);
     sim.shutdown().await;
 }

@@ -1,7 +1,10 @@
 """Interoperability probe: the real third-party client `pyloxone-api` (PyPI, JoDehli, the
 "PYAPI" of the protocol doc) against the loxone-exporter Miniserver simulator.
 
-Usage: python pyloxone_probe.py HOST:PORT USER PASSWORD [TIMEOUT_S]
+Usage: python pyloxone_probe.py HOST:PORT USER PASSWORD [TIMEOUT_S] [tls]
+
+With `tls` it speaks https and wss and checks the certificate and its host name with
+Python's own TLS stack (the test points SSL_CERT_FILE at the simulator's certificate).
 
 Two sessions, the way the library connects:
 1. HTTP with Basic auth: `jdev/cfg/apiKey`, `data/LoxAPP3.json`, `jdev/sys/getPublicKey`;
@@ -96,6 +99,7 @@ async def main():
     host, port = sys.argv[1].rsplit(":", 1)
     user, password = sys.argv[2], sys.argv[3]
     timeout_s = float(sys.argv[4]) if len(sys.argv) > 4 else 20.0
+    use_tls = len(sys.argv) > 5 and sys.argv[5] == "tls"
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from pyloxone_api import LoxAPI
@@ -122,7 +126,7 @@ async def main():
     }
 
     def new_api():
-        api = LoxAPI(host=host, port=int(port), user=user, password=password)
+        api = LoxAPI(host=host, port=int(port), user=user, password=password, use_tls=use_tls)
         api.config_dir = token_dir
         return api
 
