@@ -28,8 +28,8 @@ async fn run_probe(sim: &Simulator, tls: bool) -> Option<serde_json::Value> {
     let probe = common::repo_root().join("tests/support/sim/pyloxone_probe.py");
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(probe);
-    let _ca_dir;
-    if tls {
+    // the certificate file lives until the probe has run
+    let _ca_dir = if tls {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("simulator.pem");
         std::fs::write(&ca, sim.tls_certificate_pem().expect("TLS listener")).expect("write CA");
@@ -37,11 +37,11 @@ async fn run_probe(sim: &Simulator, tls: bool) -> Option<serde_json::Value> {
         cmd.env("SSL_CERT_FILE", &ca).env_remove("SSL_CERT_DIR");
         let port = sim.tls_addr().expect("TLS listener").port();
         cmd.arg(format!("localhost:{port}"));
-        _ca_dir = Some(dir);
+        Some(dir)
     } else {
         cmd.arg(sim.http_addr().to_string());
-        _ca_dir = None;
-    }
+        None
+    };
     let child = cmd
         .arg(USER)
         .arg(PASSWORD)
