@@ -868,6 +868,64 @@ async fn estimated_headers_and_split_frames() {
     }
 }
 
+/// Every Miniserver variation the simulator can play that a client must cope with (protocol
+/// doc §2.2 status keys, §4.2 hash algorithm per user, §4.5 echo of enc commands, §5 the
+/// login of older firmware): the exporter logs in, values flow, nothing is counted as an
+/// error, and the token is given back at shutdown.
+#[tokio::test]
+async fn every_miniserver_variant_the_simulator_plays() {
+    use loxone_exporter::loxone::simulator::{CodeStyleArg, HashAlgArg};
+    use loxone_exporter::metrics::store::ERROR_KINDS;
+    type Variant = (&'static str, fn(&mut SimulatorOptions));
+    let variants: [Variant; 9] = [
+        ("\"Code\": \"200\"", |o| {
+            o.code_style = CodeStyleArg::UpperString
+        }),
+        ("\"Code\": 200", |o| {
+            o.code_style = CodeStyleArg::UpperNumber
+        }),
+        ("\"code\": \"200\"", |o| {
+            o.code_style = CodeStyleArg::LowerString
+        }),
+        ("\"code\": 200", |o| {
+            o.code_style = CodeStyleArg::LowerNumber
+        }),
+        ("enc commands echoed as their cipher", |o| {
+            o.echo_cipher = true
+        }),
+        ("SHA-1 user record", |o| o.hash_alg = HashAlgArg::Sha1),
+        ("firmware 9.3 (gettoken)", |o| {
+            o.firmware_version = "9.3.2.20".into()
+        }),
+        ("firmware 10.2 (first with getjwt)", |o| {
+            o.firmware_version = "10.2.3.26".into()
+        }),
+        ("firmware 12.0", |o| o.firmware_version = "12.0.2.24".into()),
+    ];
+    for (n, (name, set)) in variants.iter().enumerate() {
+        let sim = start_sim(set).await;
+        let client = Client::start(ms_config("ms", sim.http_addr(), PASSWORD), fast_options());
+        wait_for(&format!("connected ({name})"), || client.connected()).await;
+        value_flows(&sim, &client, 700.0 + n as f64).await;
+        for kind in ERROR_KINDS {
+            assert_eq!(client.state.error_count(kind), 0, "{name}: {kind} errors");
+        }
+        let counters = sim.counters();
+        assert_eq!(
+            (counters.auth_ok, counters.auth_failures),
+            (1, 0),
+            "{name}: {counters:?}"
+        );
+        client.stop().await;
+        assert_eq!(
+            sim.counters().tokens_killed,
+            1,
+            "{name}: killtoken on shutdown"
+        );
+        sim.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn shutdown_kills_the_token_promptly() {
     let sim = start_sim(|_| {}).await;
