@@ -77,9 +77,10 @@ class Listener:
         self.task = asyncio.ensure_future(self.run())
 
     async def quiet(self, quiet_s, deadline):
-        """Until nothing arrived for quiet_s (the initial tables are in)."""
+        """Until the value and the text table are in and nothing arrived for quiet_s."""
         while time.monotonic() < deadline:
-            if self.values and time.monotonic() - self.last_message > quiet_s:
+            tables_in = self.values and self.texts
+            if tables_in and time.monotonic() - self.last_message > quiet_s:
                 return True
             if self.task.done():
                 self.task.result()
