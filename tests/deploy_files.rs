@@ -3,7 +3,8 @@
 //! `docker compose config` when that CLI works, else a structure check); the collector
 //! config; the Dockerfile's essentials; Grafana provisioning; and the dashboard: valid JSON,
 //! every query names only metrics the exporter serves, and every query is accepted by a real
-//! Prometheus.
+//! Prometheus; the alert rules (`loxone-alerts.yml`): promtool's checks and unit tests, only
+//! served metrics, and a real Prometheus evaluating them against real exporters.
 
 mod common;
 #[path = "support/prometheus.rs"]
@@ -111,6 +112,322 @@ fn scrape_targets() -> BTreeMap<String, Vec<String>> {
         out.insert(s(&job["job_name"]).to_string(), targets);
     }
     out
+}
+
+// ---------------------------------------------------------------- loxone-alerts.yml
+
+#[test]
+fn promtool_checks_and_unit_tests_the_alert_rules() {
+    let Some(promtool) = common::component(common::PROMTOOL) else {
+        return;
+    };
+    for (verb, file) in [
+        ("check", "loxone-alerts.yml"),
+        ("test", "tests/fixtures/loxone-alerts.test.yml"),
+    ] {
+        let out = Command::new(&promtool)
+            .args([verb, "rules"])
+            .arg(common::repo_root().join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {verb} rules {file} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// (alert name, expression) of every rule in `loxone-alerts.yml`.
+fn alert_rules() -> Vec<(String, String)> {
+    let rules = yaml("loxone-alerts.yml");
+    rules["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap().iter())
+        .map(|r| (s(&r["alert"]).to_string(), s(&r["expr"]).to_string()))
+        .collect()
+}
+
+/// The values a PromQL expression matches `label` against (`label="a"` gives `a`,
+/// `label=~"a|b"` gives `a|b`).
+fn label_values(expr: &str, label: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (at, _) in expr.match_indices(label) {
+        let before = expr[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = &expr[at + label.len()..];
+        let Some(rest) = rest.strip_prefix("=~\"").or(rest.strip_prefix("=\"")) else {
+            continue;
+        };
+        if let Some(end) = rest.find('"') {
+            out.push(rest[..end].to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn alert_rules_name_only_served_metrics_kinds_and_jobs() {
+    use loxone_exporter::metrics::store::ERROR_KINDS;
+    let rules = alert_rules();
+    assert_eq!(rules.len(), 9, "{rules:?}");
+    let jobs = scrape_targets();
+    let unit_tests = read("tests/fixtures/loxone-alerts.test.yml");
+    for (name, expr) in &rules {
+        let metrics = promql_metric_names(expr);
+        assert!(!metrics.is_empty(), "{name}: no metric in {expr}");
+        for m in &metrics {
+            assert!(
+                is_known_metric(m),
+                "{name}: {m} is not served by the exporter"
+            );
+        }
+        for kinds in label_values(expr, "kind") {
+            for k in kinds.split('|') {
+                assert!(ERROR_KINDS.contains(&k), "{name}: no error kind {k:?}");
+            }
+        }
+        for job in label_values(expr, "job") {
+            assert!(
+                jobs.contains_key(&job),
+                "{name}: prometheus.yml has no job {job:?}"
+            );
+        }
+        assert!(
+            unit_tests.contains(&format!("alertname: {name}\n")),
+            "{name} has no promtool unit test"
+        );
+    }
+    assert_eq!(
+        label_values(r#"a{kind=~"x|y",job="j"} + b{xkind="z"}"#, "kind"),
+        ["x|y"]
+    );
+}
+
+#[test]
+fn compose_prometheus_loads_the_alert_rules() {
+    let prom = yaml("prometheus.yml");
+    let files: Vec<&str> = prom["rule_files"]
+        .as_sequence()
+        .expect("rule_files")
+        .iter()
+        .map(s)
+        .collect();
+    assert_eq!(files, ["loxone-alerts.yml"]);
+    // the container reads them next to its prometheus.yml
+    let compose = yaml("docker-compose.yml");
+    let mounts: Vec<&str> = compose["services"]["prometheus"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    for f in files {
+        let mount = format!("./{f}:/etc/prometheus/{f}:ro");
+        assert!(
+            mounts.contains(&mount.as_str()),
+            "{mount} missing: {mounts:?}"
+        );
+    }
+}
+
+/// A child process killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Alerts Prometheus holds now: (alert name, state, instance, miniserver).
+async fn prometheus_alerts(
+    prom: &prometheus::Prometheus,
+    http: &reqwest::Client,
+) -> Vec<(String, String, String, String)> {
+    let url = format!("{}/api/v1/alerts", prom.base_url());
+    let Ok(r) = http.get(url).send().await else {
+        return Vec::new();
+    };
+    let v: Json = serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default();
+    let label = |a: &Json, k: &str| a["labels"][k].as_str().unwrap_or_default().to_string();
+    v["data"]["alerts"]
+        .as_array()
+        .map(|alerts| {
+            alerts
+                .iter()
+                .map(|a| {
+                    (
+                        label(a, "alertname"),
+                        a["state"].as_str().unwrap_or_default().to_string(),
+                        label(a, "instance"),
+                        label(a, "miniserver"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rules in a real Prometheus scraping two real exporters: one on the demo, healthy, and
+/// one whose Miniserver (the simulator) refuses its password. Only the second one's
+/// Miniserver is reported; every rule evaluates without error; and once the healthy
+/// exporter is gone, LoxoneExporterDown names it. (What each rule does over time is
+/// `promtool test rules`'s part.)
+#[test]
+fn alert_rules_run_in_a_real_prometheus_against_real_exporters() {
+    let Some(bin) = common::component(common::PROMETHEUS) else {
+        return;
+    };
+    let exporter = common::exporter_bin();
+    // nothing from the test's environment (OTEL_*, LOXONE_*) reaches the daemons
+    let command = || {
+        let mut c = Command::new(&exporter);
+        c.env_clear();
+        c
+    };
+    let quiet = |mut c: Command| {
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Running(c.spawn().expect("spawn"))
+    };
+    let sim_port = common::free_port();
+    let mut sim = command();
+    sim.args([
+        "simulate",
+        "--listen",
+        &format!("127.0.0.1:{sim_port}"),
+        "--rate",
+        "0",
+    ])
+    .arg("--rsa-key")
+    .arg(common::repo_root().join("tests/fixtures/loxone/test-rsa-1024.pem"));
+    let _sim = quiet(sim);
+    let (healthy_port, refused_port) = (common::free_port(), common::free_port());
+    let mut demo = command();
+    demo.args([
+        "--demo",
+        "--web.listen-address",
+        &format!("127.0.0.1:{healthy_port}"),
+    ]);
+    let mut healthy = Some(quiet(demo));
+    let cwd = tempfile::tempdir().unwrap();
+    let mut refused = command();
+    refused
+        .args(["--web.listen-address", &format!("127.0.0.1:{refused_port}")])
+        // no ./config.yml there: the variables alone configure it
+        .current_dir(cwd.path())
+        .env("LOXONE_HOST", "127.0.0.1")
+        .env("LOXONE_PORT", sim_port.to_string())
+        .env("LOXONE_USERNAME", "admin")
+        .env("LOXONE_PASSWORD", "not-the-password")
+        .env("LOXONE_NAME", "home");
+    let _refused = quiet(refused);
+
+    let healthy_target = format!("127.0.0.1:{healthy_port}");
+    let refused_target = format!("127.0.0.1:{refused_port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {rules}\n\
+             scrape_configs:\n  - job_name: loxone\n    static_configs:\n      \
+             - targets: [\"{healthy_target}\", \"{refused_target}\"]\n",
+            rules = common::repo_root().join("loxone-alerts.yml").display()
+        ),
+    )
+    .unwrap();
+    let prom = prometheus::Prometheus::start(&bin, &cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = loxone_exporter::tls_provider::reqwest_builder()
+            .build()
+            .unwrap();
+        prom.wait_ready(&http, Duration::from_secs(20)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // both exporters scraped, and the refused Miniserver reported
+        loop {
+            let up = prom.query(&http, "sum(up{job=\"loxone\"})").await;
+            let both_up = up["data"]["result"][0]["value"][1] == "2";
+            let alerts = prometheus_alerts(&prom, &http).await;
+            let reported = alerts.iter().any(|(name, _, instance, ms)| {
+                name == "LoxoneMiniserverDisconnected"
+                    && *instance == refused_target
+                    && ms == "home"
+            });
+            if both_up && reported {
+                for (name, state, instance, ms) in &alerts {
+                    // the refused login may also be counted in time for its own alert
+                    assert!(
+                        *instance == refused_target
+                            && [
+                                "LoxoneMiniserverDisconnected",
+                                "LoxoneMiniserverLoginFailing"
+                            ]
+                            .contains(&name.as_str()),
+                        "unexpected alert {name} ({state}) for {instance} {ms}: {alerts:?}"
+                    );
+                }
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no LoxoneMiniserverDisconnected for {refused_target} (up: {up}); alerts: \
+                 {alerts:?}\n{}",
+                prom.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // every rule evaluated, none failed
+        let rules: Json = serde_json::from_str(
+            &http
+                .get(format!("{}/api/v1/rules", prom.base_url()))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let evaluated: Vec<&Json> = rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .collect();
+        assert_eq!(evaluated.len(), alert_rules().len(), "{rules}");
+        for r in evaluated {
+            assert_eq!(r["health"], "ok", "rule {} failed: {r}", r["name"]);
+        }
+        // the healthy exporter goes away: its scrape target is reported down
+        drop(healthy.take());
+        loop {
+            let alerts = prometheus_alerts(&prom, &http).await;
+            if alerts.iter().any(|(name, _, instance, _)| {
+                name == "LoxoneExporterDown" && *instance == healthy_target
+            }) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no LoxoneExporterDown for {healthy_target}: {alerts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
 }
 
 // ---------------------------------------------------------------- docker-compose.yml
