@@ -27,3 +27,4 @@ pub mod systemd;
 pub mod telemetry;
 pub mod tls_provider;
 pub mod web;
+pub(crate) mod write_stall;

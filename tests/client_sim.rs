@@ -513,8 +513,18 @@ async fn left_and_reconnected(
     marker: f64,
     check: impl FnOnce(&Client),
 ) {
+    left_and_reconnected_with(fast_options(), name, fault, marker, check).await;
+}
+
+async fn left_and_reconnected_with(
+    options: ClientOptions,
+    name: &str,
+    fault: impl FnOnce(&simulator::SimControl),
+    marker: f64,
+    check: impl FnOnce(&Client),
+) {
     let sim = start_sim(|_| {}).await;
-    let client = Client::start(ms_config(name, sim.http_addr(), PASSWORD), fast_options());
+    let client = Client::start(ms_config(name, sim.http_addr(), PASSWORD), options);
     wait_for("connected", || client.connected()).await;
     fault(&sim.control());
     wait_for("reconnected", || {
@@ -573,9 +583,10 @@ fn warnings() -> String {
 
 /// Pings keep coming, pongs and keepalives cannot leave. The client must neither wait on
 /// its keepalive forever nor queue what it owes without end: it leaves the socket once, when
-/// its bounded write buffer is full (tungstenite's "Write buffer is full") or when the
-/// keepalive's send timeout runs out, whichever comes first on this machine; both are
-/// bounds, both count as one `timeout`, and nothing else may go wrong.
+/// its bounded write buffer is full (tungstenite's "Write buffer is full"), when a write
+/// made no progress for the command timeout ("read nothing for"), or when the keepalive's
+/// send timeout runs out, whichever comes first on this machine; all are bounds, all count
+/// as one `timeout`, and nothing else may go wrong.
 #[tokio::test]
 async fn a_miniserver_that_stops_reading_is_left_and_reconnected() {
     use loxone_exporter::metrics::store::ERROR_KINDS;
@@ -595,10 +606,52 @@ async fn a_miniserver_that_stops_reading_is_left_and_reconnected() {
                 .filter(|l| l.contains("miniserver=deaf"))
                 .collect();
             let by_buffer = log.contains("Write buffer is full");
+            let by_stall = log.contains("the Miniserver read nothing for");
             let by_timeout = log.contains("could not send keepalive")
                 || log.contains("no message from the Miniserver");
             assert_eq!(counted, [("timeout", 1)], "left once, by a bound\n{log}");
-            assert!(by_buffer || by_timeout, "which bound? {log}");
+            assert!(by_buffer || by_stall || by_timeout, "which bound? {log}");
+        },
+    )
+    .await;
+}
+
+/// The same deaf Miniserver with the keepalive and the liveness timeout out of reach: the
+/// client must not wait for its next keepalive to notice (with the default 30 s interval
+/// and 10 s send limit that was up to 40 s, while the socket's reads stalled behind the
+/// pongs it owed). A write without progress for the command timeout ends the session, or
+/// the full write buffer does, whichever comes first.
+#[tokio::test]
+async fn a_miniserver_that_stops_reading_is_left_before_the_next_keepalive() {
+    use loxone_exporter::metrics::store::ERROR_KINDS;
+    warnings(); // from now on
+    let options = ClientOptions {
+        keepalive_interval: Duration::from_secs(600),
+        liveness_timeout: Duration::from_secs(1200),
+        command_timeout: Duration::from_secs(2),
+        ..fast_options()
+    };
+    left_and_reconnected_with(
+        options,
+        "deaf-no-keepalive",
+        |ctl| ctl.deaf_ping_flood(),
+        9.5,
+        |client| {
+            let counted: Vec<_> = ERROR_KINDS
+                .iter()
+                .map(|k| (*k, client.state.error_count(k)))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            let log: String = warnings()
+                .lines()
+                .filter(|l| l.contains("miniserver=deaf-no-keepalive"))
+                .collect();
+            assert_eq!(counted, [("timeout", 1)], "left once\n{log}");
+            assert!(
+                log.contains("the Miniserver read nothing for 2s")
+                    || log.contains("Write buffer is full"),
+                "{log}"
+            );
         },
     )
     .await;

@@ -534,14 +534,19 @@ async fn open_ws(
 ) -> Result<WsConnection, ConnectError> {
     let max = options.max_payload as usize;
     match endpoint
-        .connect_ws(options.connect_timeout, max, *offer_subprotocol)
+        .connect_ws(
+            options.connect_timeout,
+            options.command_timeout,
+            max,
+            *offer_subprotocol,
+        )
         .await
     {
         Err(e) if *offer_subprotocol && e.is_missing_subprotocol() => {
             // This Miniserver does not echo `remotecontrol`; stop offering it.
             *offer_subprotocol = false;
             endpoint
-                .connect_ws(options.connect_timeout, max, false)
+                .connect_ws(options.connect_timeout, options.command_timeout, max, false)
                 .await
         }
         other => other,

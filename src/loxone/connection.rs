@@ -43,6 +43,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::client_text_frames::RewriteTextFrames;
 use super::framer::WireMessage;
 use crate::config::MiniserverConfig;
+use crate::write_stall::WriteStallLimit;
 
 /// The WebSocket path on the Miniserver.
 pub const WS_PATH: &str = "/ws/rfc6455";
@@ -112,10 +113,16 @@ pub enum TransportError {
 
 impl TransportError {
     /// The Miniserver stopped reading: 512 KiB (`MAX_WRITE_BUFFER`) wait unsent (a command,
-    /// keepalives, the answers to its pings).
-    pub fn is_write_backlog(&self) -> bool {
+    /// keepalives, the answers to its pings), or a write made no progress for the write
+    /// stall limit (the socket's buffers are full; also when the kernel gives up on an
+    /// unacknowledged connection, `ETIMEDOUT`).
+    pub fn is_not_reading(&self) -> bool {
         let TransportError::WebSocket(e) = self;
-        matches!(**e, tungstenite::Error::WriteBufferFull(_))
+        match &**e {
+            tungstenite::Error::WriteBufferFull(_) => true,
+            tungstenite::Error::Io(io) => io.kind() == std::io::ErrorKind::TimedOut,
+            _ => false,
+        }
     }
 }
 
@@ -281,14 +288,23 @@ impl Endpoint {
 
     /// Opens the WebSocket. `offer_subprotocol` sends `Sec-WebSocket-Protocol: remotecontrol`;
     /// tungstenite then requires the server to echo it (see [`ConnectError::is_missing_subprotocol`]).
+    /// A write that makes no progress for `write_stall_limit` fails the connection (see
+    /// [`TransportError::is_not_reading`]).
     pub async fn connect_ws(
         &self,
         timeout: Duration,
+        write_stall_limit: Duration,
         max_payload: usize,
         offer_subprotocol: bool,
     ) -> Result<WsConnection, ConnectError> {
         let fut = async {
             let io = self.open_stream(timeout).await?;
+            // outside TLS: a Miniserver that stops reading stalls the encrypted writes too
+            let io: Box<dyn Io> = Box::new(WriteStallLimit::new(
+                io,
+                write_stall_limit,
+                "the Miniserver",
+            ));
             let mut request = self
                 .ws_url()
                 .into_client_request()
@@ -752,7 +768,12 @@ mod tests {
         cfg.port = addr.port();
         let ep = Endpoint::from_config(&cfg).unwrap();
         let mut conn = ep
-            .connect_ws(Duration::from_secs(5), 1 << 20, true)
+            .connect_ws(
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                1 << 20,
+                true,
+            )
             .await
             .unwrap();
         let mut got = Vec::new();

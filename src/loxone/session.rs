@@ -176,7 +176,7 @@ impl SessionError {
         match self {
             // a Miniserver that does not read: the same as one that takes too long to
             // (SendTimeout), whichever comes first
-            SessionError::Transport(t) if t.is_write_backlog() => "timeout",
+            SessionError::Transport(t) if t.is_not_reading() => "timeout",
             SessionError::Transport(_) => "closed",
             SessionError::Timeout { .. } | SessionError::SendTimeout { .. } => "timeout",
             SessionError::Refused { .. }

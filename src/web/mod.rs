@@ -15,7 +15,6 @@ pub mod config;
 mod error;
 mod server;
 pub mod tls;
-mod write_stall;
 
 use std::path::{Path, PathBuf};
 

@@ -43,7 +43,7 @@ use super::auth::BasicAuth;
 use super::config::{parse_web_config, WebConfig};
 use super::error::WebError;
 use super::tls::build_server_config;
-use super::write_stall::WriteStallLimit;
+use crate::write_stall::WriteStallLimit;
 
 /// Realm sent in `WWW-Authenticate`.
 pub const REALM: &str = "loxone-exporter";
@@ -460,7 +460,7 @@ pub(crate) async fn serve(
         accept_errors.accepted();
         let _ = stream.set_nodelay(true);
         // under TLS too: a client that stops reading stalls the TCP writes
-        let stream = WriteStallLimit::new(stream, WRITE_STALL_TIMEOUT);
+        let stream = WriteStallLimit::new(stream, WRITE_STALL_TIMEOUT, "the client");
         let tls = reloader.lock().current().tls.clone();
         let reloader = reloader.clone();
         let router = router.clone();

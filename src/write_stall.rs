@@ -1,12 +1,15 @@
 //! A connection whose peer stops reading is given up after a while.
 //!
-//! hyper has a timer for reading request headers but none for writing: a client that sends
-//! pipelined requests and never reads their answers kept its connection, hyper's buffers
-//! and a descriptor for good (about 140 KiB each; thousands of such connections are
-//! gigabytes). [`WriteStallLimit`] wraps the socket: when a write (or flush) can make no
-//! progress for the limit, it fails with `TimedOut` and the connection ends. Any progress
-//! starts the count again, so a slow link that keeps reading is never cut off, and an idle
-//! keep-alive connection (nothing to write) is left to the header-read timeout.
+//! [`WriteStallLimit`] wraps a socket: when a write (or flush) can make no progress for the
+//! limit, it fails with `TimedOut` and the connection ends. Any progress starts the count
+//! again, so a slow link that keeps reading is never cut off, and an idle connection (nothing
+//! to write) is left to other timers. Two users:
+//! - the HTTP server: hyper has a timer for reading request headers but none for writing, so
+//!   a client that sent pipelined requests and never read the answers kept its connection,
+//!   hyper's buffers and a descriptor for good (about 140 KiB each);
+//! - the Miniserver client: a Miniserver that stops reading but keeps pinging stalls the
+//!   WebSocket's reads too (tungstenite first flushes the pongs it owes), so without this
+//!   only the next keepalive's send timeout would notice, up to 40 s later.
 
 use std::future::Future;
 use std::io;
@@ -22,15 +25,18 @@ use tokio::time::Sleep;
 pub(crate) struct WriteStallLimit<I> {
     io: I,
     limit: Duration,
+    /// Who stopped reading, for the error (`the client`, `the Miniserver`).
+    peer: &'static str,
     /// Running while writes wait; dropped at the first progress.
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> WriteStallLimit<I> {
-    pub(crate) fn new(io: I, limit: Duration) -> Self {
+    pub(crate) fn new(io: I, limit: Duration, peer: &'static str) -> Self {
         WriteStallLimit {
             io,
             limit,
+            peer,
             stalled: None,
         }
     }
@@ -48,14 +54,14 @@ impl<I> WriteStallLimit<I> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let limit = self.limit;
+                let (limit, peer) = (self.limit, self.peer);
                 let stalled = self
                     .stalled
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                 match stalled.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("the client read nothing for {limit:?}"),
+                        format!("{peer} read nothing for {limit:?}"),
                     ))),
                     Poll::Pending => Poll::Pending,
                 }
@@ -117,18 +123,19 @@ mod tests {
     async fn a_write_nobody_reads_fails_after_the_limit() {
         // a 1 KiB pipe: the second write waits for a reader that never comes
         let (ours, _theirs) = tokio::io::duplex(1024);
-        let mut io = WriteStallLimit::new(ours, Duration::from_secs(30));
+        let mut io = WriteStallLimit::new(ours, Duration::from_secs(30), "the reader");
         io.write_all(&[0; 1024]).await.unwrap();
         let started = tokio::time::Instant::now();
         let err = io.write_all(&[0; 1024]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "the reader read nothing for 30s");
         assert_eq!(started.elapsed(), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_that_keeps_reading_is_never_cut_off() {
         let (ours, mut theirs) = tokio::io::duplex(1024);
-        let mut io = WriteStallLimit::new(ours, Duration::from_secs(30));
+        let mut io = WriteStallLimit::new(ours, Duration::from_secs(30), "the reader");
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 512];
             let mut total = 0;
