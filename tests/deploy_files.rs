@@ -251,11 +251,7 @@ async fn prometheus_alerts(
     prom: &prometheus::Prometheus,
     http: &reqwest::Client,
 ) -> Vec<(String, String, String, String)> {
-    let url = format!("{}/api/v1/alerts", prom.base_url());
-    let Ok(r) = http.get(url).send().await else {
-        return Vec::new();
-    };
-    let v: Json = serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default();
+    let v = prom.api(http, "alerts").await;
     let label = |a: &Json, k: &str| a["labels"][k].as_str().unwrap_or_default().to_string();
     v["data"]["alerts"]
         .as_array()
@@ -391,17 +387,7 @@ fn alert_rules_run_in_a_real_prometheus_against_real_exporters() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // every rule evaluated, none failed
-        let rules: Json = serde_json::from_str(
-            &http
-                .get(format!("{}/api/v1/rules", prom.base_url()))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let rules = prom.api(&http, "rules").await;
         let evaluated: Vec<&Json> = rules["data"]["groups"]
             .as_array()
             .unwrap()

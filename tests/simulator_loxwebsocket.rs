@@ -6,9 +6,10 @@
 #[path = "support/sim/client.rs"]
 mod client;
 mod common;
+#[path = "support/sim/probe.rs"]
+mod probe;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use client::{start, PASSWORD, USER};
@@ -17,38 +18,14 @@ use loxone_exporter::loxone::uuid::LoxUuid;
 
 async fn run_probe(sim: &Simulator, min_events: u32) -> Option<serde_json::Value> {
     let python = common::component(common::PYTHON)?;
-    let probe = common::repo_root().join("tests/support/sim/loxwebsocket_probe.py");
-    let child = tokio::process::Command::new(python)
-        .arg(probe)
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(common::repo_root().join("tests/support/sim/loxwebsocket_probe.py"))
         .arg(format!("http://{}", sim.http_addr()))
         .arg(USER)
         .arg(PASSWORD)
         .arg(min_events.to_string())
-        .arg("20")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn python");
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("probe finished in time")
-        .expect("probe output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout.lines().last().unwrap_or_else(|| {
-        panic!(
-            "probe printed nothing; status {:?}; stderr:\n{stderr}",
-            out.status
-        )
-    });
-    let v: serde_json::Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("probe output not JSON ({e}): {line}\nstderr:\n{stderr}"));
-    eprintln!(
-        "probe stderr:\n{stderr}\nsummary: {}",
-        v.to_string().chars().take(600).collect::<String>()
-    );
-    Some(v)
+        .arg("20");
+    Some(probe::run_json_probe(cmd).await)
 }
 
 fn assert_summary(sim: &Simulator, v: &serde_json::Value, min_events: u64) {

@@ -8,10 +8,10 @@
 #[path = "support/sim/client.rs"]
 mod client;
 mod common;
+#[path = "support/sim/probe.rs"]
+mod probe;
 
 use std::collections::HashSet;
-use std::process::Stdio;
-use std::time::Duration;
 
 use client::{start, PASSWORD, USER};
 use loxone_exporter::loxone::simulator::{HashAlgArg, Simulator, SimulatorOptions};
@@ -42,35 +42,11 @@ async fn run_probe(sim: &Simulator, tls: bool) -> Option<serde_json::Value> {
         cmd.arg(sim.http_addr().to_string());
         None
     };
-    let child = cmd
-        .arg(USER)
+    cmd.arg(USER)
         .arg(PASSWORD)
         .arg("30")
-        .arg(if tls { "tls" } else { "plain" })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn python");
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("probe finished in time")
-        .expect("probe output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout.lines().last().unwrap_or_else(|| {
-        panic!(
-            "probe printed nothing; status {:?}; stderr:\n{stderr}",
-            out.status
-        )
-    });
-    let v: serde_json::Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("probe output not JSON ({e}): {line}\nstderr:\n{stderr}"));
-    eprintln!(
-        "probe stderr:\n{stderr}\nsummary: {}",
-        v.to_string().chars().take(600).collect::<String>()
-    );
-    Some(v)
+        .arg(if tls { "tls" } else { "plain" });
+    Some(probe::run_json_probe(cmd).await)
 }
 
 fn assert_summary(sim: &Simulator, v: &serde_json::Value, tls: bool) {

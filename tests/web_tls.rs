@@ -913,17 +913,7 @@ async fn real_prometheus_scrapes_over_tls_with_basic_auth() {
     assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
 
     // The wrong-password target is down with a 401, and nothing else is stored for it.
-    let targets: serde_json::Value = serde_json::from_str(
-        &http
-            .get(format!("http://127.0.0.1:{}/api/v1/targets", prom.port))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let targets = prom.api(&http, "targets").await;
     let wrong = targets["data"]["activeTargets"]
         .as_array()
         .unwrap()

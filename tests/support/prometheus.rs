@@ -74,14 +74,20 @@ impl Prometheus {
         }
     }
 
-    /// Runs an instant query; the parsed JSON answer, or `Null` when it cannot be had.
-    pub async fn query(&self, client: &reqwest::Client, q: &str) -> serde_json::Value {
-        let q = percent_encoding::utf8_percent_encode(q, percent_encoding::NON_ALPHANUMERIC);
-        let url = format!("{}/api/v1/query?query={q}", self.base_url());
+    /// `GET /api/v1/<path>` (`targets`, `rules`, `alerts`, ...): the parsed JSON answer, or
+    /// `Null` when it cannot be had.
+    pub async fn api(&self, client: &reqwest::Client, path: &str) -> serde_json::Value {
+        let url = format!("{}/api/v1/{path}", self.base_url());
         match client.get(url).send().await {
             Ok(r) => serde_json::from_str(&r.text().await.unwrap_or_default())
                 .unwrap_or(serde_json::Value::Null),
             Err(_) => serde_json::Value::Null,
         }
+    }
+
+    /// Runs an instant query; the parsed JSON answer, or `Null` when it cannot be had.
+    pub async fn query(&self, client: &reqwest::Client, q: &str) -> serde_json::Value {
+        let q = percent_encoding::utf8_percent_encode(q, percent_encoding::NON_ALPHANUMERIC);
+        self.api(client, &format!("query?query={q}")).await
     }
 }

@@ -29,23 +29,7 @@ import sys
 import tempfile
 import time
 
-
-def count_controls(controls):
-    n = 0
-    for c in (controls or {}).values():
-        n += 1
-        n += count_controls(c.get("subControls"))
-    return n
-
-
-def find_switch(controls):
-    for key, c in (controls or {}).items():
-        if c.get("type") == "Switch" and "active" in (c.get("states") or {}):
-            return c.get("uuidAction", key), c["states"]["active"]
-        sub = find_switch(c.get("subControls"))
-        if sub:
-            return sub
-    return None
+from structure_walk import count_controls, find_switch
 
 
 class Listener:
