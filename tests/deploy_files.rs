@@ -73,6 +73,21 @@ fn s(v: &Yaml) -> &str {
 
 // ---------------------------------------------------------------- prometheus.yml
 
+/// Runs `promtool <verb> <what> <file>` (a repository path) and requires success.
+fn promtool_succeeds(promtool: &std::path::Path, verb: &str, what: &str, file: &str) {
+    let out = Command::new(promtool)
+        .args([verb, what])
+        .arg(common::repo_root().join(file))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {verb} {what} {file} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn promtool_accepts_the_compose_prometheus_config() {
     let Some(promtool) = common::component(common::PROMTOOL) else {
@@ -80,17 +95,7 @@ fn promtool_accepts_the_compose_prometheus_config() {
     };
     // promtool does not resolve static target host names, so the compose service names
     // (exporter, otel-collector) need no DNS here.
-    let out = Command::new(promtool)
-        .args(["check", "config"])
-        .arg(common::repo_root().join("prometheus.yml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check config failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_succeeds(&promtool, "check", "config", "prometheus.yml");
 }
 
 fn scrape_targets() -> BTreeMap<String, Vec<String>> {
@@ -121,22 +126,13 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
     let Some(promtool) = common::component(common::PROMTOOL) else {
         return;
     };
-    for (verb, file) in [
-        ("check", "loxone-alerts.yml"),
-        ("test", "tests/fixtures/loxone-alerts.test.yml"),
-    ] {
-        let out = Command::new(&promtool)
-            .args([verb, "rules"])
-            .arg(common::repo_root().join(file))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "promtool {verb} rules {file} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    promtool_succeeds(&promtool, "check", "rules", "loxone-alerts.yml");
+    promtool_succeeds(
+        &promtool,
+        "test",
+        "rules",
+        "tests/fixtures/loxone-alerts.test.yml",
+    );
 }
 
 /// (alert name, expression) of every rule in `loxone-alerts.yml`.
@@ -236,6 +232,37 @@ fn compose_prometheus_loads_the_alert_rules() {
     }
 }
 
+/// A real Prometheus, ready, with the runtime and the client a test talks to it through.
+/// Fields drop in order: Prometheus is killed before its configuration is removed.
+struct ReadyPrometheus {
+    prom: prometheus::Prometheus,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    _config_dir: tempfile::TempDir,
+}
+
+/// Starts `bin` with `config` (the text of a prometheus.yml) and waits until it is ready.
+fn ready_prometheus(bin: &std::path::Path, config: &str) -> ReadyPrometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(&cfg, config).unwrap();
+    let prom = prometheus::Prometheus::start(bin, &cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = loxone_exporter::tls_provider::reqwest_builder()
+        .build()
+        .unwrap();
+    rt.block_on(prom.wait_ready(&http, Duration::from_secs(20)));
+    ReadyPrometheus {
+        prom,
+        rt,
+        http,
+        _config_dir: dir,
+    }
+}
+
 /// A child process killed when dropped.
 struct Running(std::process::Child);
 
@@ -329,35 +356,24 @@ fn alert_rules_run_in_a_real_prometheus_against_real_exporters() {
 
     let healthy_target = format!("127.0.0.1:{healthy_port}");
     let refused_target = format!("127.0.0.1:{refused_port}");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let ready = ready_prometheus(
+        &bin,
+        &format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules}\n\
              scrape_configs:\n  - job_name: loxone\n    static_configs:\n      \
              - targets: [\"{healthy_target}\", \"{refused_target}\"]\n",
             rules = common::repo_root().join("loxone-alerts.yml").display()
         ),
-    )
-    .unwrap();
-    let prom = prometheus::Prometheus::start(&bin, &cfg);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let http = loxone_exporter::tls_provider::reqwest_builder()
-            .build()
-            .unwrap();
-        prom.wait_ready(&http, Duration::from_secs(20)).await;
+    );
+    let (prom, http) = (&ready.prom, &ready.http);
+    ready.rt.block_on(async {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         // both exporters scraped, and the refused Miniserver reported
         loop {
-            let up = prom.query(&http, "sum(up{job=\"loxone\"})").await;
+            let up = prom.query(http, "sum(up{job=\"loxone\"})").await;
             let both_up = up["data"]["result"][0]["value"][1] == "2";
-            let alerts = prometheus_alerts(&prom, &http).await;
+            let alerts = prometheus_alerts(prom, http).await;
             let reported = alerts.iter().any(|(name, _, instance, ms)| {
                 name == "LoxoneMiniserverDisconnected"
                     && *instance == refused_target
@@ -387,7 +403,7 @@ fn alert_rules_run_in_a_real_prometheus_against_real_exporters() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // every rule evaluated, none failed
-        let rules = prom.api(&http, "rules").await;
+        let rules = prom.api(http, "rules").await;
         let evaluated: Vec<&Json> = rules["data"]["groups"]
             .as_array()
             .unwrap()
@@ -401,7 +417,7 @@ fn alert_rules_run_in_a_real_prometheus_against_real_exporters() {
         // the healthy exporter goes away: its scrape target is reported down
         drop(healthy.take());
         loop {
-            let alerts = prometheus_alerts(&prom, &http).await;
+            let alerts = prometheus_alerts(prom, http).await;
             if alerts.iter().any(|(name, _, instance, _)| {
                 name == "LoxoneExporterDown" && *instance == healthy_target
             }) {
@@ -1017,27 +1033,16 @@ fn every_dashboard_query_parses_in_a_real_prometheus() {
     let Some(bin) = common::component(common::PROMETHEUS) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
+    let ready = ready_prometheus(
+        &bin,
         "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
-    )
-    .unwrap();
-    let prom = prometheus::Prometheus::start(&bin, &cfg);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let http = loxone_exporter::tls_provider::reqwest_builder()
-            .build()
-            .unwrap();
-        prom.wait_ready(&http, Duration::from_secs(20)).await;
+    );
+    let (prom, http) = (&ready.prom, &ready.http);
+    ready.rt.block_on(async {
         for (title, expr) in dashboard_queries(&dashboard()) {
             let q = substitute(&expr);
             assert!(!q.contains('$'), "{title}: unsubstituted variable in {q}");
-            let v = prom.query(&http, &q).await;
+            let v = prom.query(http, &q).await;
             assert_eq!(
                 v["status"], "success",
                 "{title}: Prometheus rejects {q}: {v}"

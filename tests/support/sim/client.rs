@@ -230,19 +230,25 @@ impl RawClient {
         }
     }
 
-    /// The next message, which must be a value-event table; its events.
-    pub async fn value_table(&mut self) -> Vec<ValueEvent> {
+    /// The next message, which must be a table of `kind`; its payload.
+    pub async fn table(&mut self, kind: MessageKind) -> Vec<u8> {
         match self.recv().await {
             Received::Msg {
                 header,
                 payload: Some(p),
                 ..
             } => {
-                assert_eq!(header.kind, MessageKind::ValueStates);
-                value_events(&p.into_data()).unwrap().collect()
+                assert_eq!(header.kind, kind);
+                p.into_data().to_vec()
             }
-            other => panic!("expected a value table, got {other:?}"),
+            other => panic!("expected a {kind:?} table, got {other:?}"),
         }
+    }
+
+    /// The next message, which must be a value-event table; its events.
+    pub async fn value_table(&mut self) -> Vec<ValueEvent> {
+        let data = self.table(MessageKind::ValueStates).await;
+        value_events(&data).unwrap().collect()
     }
 
     /// Reads until a type-0 text answer; event tables in between are collected.

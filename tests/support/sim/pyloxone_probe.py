@@ -116,9 +116,9 @@ async def main():
         return api
 
     deadline = time.monotonic() + timeout_s
-    first_token = None
-    api = new_api()
-    try:
+    first_token = []
+
+    async def password_session(api):
         # session 1: password login
         await asyncio.wait_for(api.getJson(), timeout=timeout_s)
         summary["structure_controls"] = count_controls(api.json.get("controls"))
@@ -126,7 +126,7 @@ async def main():
         summary["miniserver_version"] = api.version
         summary["login_ok"] = await asyncio.wait_for(api.async_init(), timeout=timeout_s)
         summary["token_saved"] = os.path.exists(os.path.join(token_dir, "lox_token.cfg"))
-        first_token = api._token.token
+        first_token.append(api._token.token)
 
         listener = Listener(api)
         listener.start()
@@ -156,21 +156,13 @@ async def main():
         header = await asyncio.wait_for(api._ws.recv(), timeout=timeout_s)
         if isinstance(header, bytes) and len(header) == 8:
             summary["keepalive_header_type"] = header[1]
-    except Exception as e:  # reported, not raised: the Rust test asserts on the summary
-        summary["errors"].append(f"session 1: {type(e).__name__}: {e}")
-    finally:
-        try:
-            await api.stop()
-        except Exception as e:
-            summary["errors"].append(f"session 1 stop: {type(e).__name__}: {e}")
 
-    api = new_api()
-    try:
+    async def token_session(api):
         # session 2: the saved token
         await asyncio.wait_for(api.getJson(), timeout=timeout_s)
         summary["token_login_ok"] = await asyncio.wait_for(api.async_init(), timeout=timeout_s)
         # the saved token, not a new one from a password login
-        summary["token_reused"] = bool(first_token) and api._token.token == first_token
+        summary["token_reused"] = first_token == [api._token.token] and bool(first_token[0])
         listener = Listener(api)
         listener.start()
         await listener.quiet(0.5, deadline)
@@ -178,13 +170,22 @@ async def main():
         api._token.valid_until = 0
         await asyncio.wait_for(api._refresh(), timeout=timeout_s)
         summary["refreshed_valid_until"] = api._token.valid_until
-    except Exception as e:
-        summary["errors"].append(f"session 2: {type(e).__name__}: {e}")
-    finally:
+
+    async def run_session(name, session):
+        """Runs session on a new client: what fails is reported, and the socket closed."""
+        api = new_api()
         try:
-            await api.stop()
-        except Exception as e:
-            summary["errors"].append(f"session 2 stop: {type(e).__name__}: {e}")
+            await session(api)
+        except Exception as e:  # reported, not raised: the Rust test asserts on the summary
+            summary["errors"].append(f"{name}: {type(e).__name__}: {e}")
+        finally:
+            try:
+                await api.stop()
+            except Exception as e:
+                summary["errors"].append(f"{name} stop: {type(e).__name__}: {e}")
+
+    await run_session("session 1", password_session)
+    await run_session("session 2", token_session)
 
     print(json.dumps(summary))
 
