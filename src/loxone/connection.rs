@@ -204,7 +204,14 @@ impl Endpoint {
         format!("{scheme}://{}{WS_PATH}", self.authority)
     }
 
-    async fn open_stream(&self, timeout: Duration) -> Result<Box<dyn Io>, ConnectError> {
+    /// TCP, then TLS for wss://, within `timeout`. A write that makes no progress for
+    /// `write_stall_limit` fails (see [`TransportError::is_not_reading`]); beneath TLS, as a
+    /// Miniserver that stops reading stalls the TCP writes.
+    async fn open_stream(
+        &self,
+        timeout: Duration,
+        write_stall_limit: Duration,
+    ) -> Result<Box<dyn Io>, ConnectError> {
         let fut = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
@@ -214,6 +221,7 @@ impl Endpoint {
                 })?;
             // Small commands and keepalives should not wait for Nagle.
             let _ = tcp.set_nodelay(true);
+            let tcp = WriteStallLimit::new(tcp, write_stall_limit, "the Miniserver");
             let Some(tls) = &self.tls else {
                 return Ok(Box::new(tcp) as Box<dyn Io>);
             };
@@ -248,7 +256,8 @@ impl Endpoint {
             reason,
         };
         let fut = async {
-            let io = self.open_stream(timeout).await?;
+            // the whole exchange is bounded by `timeout`, a stalled write included
+            let io = self.open_stream(timeout, timeout).await?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
                     .await
@@ -298,13 +307,7 @@ impl Endpoint {
         offer_subprotocol: bool,
     ) -> Result<WsConnection, ConnectError> {
         let fut = async {
-            let io = self.open_stream(timeout).await?;
-            // outside TLS: a Miniserver that stops reading stalls the encrypted writes too
-            let io: Box<dyn Io> = Box::new(WriteStallLimit::new(
-                io,
-                write_stall_limit,
-                "the Miniserver",
-            ));
+            let io = self.open_stream(timeout, write_stall_limit).await?;
             let mut request = self
                 .ws_url()
                 .into_client_request()
