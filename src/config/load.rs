@@ -271,7 +271,9 @@ fn parse_yaml(yaml: &str) -> Result<Value, String> {
     if let Some(problem) = yaml_nesting_problem(yaml) {
         return Err(problem);
     }
-    let mut value = serde_yaml::from_str::<Value>(yaml).map_err(|e| yaml_error_text(&e))?;
+    let mut value = serde_yaml::from_str::<Value>(yaml).map_err(|e| {
+        refused_character(yaml, &e.to_string()).unwrap_or_else(|| yaml_error_text(&e))
+    })?;
     // one pass merges one level: a merged mapping may bring its own `<<` (an anchor on a
     // mapping that merges another); aliases are copies, so the nesting is finite
     for _ in 0..MAX_MERGE_DEPTH {
@@ -427,6 +429,41 @@ fn yaml_error_text(e: &serde_yaml::Error) -> String {
         }
     }
     msg
+}
+
+/// The YAML parser refuses a control character (a stray byte from a copied text) by its
+/// byte offset alone, with a location of line 1 column 1; this says where it is, which
+/// character, and in which setting when the line starts with a known key. Never more of the
+/// line than that key: the character may sit in a password.
+fn refused_character(yaml: &str, parser_message: &str) -> Option<String> {
+    let offset: usize = parser_message
+        .strip_prefix("control characters are not allowed at position ")?
+        .trim()
+        .parse()
+        .ok()?;
+    let before = yaml.get(..offset)?;
+    let refused = yaml[offset..].chars().next()?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    let key = yaml[line_start..]
+        .trim_start()
+        .trim_start_matches("- ")
+        .split_once(':')
+        .map(|(key, _)| key.trim())
+        .filter(|key| is_known_key(key))
+        .map(|key| format!(" in '{key}'"))
+        .unwrap_or_default();
+    Some(format!(
+        "line {line} column {column}{key}: the control character U+{:04X} is not allowed in YAML (delete it; inside double quotes it can be written as \\u{:04X})",
+        u32::from(refused),
+        u32::from(refused),
+    ))
+}
+
+/// A key of the configuration's schema, at any level.
+fn is_known_key(key: &str) -> bool {
+    TOP_KEYS.contains(&key) || MINISERVER_KEYS.contains(&key) || super::otlp::is_known_key(key)
 }
 
 /// Replaces every `` `...` `` span with `` `…` ``.
@@ -1007,6 +1044,35 @@ fn fingerprint(errs: &mut Errors, f: &Sourced<String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_control_character_is_refused_with_its_line_column_and_key_only() {
+        let no_env = |_: &str| None;
+        let error = |yaml: &str| match load_str(yaml, None, &no_env) {
+            Ok(_) => panic!("loaded: {yaml:?}"),
+            Err(e) => e.to_string(),
+        };
+        // the parser itself says "line 1 column 1" for each of these
+        let e = error("miniservers:\n  - host: h\n    username: u\nlisten_port: \"9504\u{7f}\"\n");
+        assert!(
+            e.contains("line 4 column 19 in 'listen_port': the control character U+007F is not allowed in YAML"),
+            "{e}"
+        );
+        // in a password: the key, never the value around it
+        let e = error("miniservers:\n  - host: h\n    username: u\n    password: s3cr\u{1}et\n");
+        assert!(
+            e.contains("line 4 column 19 in 'password': the control character U+0001"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr"), "{e}");
+        // a header name is not a key of ours: where, not what
+        let e = error("opentelemetry:\n  auth:\n    headers:\n      X-Tok\u{9f}en: v\n");
+        assert!(
+            e.contains("line 4 column 12: the control character U+009F"),
+            "{e}"
+        );
+        assert!(!e.contains("X-Tok"), "{e}");
+    }
 
     #[test]
     fn deep_bracket_nesting_is_refused_before_parsing_and_ordinary_brackets_are_not() {

@@ -95,6 +95,13 @@ const TLS_KEYS: &[&str] = &[
 ];
 const AUTH_KEYS: &[&str] = &["headers"];
 
+/// A key of the `opentelemetry:` section or of one of its subsections.
+pub(super) fn is_known_key(key: &str) -> bool {
+    [OTLP_KEYS, TLS_KEYS, AUTH_KEYS]
+        .iter()
+        .any(|keys| keys.contains(&key))
+}
+
 /// Allowed export interval, seconds.
 const INTERVAL_RANGE: (u64, u64) = (10, 300);
 /// Allowed export timeout, seconds.
