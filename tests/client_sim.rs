@@ -295,6 +295,13 @@ async fn wrong_password_backs_off_and_goes_long_after_three_failures() {
         "the long backoff only after the 3rd failure"
     );
     assert!(client.state.error_count("auth") >= 3);
+    // the alert's gauge: every refused login so far, in a row
+    let in_a_row = client.state.consecutive_login_failures();
+    assert!(
+        in_a_row >= 3 && u64::from(in_a_row) <= sim.counters().auth_failures,
+        "{in_a_row} refused logins in a row, the simulator refused {}",
+        sim.counters().auth_failures
+    );
     assert!(!client.state.health().connected);
     let last_error = client.state.health().last_error.unwrap_or_default();
     assert!(
@@ -333,6 +340,15 @@ async fn wrong_password_backs_off_and_goes_long_after_three_failures() {
     sim.control().set_password("hunter2");
     wait_for("connected with the new password", || client.connected()).await;
     assert!(client.state.health().last_error.is_none());
+    assert_eq!(
+        client.state.consecutive_login_failures(),
+        0,
+        "a login worked"
+    );
+    assert!(
+        client.state.error_count("auth") >= 4,
+        "the counter keeps them"
+    );
     client.stop().await;
     sim.shutdown().await;
 }

@@ -133,6 +133,36 @@ fn sub_controls_inherit_room_and_category_and_counts_agree() {
     );
 }
 
+/// `loxone_exporter_consecutive_login_failures`: one series per Miniserver from the start
+/// (0), counting refused logins until one works; the error counter keeps its total.
+#[test]
+fn consecutive_login_failures_count_until_a_login_works() {
+    let store = StateStore::new(&FilterConfig::default(), false).unwrap();
+    let home = store.add_miniserver("home");
+    let garage = store.add_miniserver("garage");
+    garage.record_error("auth"); // a refused token refresh: counted, but no refused login
+    let registry = Registry::new();
+    registry.register(store.clone());
+    let gauge = |name: &str| {
+        values_of(
+            &registry.snapshot(),
+            "loxone_exporter_consecutive_login_failures",
+        )
+        .into_iter()
+        .find(|(l, _)| l.iter().any(|(k, v)| k == "miniserver" && v == name))
+        .map(|(_, v)| v)
+    };
+    assert_eq!((gauge("home"), gauge("garage")), (Some(0.0), Some(0.0)));
+    for _ in 0..3 {
+        home.record_error("auth");
+        home.login_failed();
+    }
+    assert_eq!((gauge("home"), gauge("garage")), (Some(3.0), Some(0.0)));
+    home.logged_in();
+    assert_eq!((gauge("home"), gauge("garage")), (Some(0.0), Some(0.0)));
+    assert_eq!(home.error_count("auth"), 3);
+}
+
 #[test]
 fn filters_remove_controls_and_values_survive_a_structure_reload() {
     let s = structure("gen2-home-cz.json");

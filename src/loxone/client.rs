@@ -8,7 +8,9 @@
 //! attempts it waits per [`RetryPolicy`]: exponential backoff 1 s → 30 s with jitter, reset
 //! after a session that reached live values; wrong credentials back off to at least 5 minutes
 //! after 3 consecutive failures (a Miniserver locks users out); close code 4003 waits the
-//! announced time. Every failure is counted (`record_error(kind)`), logged once with the
+//! announced time. Refused logins in a row are kept for the alert that watches them
+//! (`login_failed`, reset by the session once a login works). Every failure is counted
+//! (`record_error(kind)`), logged once with the
 //! `miniserver` field (identical repeats at debug), and shown via `set_last_error`.
 //! `set_connected` is true exactly while live values flow. Shutdown is honoured at every
 //! await: the session kills its token within the grace period and closes the socket.
@@ -260,6 +262,7 @@ pub async fn run_miniserver_with(
             _ = shutdown.cancelled() => break,
             r = attempt => r,
         };
+        let mut authenticated = false;
         let (failure, kind, message) = match attempt {
             Err(e) => {
                 let kind = match &e {
@@ -288,6 +291,7 @@ pub async fn run_miniserver_with(
                 state.set_connected(false);
                 if outcome.authenticated {
                     policy.authenticated();
+                    authenticated = true;
                 }
                 match classify(&outcome, options.backoff_max, &mut carry) {
                     None => break,
@@ -297,6 +301,11 @@ pub async fn run_miniserver_with(
         };
         let delay = policy.next_delay(&failure, rand::random::<f64>());
         state.record_error(kind);
+        // an "auth" error after a login that worked (a malformed answer to a token
+        // refresh) is no refused login
+        if kind == "auth" && !authenticated {
+            state.login_failed();
+        }
         session_span.record("error.kind", kind);
         session_span.record("otel.status_code", "ERROR");
         let span_guard = session_span.enter();

@@ -391,6 +391,7 @@ impl<T: Transport> Session<'_, T> {
             .instrument(tracing::info_span!("miniserver.authenticate"))
             .await?;
         self.authenticated = true;
+        self.state.logged_in();
         self.sync_structure(carry)
             .instrument(tracing::info_span!("miniserver.structure"))
             .await?;

@@ -20,7 +20,7 @@
 //! disconnected. Filters apply when a structure is loaded.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -346,6 +346,8 @@ pub struct MiniserverState {
     live: Mutex<Live>,
     status: Mutex<Status>,
     errors: [AtomicU64; ERROR_KINDS.len()],
+    /// Logins that failed in a row; 0 once one succeeds.
+    login_failures: AtomicU32,
 }
 
 fn unix_now() -> f64 {
@@ -365,6 +367,7 @@ impl MiniserverState {
             live: Mutex::new(Live::default()),
             status: Mutex::new(Status::default()),
             errors: Default::default(),
+            login_failures: AtomicU32::new(0),
         }
     }
 
@@ -500,6 +503,27 @@ impl MiniserverState {
         if let Some(c) = self.errors.get(i) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A login attempt failed (refused credentials, user disabled or blocked): one more
+    /// in a row for `loxone_exporter_consecutive_login_failures`.
+    pub fn login_failed(&self) {
+        // saturating: fetch_update cannot fail with a closure that always returns Some
+        let _ = self
+            .login_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(1))
+            });
+    }
+
+    /// A login succeeded: the run of failed logins is over.
+    pub fn logged_in(&self) {
+        self.login_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Logins that failed in a row since the last one that worked (or since start).
+    pub fn consecutive_login_failures(&self) -> u32 {
+        self.login_failures.load(Ordering::Relaxed)
     }
 
     /// Errors counted so far for `kind`.
@@ -652,6 +676,11 @@ impl Collector for StateStore {
             "Problems talking to a Miniserver, by kind",
             MetricKind::Counter,
         );
+        let mut login_failures = Family::new(
+            "loxone_exporter_consecutive_login_failures",
+            "Logins refused by a Miniserver in a row (wrong credentials, user disabled or blocked); 0 after a login that worked",
+            MetricKind::Gauge,
+        );
         for ms in &miniservers {
             let (n_discovered, n_exported, updated) = {
                 let live = ms.live.lock();
@@ -691,6 +720,10 @@ impl Collector for StateStore {
             exported
                 .samples
                 .push(Sample::number(l.clone(), n_exported as f64));
+            login_failures.samples.push(Sample::number(
+                l.clone(),
+                f64::from(ms.consecutive_login_failures()),
+            ));
             if let Some(i) = &status.info {
                 info.samples.push(Sample::number(
                     LabelSet::new([
@@ -715,6 +748,14 @@ impl Collector for StateStore {
         if self.include_text_values {
             out.push(infos);
         }
-        out.extend([connected, last_update, discovered, exported, info, errors]);
+        out.extend([
+            connected,
+            last_update,
+            discovered,
+            exported,
+            info,
+            errors,
+            login_failures,
+        ]);
     }
 }
