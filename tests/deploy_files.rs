@@ -135,6 +135,111 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
     );
 }
 
+/// The text of one rule in `loxone-alerts.yml`: from its `- alert: NAME` line to the next
+/// rule or the end of the file.
+fn rule_block<'a>(rules: &'a str, name: &str) -> (usize, &'a str) {
+    let head = format!("- alert: {name}\n");
+    let start = rules
+        .find(&head)
+        .unwrap_or_else(|| panic!("no rule {name}"));
+    let rest = &rules[start + head.len()..];
+    let end = rest
+        .find("- alert: ")
+        .map_or(rules.len(), |e| start + head.len() + e);
+    (start, &rules[start..end])
+}
+
+/// The unit tests notice when a rule's duration, window or threshold changes: each change
+/// below makes `promtool test rules` fail. A test file whose evaluation times sit far from
+/// every edge passes them all; this keeps it from drifting there again.
+#[test]
+fn alert_unit_tests_fail_when_a_duration_window_or_threshold_changes() {
+    let Some(promtool) = common::component(common::PROMTOOL) else {
+        return;
+    };
+    // (alert, text in its rule, changed to)
+    let changes: [(&str, &str, &str); 22] = [
+        ("LoxoneExporterDown", "for: 5m", "for: 4m"),
+        ("LoxoneExporterDown", "for: 5m", "for: 6m"),
+        ("LoxoneMiniserverDisconnected", "for: 5m", "for: 4m"),
+        ("LoxoneMiniserverDisconnected", "for: 5m", "for: 6m"),
+        ("LoxoneMiniserverLoginFailing", "> 0", "> 3"),
+        ("LoxoneMiniserverConnectionUnstable", "> 10", "> 8"),
+        ("LoxoneMiniserverConnectionUnstable", "> 10", "> 12"),
+        ("LoxoneMiniserverConnectionUnstable", "[1h]", "[45m]"),
+        ("LoxoneMiniserverConnectionUnstable", "[1h]", "[75m]"),
+        ("LoxoneMiniserverProtocolErrors", "[30m]", "[20m]"),
+        ("LoxoneMiniserverProtocolErrors", "[30m]", "[40m]"),
+        (
+            "LoxoneMiniserverProtocolErrors",
+            "protocol|structure",
+            "protocol",
+        ),
+        (
+            "LoxoneMiniserverProtocolErrors",
+            "protocol|structure",
+            "structure",
+        ),
+        ("LoxoneMiniserverNoUpdates", "for: 15m", "for: 10m"),
+        ("LoxoneMiniserverNoUpdates", "for: 15m", "for: 20m"),
+        ("LoxoneMiniserverNoUpdates", "> 3600", "> 3000"),
+        ("LoxoneOtlpExportFailed", "for: 5m", "for: 4m"),
+        ("LoxoneOtlpExportFailed", "for: 5m", "for: 6m"),
+        ("LoxoneExporterScrapeErrors", "[15m]", "[10m]"),
+        ("LoxoneExporterScrapeErrors", "[15m]", "[20m]"),
+        ("LoxoneExporterRestarting", "> 3", "> 2"),
+        ("LoxoneExporterRestarting", "> 3", "> 4"),
+    ];
+    let rules = read("loxone-alerts.yml");
+    let unit_tests = read("tests/fixtures/loxone-alerts.test.yml");
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.yml");
+    let tests_path = dir.path().join("tests.yml");
+    // the unit tests name the rules file relative to themselves
+    let own_tests = unit_tests.replace("../../loxone-alerts.yml", "rules.yml");
+    assert_ne!(
+        own_tests, unit_tests,
+        "the unit tests load ../../loxone-alerts.yml"
+    );
+    std::fs::write(&tests_path, own_tests).unwrap();
+    let run = |rules_text: &str| {
+        std::fs::write(&rules_path, rules_text).unwrap();
+        Command::new(&promtool)
+            .args(["test", "rules"])
+            .arg(&tests_path)
+            .output()
+            .unwrap()
+    };
+    let unchanged = run(&rules);
+    assert!(
+        unchanged.status.success(),
+        "the unit tests fail on the unchanged rules:\n{}",
+        String::from_utf8_lossy(&unchanged.stdout)
+    );
+    let mut survivors = Vec::new();
+    for (alert, from, to) in changes {
+        let (start, block) = rule_block(&rules, alert);
+        assert_eq!(
+            block.matches(from).count(),
+            1,
+            "{alert}: {from:?} should occur once in its rule:\n{block}"
+        );
+        let changed_block = block.replacen(from, to, 1);
+        let changed = format!(
+            "{}{changed_block}{}",
+            &rules[..start],
+            &rules[start + block.len()..]
+        );
+        if run(&changed).status.success() {
+            survivors.push(format!("{alert}: {from} -> {to}"));
+        }
+    }
+    assert!(
+        survivors.is_empty(),
+        "the unit tests still pass with these changed rules: {survivors:#?}"
+    );
+}
+
 /// (alert name, expression) of every rule in `loxone-alerts.yml`.
 fn alert_rules() -> Vec<(String, String)> {
     let rules = yaml("loxone-alerts.yml");
@@ -300,7 +405,7 @@ async fn prometheus_alerts(
 
 /// The rules in a real Prometheus scraping two real exporters: one on the demo, healthy, and
 /// one whose Miniserver (the simulator) refuses its password. Only the second one's
-/// Miniserver is reported; every rule evaluates without error; and once the healthy
+/// Miniserver is reported, as disconnected and with its login failing; every rule evaluates without error; and once the healthy
 /// exporter is gone, LoxoneExporterDown names it. (What each rule does over time is
 /// `promtool test rules`'s part.)
 #[test]
@@ -374,14 +479,19 @@ fn alert_rules_run_in_a_real_prometheus_against_real_exporters() {
             let up = prom.query(http, "sum(up{job=\"loxone\"})").await;
             let both_up = up["data"]["result"][0]["value"][1] == "2";
             let alerts = prometheus_alerts(prom, http).await;
-            let reported = alerts.iter().any(|(name, _, instance, ms)| {
-                name == "LoxoneMiniserverDisconnected"
-                    && *instance == refused_target
-                    && ms == "home"
-            });
+            let has = |alert: &str, states: &[&str]| {
+                alerts.iter().any(|(name, state, instance, ms)| {
+                    name == alert
+                        && states.contains(&state.as_str())
+                        && *instance == refused_target
+                        && ms == "home"
+                })
+            };
+            // LoginFailing has no `for:`: firing from the first scrape after the refusal
+            let reported = has("LoxoneMiniserverDisconnected", &["pending", "firing"])
+                && has("LoxoneMiniserverLoginFailing", &["firing"]);
             if both_up && reported {
                 for (name, state, instance, ms) in &alerts {
-                    // the refused login may also be counted in time for its own alert
                     assert!(
                         *instance == refused_target
                             && [
@@ -396,7 +506,8 @@ fn alert_rules_run_in_a_real_prometheus_against_real_exporters() {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "no LoxoneMiniserverDisconnected for {refused_target} (up: {up}); alerts: \
+                "no LoxoneMiniserverDisconnected and LoginFailing for {refused_target} (up: \
+                 {up}); alerts: \
                  {alerts:?}\n{}",
                 prom.log()
             );
