@@ -10,8 +10,8 @@
 //! after 3 consecutive failures (a Miniserver locks users out); close code 4003 waits the
 //! announced time. Refused logins in a row are kept for the alert that watches them
 //! (`login_failed`, reset by the session once a login works). Every failure is counted
-//! (`record_error(kind)`), logged once with the
-//! `miniserver` field (identical repeats at debug), and shown via `set_last_error`.
+//! (`record_error(kind)`), logged once with the `miniserver` field (identical repeats at
+//! debug), and shown via `set_last_error`.
 //! `set_connected` is true exactly while live values flow. Shutdown is honoured at every
 //! await: the session kills its token within the grace period and closes the socket.
 //!
