@@ -301,9 +301,7 @@ pub async fn run_miniserver_with(
         };
         let delay = policy.next_delay(&failure, rand::random::<f64>());
         state.record_error(kind);
-        // an "auth" error after a login that worked (a malformed answer to a token
-        // refresh) is no refused login
-        if kind == "auth" && !authenticated {
+        if is_refused_login(&failure, authenticated) {
             state.login_failed();
         }
         session_span.record("error.kind", kind);
@@ -342,6 +340,15 @@ pub async fn run_miniserver_with(
     }
     state.set_connected(false);
     debug!(miniserver = %name, "client stopped");
+}
+
+/// Whether an attempt ended with the Miniserver refusing the login: credentials rejected, the
+/// user disabled (4006) or blocked (4003), before this attempt's login worked. Other `auth`
+/// errors are not refusals: a malformed answer to a login command, or no public key to
+/// encrypt the login with (nothing was sent), and neither is a user disabled while its
+/// session ran (the next attempt's login shows whether it is refused).
+fn is_refused_login(failure: &Failure, authenticated: bool) -> bool {
+    !authenticated && matches!(failure, Failure::Credentials | Failure::Blocked { .. })
 }
 
 /// Maps a session outcome to the retry class, the error kind and a log/health message;
@@ -778,5 +785,50 @@ mod tests {
         .unwrap();
         assert_eq!((f, kind), (Failure::Other, "closed"));
         assert!(classify(&outcome(SessionEnd::Shutdown, true), STABLE, &mut carry).is_none());
+    }
+
+    /// `loxone_exporter_consecutive_login_failures` counts the Miniserver's refusals only.
+    #[test]
+    fn only_refusals_count_as_failed_logins() {
+        use crate::loxone::session::SessionError;
+        let mut carry = Carry::default();
+        let mut refused = |end: SessionEnd, authenticated: bool| {
+            let (failure, kind, _) = classify(&outcome(end, false), STABLE, &mut carry).unwrap();
+            (kind, is_refused_login(&failure, authenticated))
+        };
+        let closed = |code: u16| SessionEnd::Closed {
+            code: Some(code),
+            reason: String::new(),
+        };
+        let wrong_password = || {
+            SessionEnd::Failed(SessionError::Credentials {
+                code: 401,
+                text: "unauthorized",
+            })
+        };
+        assert_eq!(refused(wrong_password(), false), ("auth", true));
+        assert_eq!(refused(closed(4003), false), ("auth", true));
+        assert_eq!(refused(closed(4006), false), ("auth", true));
+        // counted as auth errors, but the Miniserver refused nothing
+        assert_eq!(
+            refused(
+                SessionEnd::Failed(SessionError::EncryptionUnavailable),
+                false
+            ),
+            ("auth", false)
+        );
+        assert_eq!(
+            refused(
+                SessionEnd::Failed(SessionError::Auth(auth::AuthError::Malformed {
+                    what: "getjwt",
+                    detail: "no token",
+                })),
+                false
+            ),
+            ("auth", false)
+        );
+        // the user disabled while its session ran: that login had worked
+        assert_eq!(refused(closed(4006), true), ("auth", false));
+        assert_eq!(refused(closed(1000), false), ("closed", false));
     }
 }
