@@ -150,8 +150,8 @@ fn rule_block<'a>(rules: &'a str, name: &str) -> (usize, &'a str) {
 }
 
 /// The unit tests notice when a rule's duration, window, threshold, kinds or job changes:
-/// each of the 39 changes below makes `promtool test rules` fail. A test file whose evaluation times sit far from
-/// every edge passes them all; this keeps it from drifting there again.
+/// each change below makes `promtool test rules` fail. A test file whose evaluation times
+/// sit far from every edge passes them all; this keeps it from drifting there again.
 #[test]
 fn alert_unit_tests_fail_when_a_duration_window_or_threshold_changes() {
     let Some(promtool) = common::component(common::PROMTOOL) else {

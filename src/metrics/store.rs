@@ -508,12 +508,8 @@ impl MiniserverState {
     /// A login attempt failed (refused credentials, user disabled or blocked): one more
     /// in a row for `loxone_exporter_consecutive_login_failures`.
     pub fn login_failed(&self) {
-        // saturating: fetch_update cannot fail with a closure that always returns Some
-        let _ = self
-            .login_failures
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_add(1))
-            });
+        // one attempt every 5 minutes at most after the third: u32 does not wrap
+        self.login_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A login succeeded: the run of failed logins is over.
